@@ -1,0 +1,45 @@
+//! The `livecheck` binary: command-line parsing and dispatch. Each subcommand lives in `cmd/`.
+
+mod cmd;
+
+use clap::{Parser, Subcommand};
+
+/// Self-hosted face liveness: an Adhere-compatible API, a CLI and an evaluation tool.
+#[derive(Parser)]
+#[command(name = "livecheck", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP API.
+    Serve(cmd::serve::ServeArgs),
+    /// Check image files or directories and print one JSON line per image.
+    Check(cmd::check::CheckArgs),
+    /// Evaluate on a labelled dataset (ISO/IEC 30107-3 error rates, HTML report).
+    Eval(cmd::eval::EvalArgs),
+    /// Manage API keys.
+    Keys(cmd::keys::KeysArgs),
+    /// Verify or fetch model files.
+    Models(cmd::models::ModelsArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => cmd::serve::run(args),
+        Command::Check(args) => cmd::check::run(args),
+        Command::Eval(args) => cmd::eval::run(args),
+        Command::Keys(args) => cmd::keys::run(args),
+        Command::Models(args) => cmd::models::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
