@@ -26,9 +26,9 @@ mod tests {
 
     #[test]
     fn softmax_sums_to_one_and_orders() {
-        let s = softmax3([0.5833984613418579, -3.556739568710327, 2.9749915599823]);
+        let s = softmax3([0.583_398_46, -3.556_739_6, 2.974_991_6]);
         assert!((s.iter().sum::<f32>() - 1.0).abs() < 1e-6);
-        assert!((s[1] - 0.0013326274929568172).abs() < 1e-6);
+        assert!((s[1] - 0.001_332_627_5).abs() < 1e-6);
         assert_eq!(softmax3([f32::NAN, 0.0, 0.0]), [0.0, 0.0, 0.0]);
         let big = softmax3([1000.0, 0.0, -1000.0]);
         assert!((big[0] - 1.0).abs() < 1e-6);

@@ -157,7 +157,7 @@ impl Default for PipelineConfig {
             threshold: 0.5,
             min_face_confidence: 0.6,
             min_face_px: 32,
-            min_context_ratio: 1.0,
+            min_context_ratio: 0.75,
             min_image_side: 32,
             limits: DecodeLimits::default(),
         }
