@@ -58,7 +58,11 @@ struct Row {
 fn read_scores(path: &Path) -> Vec<Row> {
     let mut rdr = csv::Reader::from_path(path).unwrap();
     let h = rdr.headers().unwrap().clone();
-    let col = |name: &str| h.iter().position(|c| c == name).unwrap_or_else(|| panic!("no column {name}"));
+    let col = |name: &str| {
+        h.iter()
+            .position(|c| c == name)
+            .unwrap_or_else(|| panic!("no column {name}"))
+    };
     let (f, l, a, p, v, r) = (
         col("file"),
         col("label"),
@@ -76,7 +80,11 @@ fn read_scores(path: &Path) -> Vec<Row> {
                 label: rec[l].to_string(),
                 attack_type: rec[a].to_string(),
                 // Written as the pipeline's f32 in shortest round-trip form.
-                p_real: if ps.is_empty() { None } else { Some(f64::from(ps.parse::<f32>().unwrap())) },
+                p_real: if ps.is_empty() {
+                    None
+                } else {
+                    Some(f64::from(ps.parse::<f32>().unwrap()))
+                },
                 verdict: rec[v].to_string(),
                 reason: rec[r].to_string(),
             }
@@ -88,8 +96,13 @@ fn close(json: &Value, want: Option<f64>, what: &str) {
     match want {
         None => assert!(json.is_null(), "{what}: expected null, got {json}"),
         Some(w) => {
-            let got = json.as_f64().unwrap_or_else(|| panic!("{what}: expected a number, got {json}"));
-            assert!((got - w).abs() < 1e-9, "{what}: metrics.json {got}, recomputed {w}");
+            let got = json
+                .as_f64()
+                .unwrap_or_else(|| panic!("{what}: expected a number, got {json}"));
+            assert!(
+                (got - w).abs() < 1e-9,
+                "{what}: metrics.json {got}, recomputed {w}"
+            );
         }
     }
 }
@@ -100,7 +113,11 @@ fn check_against_scores(m: &Value, rows: &[Row]) {
     let decided = ["live", "spoof"];
     for r in rows {
         // A score exactly when a decision was made; the verdict follows the decision rule.
-        assert_eq!(r.p_real.is_some(), decided.contains(&r.reason.as_str()), "{r:?}");
+        assert_eq!(
+            r.p_real.is_some(),
+            decided.contains(&r.reason.as_str()),
+            "{r:?}"
+        );
         let accepted = r.p_real.is_some_and(|p| p >= t);
         assert_eq!(r.verdict == "live", accepted, "{r:?}");
         assert_eq!(r.reason == "live", accepted, "{r:?}");
@@ -114,10 +131,16 @@ fn check_against_scores(m: &Value, rows: &[Row]) {
     let attacks: Vec<&Row> = rows.iter().filter(|r| r.label == "spoof").collect();
     assert_eq!(lives.len() + attacks.len(), rows.len());
     assert_eq!(m["counts"]["live"].as_u64().unwrap() as usize, lives.len());
-    assert_eq!(m["counts"]["spoof"].as_u64().unwrap() as usize, attacks.len());
+    assert_eq!(
+        m["counts"]["spoof"].as_u64().unwrap() as usize,
+        attacks.len()
+    );
 
     // BPCER: a live image is rejected unless it scored >= threshold (non-responses reject).
-    let rejected = lives.iter().filter(|r| !r.p_real.is_some_and(|p| p >= t)).count();
+    let rejected = lives
+        .iter()
+        .filter(|r| !r.p_real.is_some_and(|p| p >= t))
+        .count();
     let bpcer = (!lives.is_empty()).then(|| rejected as f64 / lives.len() as f64);
     close(&m["bpcer"], bpcer, "bpcer");
 
@@ -146,15 +169,28 @@ fn check_against_scores(m: &Value, rows: &[Row]) {
     // Non-responses.
     let nr_live = lives.iter().filter(|r| r.p_real.is_none()).count();
     let nr_spoof = attacks.iter().filter(|r| r.p_real.is_none()).count();
-    assert_eq!(m["non_response"]["live_count"].as_u64().unwrap() as usize, nr_live);
-    assert_eq!(m["non_response"]["spoof_count"].as_u64().unwrap() as usize, nr_spoof);
-    assert_eq!(m["non_response"]["count"].as_u64().unwrap() as usize, nr_live + nr_spoof);
+    assert_eq!(
+        m["non_response"]["live_count"].as_u64().unwrap() as usize,
+        nr_live
+    );
+    assert_eq!(
+        m["non_response"]["spoof_count"].as_u64().unwrap() as usize,
+        nr_spoof
+    );
+    assert_eq!(
+        m["non_response"]["count"].as_u64().unwrap() as usize,
+        nr_live + nr_spoof
+    );
 
     // Processed-only BPCER.
     let processed: Vec<f64> = lives.iter().filter_map(|r| r.p_real).collect();
     let p_bpcer = (!processed.is_empty())
         .then(|| processed.iter().filter(|p| **p < t).count() as f64 / processed.len() as f64);
-    close(&m["processed_only"]["bpcer"], p_bpcer, "processed_only.bpcer");
+    close(
+        &m["processed_only"]["bpcer"],
+        p_bpcer,
+        "processed_only.bpcer",
+    );
 
     // AUC by brute force over all pairs, non-responses = -inf, ties 1/2.
     let score = |r: &&Row| r.p_real.unwrap_or(f64::NEG_INFINITY);
@@ -180,15 +216,30 @@ fn check_against_scores(m: &Value, rows: &[Row]) {
 
     // EER lies between the two pooled rates at its threshold.
     if let Some(et) = m["eer_threshold"].as_f64() {
-        let a = attacks.iter().filter(|r| r.p_real.is_some_and(|p| p >= et)).count() as f64 / attacks.len() as f64;
-        let b = lives.iter().filter(|r| !r.p_real.is_some_and(|p| p >= et)).count() as f64 / lives.len() as f64;
+        let a = attacks
+            .iter()
+            .filter(|r| r.p_real.is_some_and(|p| p >= et))
+            .count() as f64
+            / attacks.len() as f64;
+        let b = lives
+            .iter()
+            .filter(|r| !r.p_real.is_some_and(|p| p >= et))
+            .count() as f64
+            / lives.len() as f64;
         let eer = m["eer"].as_f64().unwrap();
-        assert!(a.min(b) - 1e-12 <= eer && eer <= a.max(b) + 1e-12, "eer {eer} not between {a} and {b}");
+        assert!(
+            a.min(b) - 1e-12 <= eer && eer <= a.max(b) + 1e-12,
+            "eer {eer} not between {a} and {b}"
+        );
     }
     // The suggested threshold meets its APCER target.
     let ta = &m["target_apcer"];
     if let Some(th) = ta["threshold"].as_f64() {
-        let a = attacks.iter().filter(|r| r.p_real.is_some_and(|p| p >= th)).count() as f64 / attacks.len() as f64;
+        let a = attacks
+            .iter()
+            .filter(|r| r.p_real.is_some_and(|p| p >= th))
+            .count() as f64
+            / attacks.len() as f64;
         assert!(a <= ta["target"].as_f64().unwrap() + 1e-12);
         close(&ta["apcer"], Some(a), "target_apcer.apcer");
     }
@@ -201,7 +252,10 @@ fn check_html(path: &Path) {
     let html = std::fs::read_to_string(path).unwrap();
     assert!(html.contains("<svg"), "report.html has no inline SVG");
     assert!(!html.contains("http://"), "report.html references http://");
-    assert!(!html.contains("https://"), "report.html references https://");
+    assert!(
+        !html.contains("https://"),
+        "report.html references https://"
+    );
     assert!(!html.contains("<script"), "report.html has a script");
 }
 
@@ -218,9 +272,14 @@ fn devset_end_to_end() {
     ]);
     assert_ok(&o);
     let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(stdout.contains("BPCER") && stdout.contains("APCER_max"), "{stdout}");
+    assert!(
+        stdout.contains("BPCER") && stdout.contains("APCER_max"),
+        "{stdout}"
+    );
 
-    let m: Value = serde_json::from_str(&std::fs::read_to_string(out.path().join("metrics.json")).unwrap()).unwrap();
+    let m: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("metrics.json")).unwrap())
+            .unwrap();
     for k in [
         "threshold",
         "bpcer",
@@ -253,7 +312,10 @@ fn devset_end_to_end() {
     }
     check_against_scores(&m, &rows);
     // The hash computed during the run matches one computed from the files.
-    assert_eq!(m["dataset_hash"].as_str(), Some(ds.hash().unwrap().as_str()));
+    assert_eq!(
+        m["dataset_hash"].as_str(),
+        Some(ds.hash().unwrap().as_str())
+    );
     // The devset has replay, print and mask attacks; the models must beat chance on it.
     for t in ["replay", "print", "mask"] {
         assert!(m["apcer"].get(t).is_some(), "no APCER for {t}");
@@ -276,7 +338,8 @@ fn folder_layout_grouped_json() {
         let dest = match (it.label.as_str(), it.attack_type.as_str()) {
             ("live", _) if n_live < 4 => {
                 n_live += 1;
-                root.join("live/sub").join(n_live.to_string() + "_" + it.path.file_name().unwrap().to_str().unwrap())
+                root.join("live/sub")
+                    .join(n_live.to_string() + "_" + it.path.file_name().unwrap().to_str().unwrap())
             }
             ("spoof", "replay") if n_replay < 3 => {
                 n_replay += 1;
@@ -288,7 +351,15 @@ fn folder_layout_grouped_json() {
         std::fs::copy(&it.path, &dest).unwrap();
     }
     // A flat spoof (attack type "unknown"), a non-image file (ignored) and a corrupt "image".
-    std::fs::copy(&ds.items.iter().find(|i| i.attack_type == "print").unwrap().path, root.join("spoof/flat.png")).unwrap();
+    std::fs::copy(
+        &ds.items
+            .iter()
+            .find(|i| i.attack_type == "print")
+            .unwrap()
+            .path,
+        root.join("spoof/flat.png"),
+    )
+    .unwrap();
     std::fs::write(root.join("live/README.txt"), "not an image").unwrap();
     std::fs::write(root.join("spoof/broken.jpg"), b"\xff\xd8\xff\xe0 truncated").unwrap();
 
@@ -306,7 +377,8 @@ fn folder_layout_grouped_json() {
     ]);
     assert_ok(&o);
     let m: Value = serde_json::from_slice(&o.stdout).expect("--json prints metrics.json");
-    let on_disk: Value = serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    let on_disk: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
     assert_eq!(m, on_disk);
     assert_eq!(m["counts"]["live"], 4);
     assert_eq!(m["counts"]["spoof"], 5);
@@ -337,13 +409,23 @@ fn bad_inputs_fail_clearly() {
     std::fs::write(dir.path().join("a.jpg"), b"x").unwrap();
 
     std::fs::write(&m, "file,label\na.jpg,genuine\n").unwrap();
-    let o = livecheck(&["eval", m.to_str().unwrap(), "--out", dir.path().join("o").to_str().unwrap()]);
+    let o = livecheck(&[
+        "eval",
+        m.to_str().unwrap(),
+        "--out",
+        dir.path().join("o").to_str().unwrap(),
+    ]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("line 2") && err.contains("genuine"), "{err}");
 
     std::fs::write(&m, "file,label\na.jpg,live\nb.jpg,spoof\n").unwrap();
-    let o = livecheck(&["eval", m.to_str().unwrap(), "--out", dir.path().join("o").to_str().unwrap()]);
+    let o = livecheck(&[
+        "eval",
+        m.to_str().unwrap(),
+        "--out",
+        dir.path().join("o").to_str().unwrap(),
+    ]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("b.jpg"));
 

@@ -62,12 +62,16 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
         ds.check_group_column(col)?;
     }
     let pipeline = args.pipeline.build().context("cannot build the pipeline")?;
-    let model_hash = super::common::model_hash()?;
+    // The identity of the model set (the pipeline refuses files whose SHA-256 differ from it).
+    let model_hash = livecheck::models::Manifest::builtin()?.hash();
 
-    let pb = ProgressBar::with_draw_target(Some(ds.items.len() as u64), ProgressDrawTarget::stderr());
+    let pb =
+        ProgressBar::with_draw_target(Some(ds.items.len() as u64), ProgressDrawTarget::stderr());
     pb.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} images  {per_sec}  ETA {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} images  {per_sec}  ETA {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     pb.enable_steady_tick(Duration::from_millis(200));
     let samples = run_dataset(&pipeline, &ds, threads, |done| pb.set_position(done as u64));

@@ -59,11 +59,19 @@ pub enum DatasetError {
         found: String,
     },
     #[error("manifest {path}, line {line}: label {label:?} is not `live` or `spoof`")]
-    BadLabel { path: PathBuf, line: u64, label: String },
+    BadLabel {
+        path: PathBuf,
+        line: u64,
+        label: String,
+    },
     #[error("manifest {path}, line {line}: empty `file`")]
     EmptyFile { path: PathBuf, line: u64 },
     #[error("{count} file(s) listed in {path} do not exist, first: {first}")]
-    MissingFiles { path: PathBuf, count: usize, first: String },
+    MissingFiles {
+        path: PathBuf,
+        count: usize,
+        first: String,
+    },
     #[error("dataset {0} holds no images")]
     Empty(PathBuf),
     #[error("no column `{column}` to group by (columns: {available})")]
@@ -196,7 +204,10 @@ fn rel_name(root: &Path, path: &Path) -> String {
 
 fn walk_images(root: &Path, dir: &Path) -> Result<Vec<PathBuf>, DatasetError> {
     let mut out = Vec::new();
-    for entry in walkdir::WalkDir::new(dir).follow_links(true).sort_by_file_name() {
+    for entry in walkdir::WalkDir::new(dir)
+        .follow_links(true)
+        .sort_by_file_name()
+    {
         let entry = entry.map_err(|e| DatasetError::Walk {
             path: e.path().unwrap_or(root).to_path_buf(),
             message: e.to_string(),
@@ -402,9 +413,15 @@ mod tests {
     fn folder_without_layout_or_images() {
         let d = tempfile::tempdir().unwrap();
         touch(&d.path().join("x/a.jpg"), b"a");
-        assert!(matches!(Dataset::load(d.path()), Err(DatasetError::NoLayout(_))));
+        assert!(matches!(
+            Dataset::load(d.path()),
+            Err(DatasetError::NoLayout(_))
+        ));
         touch(&d.path().join("live/readme.md"), b"a");
-        assert!(matches!(Dataset::load(d.path()), Err(DatasetError::Empty(_))));
+        assert!(matches!(
+            Dataset::load(d.path()),
+            Err(DatasetError::Empty(_))
+        ));
         assert!(matches!(
             Dataset::load(&d.path().join("nope")),
             Err(DatasetError::NotFound(_))
@@ -452,18 +469,31 @@ mod tests {
         assert!(matches!(e, DatasetError::BadLabel { line: 2, .. }), "{e}");
         assert!(e.to_string().contains("\"real\""));
 
-        fs::write(&m, "file,label\na.jpg,live\nmissing.jpg,spoof\ngone.jpg,live\n").unwrap();
+        fs::write(
+            &m,
+            "file,label\na.jpg,live\nmissing.jpg,spoof\ngone.jpg,live\n",
+        )
+        .unwrap();
         let e = Dataset::load(&m).unwrap_err();
-        assert!(matches!(e, DatasetError::MissingFiles { count: 2, .. }), "{e}");
+        assert!(
+            matches!(e, DatasetError::MissingFiles { count: 2, .. }),
+            "{e}"
+        );
         assert!(e.to_string().contains("missing.jpg (line 3)"), "{e}");
 
         fs::write(&m, "path,label\na.jpg,live\n").unwrap();
         let e = Dataset::load(&m).unwrap_err();
-        assert!(matches!(&e, DatasetError::MissingColumn { column, .. } if column == "file"), "{e}");
+        assert!(
+            matches!(&e, DatasetError::MissingColumn { column, .. } if column == "file"),
+            "{e}"
+        );
 
         fs::write(&m, "file,kind\na.jpg,live\n").unwrap();
         let e = Dataset::load(&m).unwrap_err();
-        assert!(matches!(&e, DatasetError::MissingColumn { column, .. } if column == "label"), "{e}");
+        assert!(
+            matches!(&e, DatasetError::MissingColumn { column, .. } if column == "label"),
+            "{e}"
+        );
 
         fs::write(&m, "file,label\na.jpg,live,extra\n").unwrap();
         assert!(matches!(Dataset::load(&m), Err(DatasetError::Csv { .. })));
@@ -475,12 +505,24 @@ mod tests {
     #[test]
     fn hash_depends_on_content_labels_and_names_not_order() {
         let e = |f: &str, l, a: &str, s: &str| (f.to_string(), l, a.to_string(), s.to_string());
-        let h1 = dataset_hash(vec![e("a", Label::Live, "none", "00"), e("b", Label::Spoof, "print", "11")]);
-        let h2 = dataset_hash(vec![e("b", Label::Spoof, "print", "11"), e("a", Label::Live, "none", "00")]);
+        let h1 = dataset_hash(vec![
+            e("a", Label::Live, "none", "00"),
+            e("b", Label::Spoof, "print", "11"),
+        ]);
+        let h2 = dataset_hash(vec![
+            e("b", Label::Spoof, "print", "11"),
+            e("a", Label::Live, "none", "00"),
+        ]);
         assert_eq!(h1, h2);
-        let h3 = dataset_hash(vec![e("a", Label::Live, "none", "00"), e("b", Label::Spoof, "replay", "11")]);
+        let h3 = dataset_hash(vec![
+            e("a", Label::Live, "none", "00"),
+            e("b", Label::Spoof, "replay", "11"),
+        ]);
         assert_ne!(h1, h3);
-        let h4 = dataset_hash(vec![e("a", Label::Live, "none", "00"), e("b", Label::Spoof, "print", "12")]);
+        let h4 = dataset_hash(vec![
+            e("a", Label::Live, "none", "00"),
+            e("b", Label::Spoof, "print", "12"),
+        ]);
         assert_ne!(h1, h4);
         // Length prefixes: shifting a character between fields changes the hash.
         let h5 = dataset_hash(vec![e("ab", Label::Live, "c", "d")]);
@@ -521,7 +563,11 @@ mod tests {
         };
         let ds = Dataset::load(&m).unwrap();
         assert_eq!(ds.items.len(), 312);
-        assert!(ds.items.iter().filter(|i| i.label == Label::Live).all(|i| i.attack_type == "none"));
+        assert!(ds
+            .items
+            .iter()
+            .filter(|i| i.label == Label::Live)
+            .all(|i| i.attack_type == "none"));
         assert!(ds.items.iter().any(|i| i.attack_type == "replay"));
         assert!(ds.check_group_column("source_repo").is_ok());
     }

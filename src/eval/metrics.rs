@@ -137,7 +137,9 @@ pub fn rate(num: usize, den: usize) -> Option<f64> {
     }
 }
 
-fn max_rate<'a>(rates: impl IntoIterator<Item = (&'a String, &'a Option<f64>)>) -> Option<(String, f64)> {
+fn max_rate<'a>(
+    rates: impl IntoIterator<Item = (&'a String, &'a Option<f64>)>,
+) -> Option<(String, f64)> {
     let mut best: Option<(String, f64)> = None;
     for (k, v) in rates {
         if let Some(v) = *v {
@@ -219,7 +221,8 @@ pub struct CurvePoint {
 }
 
 /// Target APCERs for `bpcer_at_apcer`, with their JSON keys.
-pub const BPCER_AT_APCER_TARGETS: [(&str, f64); 3] = [("0.01", 0.01), ("0.05", 0.05), ("0.10", 0.10)];
+pub const BPCER_AT_APCER_TARGETS: [(&str, f64); 3] =
+    [("0.01", 0.01), ("0.05", 0.05), ("0.10", 0.10)];
 
 /// Every figure for one set of samples at one threshold.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -347,7 +350,11 @@ impl Metrics {
 
 /// [`Metrics`] per value of the group column `column` (samples without the column fall in group
 /// `""`).
-pub fn compute_grouped(samples: &[Sample], threshold: f64, column: &str) -> BTreeMap<String, Metrics> {
+pub fn compute_grouped(
+    samples: &[Sample],
+    threshold: f64,
+    column: &str,
+) -> BTreeMap<String, Metrics> {
     let mut by: BTreeMap<String, Vec<Sample>> = BTreeMap::new();
     for s in samples {
         let key = s.groups.get(column).cloned().unwrap_or_default();
@@ -575,7 +582,12 @@ mod tests {
     #[test]
     fn tie_at_threshold_is_accepted() {
         // p_real == threshold accepts, for both classes.
-        let s = vec![live(Some(0.5)), live(Some(0.4)), spoof("print", Some(0.5)), spoof("print", Some(0.49))];
+        let s = vec![
+            live(Some(0.5)),
+            live(Some(0.4)),
+            spoof("print", Some(0.5)),
+            spoof("print", Some(0.49)),
+        ];
         let m = Metrics::compute(&s, 0.5);
         assert!(close(m.bpcer, 0.5)); // 0.4 rejected
         assert!(close(m.apcer["print"], 0.5)); // 0.5 accepted

@@ -208,7 +208,12 @@ mod tests {
             file: "a.jpg".into(),
             path: "a.jpg".into(),
             label,
-            attack_type: if label == Label::Live { "none" } else { "print" }.into(),
+            attack_type: if label == Label::Live {
+                "none"
+            } else {
+                "print"
+            }
+            .into(),
             fields,
         }
     }
@@ -228,16 +233,28 @@ mod tests {
 
     #[test]
     fn decisions_and_non_responses() {
-        let s = ScoredSample::from_result(&item(Label::Live), None, Ok(verdict(0.75, true, Reason::Live)));
+        let s = ScoredSample::from_result(
+            &item(Label::Live),
+            None,
+            Ok(verdict(0.75, true, Reason::Live)),
+        );
         assert_eq!(s.p_real(), Some(0.75));
         assert_eq!((s.verdict(), s.reason()), ("live", "live"));
 
-        let s = ScoredSample::from_result(&item(Label::Spoof), None, Ok(verdict(0.25, false, Reason::Spoof)));
+        let s = ScoredSample::from_result(
+            &item(Label::Spoof),
+            None,
+            Ok(verdict(0.25, false, Reason::Spoof)),
+        );
         assert_eq!(s.p_real(), Some(0.25));
         assert_eq!((s.verdict(), s.reason()), ("not_live", "spoof"));
 
         // A quality outcome is a non-response even when p_real is set.
-        let s = ScoredSample::from_result(&item(Label::Live), None, Ok(verdict(0.9, false, Reason::FaceTooClose)));
+        let s = ScoredSample::from_result(
+            &item(Label::Live),
+            None,
+            Ok(verdict(0.9, false, Reason::FaceTooClose)),
+        );
         assert_eq!(s.p_real(), None);
         assert_eq!((s.verdict(), s.reason()), ("not_live", "face_too_close"));
 
@@ -266,11 +283,20 @@ mod tests {
 
     #[test]
     fn hash_of_samples_needs_every_content() {
-        let mut a = ScoredSample::from_result(&item(Label::Live), Some("00".into()), Ok(verdict(0.7, true, Reason::Live)));
+        let mut a = ScoredSample::from_result(
+            &item(Label::Live),
+            Some("00".into()),
+            Ok(verdict(0.7, true, Reason::Live)),
+        );
         let h = dataset_hash_of(std::slice::from_ref(&a)).unwrap();
         assert_eq!(
             h,
-            dataset::dataset_hash(vec![("a.jpg".into(), Label::Live, "none".into(), "00".into())])
+            dataset::dataset_hash(vec![(
+                "a.jpg".into(),
+                Label::Live,
+                "none".into(),
+                "00".into()
+            )])
         );
         a.content_sha256 = None;
         assert_eq!(dataset_hash_of(&[a]), None);

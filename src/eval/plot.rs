@@ -94,8 +94,43 @@ pub const DET_MIN: f64 = 0.0005;
 pub const DET_MAX: f64 = 0.9995;
 /// DET tick positions (rates).
 pub const DET_TICKS: [f64; 17] = [
-    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999,
+    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995,
+    0.999,
 ];
+
+/// Label priority: a tick is labelled unless it would overlap a label placed before it.
+const DET_LABEL_PRIORITY: [f64; 17] = [
+    0.001, 0.999, 0.01, 0.99, 0.1, 0.9, 0.4, 0.6, 0.05, 0.95, 0.2, 0.8, 0.02, 0.98, 0.005, 0.995,
+    0.002,
+];
+
+/// The DET ticks to label, given each tick's pixel position along the axis. `horizontal`:
+/// labels sit side by side (their width matters); otherwise stacked (their height matters).
+fn det_labels(px: impl Fn(f64) -> i32, horizontal: bool) -> Vec<f64> {
+    // About 6.5 px per character and 12 px per line at the 12-pt tick font, plus a gap.
+    let extent = |t: f64| {
+        if horizontal {
+            pct_label(t).len() as f64 * 6.5 + 8.0
+        } else {
+            16.0
+        }
+    };
+    let mut placed: Vec<(f64, f64)> = Vec::new(); // (centre px, extent)
+    let mut out = Vec::new();
+    for &t in &DET_LABEL_PRIORITY {
+        let c = f64::from(px(t));
+        let e = extent(t);
+        if placed
+            .iter()
+            .all(|&(pc, pe)| (pc - c).abs() >= (pe + e) / 2.0)
+        {
+            placed.push((c, e));
+            out.push(t);
+        }
+    }
+    out.sort_by(f64::total_cmp);
+    out
+}
 
 /// `0.05` → `"5%"`, `0.005` → `"0.5%"`.
 pub fn pct_label(p: f64) -> String {
@@ -111,12 +146,13 @@ fn det_coord(p: f64) -> f64 {
     probit(p.clamp(DET_MIN, DET_MAX))
 }
 
-const W: u32 = 560;
+const W: u32 = 600;
 const H: u32 = 480;
 const LIVE_COLOR: RGBColor = RGBColor(33, 113, 181);
 const ATTACK_COLOR: RGBColor = RGBColor(203, 24, 29);
 const CURVE_COLOR: RGBColor = RGBColor(49, 54, 149);
 const GRID: RGBColor = RGBColor(225, 225, 225);
+const LIGHT_GRID: RGBColor = RGBColor(246, 246, 246);
 
 /// Removes the namespace attribute (the only URL plotters writes) for inline use in HTML.
 fn finish(svg: String) -> String {
@@ -140,7 +176,11 @@ fn with_svg(
 
 /// ROC curve: x = APCER (pooled), y = 1 - BPCER. `operating` marks `(apcer, bpcer)` at the
 /// configured threshold.
-pub fn roc_svg(curve: &[CurvePoint], operating: Option<(f64, f64)>, auc: Option<f64>) -> Result<String, PlotError> {
+pub fn roc_svg(
+    curve: &[CurvePoint],
+    operating: Option<(f64, f64)>,
+    auc: Option<f64>,
+) -> Result<String, PlotError> {
     const WHAT: &str = "ROC";
     with_svg(WHAT, (W, H), |root| {
         let caption = match auc {
@@ -156,7 +196,7 @@ pub fn roc_svg(curve: &[CurvePoint], operating: Option<(f64, f64)>, auc: Option<
             .map_err(err(WHAT))?;
         chart
             .configure_mesh()
-            .light_line_style(GRID)
+            .light_line_style(LIGHT_GRID)
             .x_desc("APCER (all attack types pooled)")
             .y_desc("1 - BPCER")
             .x_label_formatter(&|v| pct_label(*v))
@@ -170,15 +210,26 @@ pub fn roc_svg(curve: &[CurvePoint], operating: Option<(f64, f64)>, auc: Option<
             ))
             .map_err(err(WHAT))?;
         // Points by descending threshold: from (0,0) (reject all) to (1,1).
-        let pts: Vec<(f64, f64)> = curve.iter().rev().map(|p| (p.apcer, 1.0 - p.bpcer)).collect();
+        let pts: Vec<(f64, f64)> = curve
+            .iter()
+            .rev()
+            .map(|p| (p.apcer, 1.0 - p.bpcer))
+            .collect();
         chart
-            .draw_series(LineSeries::new(pts, ShapeStyle::from(&CURVE_COLOR).stroke_width(2)))
+            .draw_series(LineSeries::new(
+                pts,
+                ShapeStyle::from(&CURVE_COLOR).stroke_width(2),
+            ))
             .map_err(err(WHAT))?
             .label("ROC")
             .legend(|(x, y)| PathElement::new([(x, y), (x + 18, y)], CURVE_COLOR.stroke_width(2)));
         if let Some((a, b)) = operating {
             chart
-                .draw_series(std::iter::once(Circle::new((a, 1.0 - b), 5, ATTACK_COLOR.filled())))
+                .draw_series(std::iter::once(Circle::new(
+                    (a, 1.0 - b),
+                    5,
+                    ATTACK_COLOR.filled(),
+                )))
                 .map_err(err(WHAT))?
                 .label("configured threshold")
                 .legend(|(x, y)| Circle::new((x + 9, y), 4, ATTACK_COLOR.filled()));
@@ -196,7 +247,11 @@ pub fn roc_svg(curve: &[CurvePoint], operating: Option<(f64, f64)>, auc: Option<
 
 /// DET curve on normal-deviate axes: x = APCER (pooled), y = BPCER, ticks labelled in percent.
 /// Rates of 0 or 1 are drawn at the edge of the axis range ([`DET_MIN`], [`DET_MAX`]).
-pub fn det_svg(curve: &[CurvePoint], operating: Option<(f64, f64)>, eer: Option<f64>) -> Result<String, PlotError> {
+pub fn det_svg(
+    curve: &[CurvePoint],
+    operating: Option<(f64, f64)>,
+    eer: Option<f64>,
+) -> Result<String, PlotError> {
     const WHAT: &str = "DET";
     with_svg(WHAT, (W, H), |root| {
         let caption = match eer {
@@ -233,21 +288,31 @@ pub fn det_svg(curve: &[CurvePoint], operating: Option<(f64, f64)>, eer: Option<
                 .map_err(err(WHAT))?;
         }
         let font = ("sans-serif", 12).into_font().color(&BLACK);
-        for &t in &DET_TICKS {
-            let v = probit(t);
-            let label = pct_label(t);
-            let (px, py) = chart.backend_coord(&(v, lo));
+        // Grid lines at every tick; labels only where they do not collide (the probit scale
+        // crowds the ends), placed in priority order so the extremes and round values win.
+        let x_px = |t: f64| chart.backend_coord(&(probit(t), lo)).0;
+        let y_px = |t: f64| chart.backend_coord(&(lo, probit(t))).1;
+        for &t in &det_labels(x_px, true) {
+            let (px, py) = chart.backend_coord(&(probit(t), lo));
             root.draw(&Text::new(
-                label.clone(),
+                pct_label(t),
                 (px, py + 6),
-                font.clone().pos(text_anchor::Pos::new(text_anchor::HPos::Center, text_anchor::VPos::Top)),
+                font.clone().pos(text_anchor::Pos::new(
+                    text_anchor::HPos::Center,
+                    text_anchor::VPos::Top,
+                )),
             ))
             .map_err(err(WHAT))?;
-            let (px, py) = chart.backend_coord(&(lo, v));
+        }
+        for &t in &det_labels(y_px, false) {
+            let (px, py) = chart.backend_coord(&(lo, probit(t)));
             root.draw(&Text::new(
-                label,
+                pct_label(t),
                 (px - 6, py),
-                font.clone().pos(text_anchor::Pos::new(text_anchor::HPos::Right, text_anchor::VPos::Center)),
+                font.clone().pos(text_anchor::Pos::new(
+                    text_anchor::HPos::Right,
+                    text_anchor::VPos::Center,
+                )),
             ))
             .map_err(err(WHAT))?;
         }
@@ -264,13 +329,20 @@ pub fn det_svg(curve: &[CurvePoint], operating: Option<(f64, f64)>, eer: Option<
             .map(|p| (det_coord(p.apcer), det_coord(p.bpcer)))
             .collect();
         chart
-            .draw_series(LineSeries::new(pts, ShapeStyle::from(&CURVE_COLOR).stroke_width(2)))
+            .draw_series(LineSeries::new(
+                pts,
+                ShapeStyle::from(&CURVE_COLOR).stroke_width(2),
+            ))
             .map_err(err(WHAT))?
             .label("DET")
             .legend(|(x, y)| PathElement::new([(x, y), (x + 18, y)], CURVE_COLOR.stroke_width(2)));
         if let Some((a, b)) = operating {
             chart
-                .draw_series(std::iter::once(Circle::new((det_coord(a), det_coord(b)), 5, ATTACK_COLOR.filled())))
+                .draw_series(std::iter::once(Circle::new(
+                    (det_coord(a), det_coord(b)),
+                    5,
+                    ATTACK_COLOR.filled(),
+                )))
                 .map_err(err(WHAT))?
                 .label("configured threshold")
                 .legend(|(x, y)| Circle::new((x + 9, y), 4, ATTACK_COLOR.filled()));
@@ -321,7 +393,12 @@ pub struct HistSeries<'a> {
 
 /// Overlaid score histograms (share of each series per bin, so classes of different sizes
 /// compare), with the threshold as a vertical line.
-pub fn histogram_svg(title: &str, series: &[HistSeries<'_>], threshold: f64, size: (u32, u32)) -> Result<String, PlotError> {
+pub fn histogram_svg(
+    title: &str,
+    series: &[HistSeries<'_>],
+    threshold: f64,
+    size: (u32, u32),
+) -> Result<String, PlotError> {
     const WHAT: &str = "histogram";
     with_svg(WHAT, size, |root| {
         let binned: Vec<[f64; BINS]> = series.iter().map(|s| bin_fractions(s.scores)).collect();
@@ -340,7 +417,7 @@ pub fn histogram_svg(title: &str, series: &[HistSeries<'_>], threshold: f64, siz
             .map_err(err(WHAT))?;
         chart
             .configure_mesh()
-            .light_line_style(GRID)
+            .light_line_style(LIGHT_GRID)
             .x_desc("p_real")
             .y_desc("share of class")
             .y_label_formatter(&|v| pct_label((*v * 1000.0).round() / 1000.0))
@@ -351,12 +428,22 @@ pub fn histogram_svg(title: &str, series: &[HistSeries<'_>], threshold: f64, siz
             let color = if s.live { LIVE_COLOR } else { ATTACK_COLOR };
             let n = s.scores.iter().filter(|v| v.is_finite()).count();
             chart
-                .draw_series(b.iter().enumerate().filter(|(_, f)| **f > 0.0).map(|(i, f)| {
-                    Rectangle::new([(i as f64 * w, 0.0), ((i + 1) as f64 * w, *f)], color.mix(0.35).filled())
-                }))
+                .draw_series(
+                    b.iter()
+                        .enumerate()
+                        .filter(|(_, f)| **f > 0.0)
+                        .map(|(i, f)| {
+                            Rectangle::new(
+                                [(i as f64 * w, 0.0), ((i + 1) as f64 * w, *f)],
+                                color.mix(0.35).filled(),
+                            )
+                        }),
+                )
                 .map_err(err(WHAT))?
                 .label(format!("{} (n={n})", s.name))
-                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], color.mix(0.5).filled()));
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 14, y + 5)], color.mix(0.5).filled())
+                });
             // Outline, so overlapping bars stay readable.
             let mut outline = vec![(0.0, 0.0)];
             for (i, f) in b.iter().enumerate() {
@@ -365,7 +452,10 @@ pub fn histogram_svg(title: &str, series: &[HistSeries<'_>], threshold: f64, siz
             }
             outline.push((1.0, 0.0));
             chart
-                .draw_series(LineSeries::new(outline, ShapeStyle::from(&color).stroke_width(1)))
+                .draw_series(LineSeries::new(
+                    outline,
+                    ShapeStyle::from(&color).stroke_width(1),
+                ))
                 .map_err(err(WHAT))?;
         }
         if threshold.is_finite() && (0.0..=1.0).contains(&threshold) {
@@ -375,7 +465,10 @@ pub fn histogram_svg(title: &str, series: &[HistSeries<'_>], threshold: f64, siz
                     ShapeStyle::from(&BLACK).stroke_width(2),
                 ))
                 .map_err(err(WHAT))?
-                .label(format!("threshold {threshold}"))
+                .label(format!(
+                    "threshold {}",
+                    super::report::fmt_threshold(threshold)
+                ))
                 .legend(|(x, y)| PathElement::new([(x, y), (x + 18, y)], BLACK.stroke_width(2)));
         }
         chart
@@ -451,9 +544,21 @@ mod tests {
     #[test]
     fn svgs_render_without_urls() {
         let curve = vec![
-            CurvePoint { threshold: 0.1, apcer: 1.0, bpcer: 0.0 },
-            CurvePoint { threshold: 0.5, apcer: 0.2, bpcer: 0.1 },
-            CurvePoint { threshold: f64::INFINITY, apcer: 0.0, bpcer: 1.0 },
+            CurvePoint {
+                threshold: 0.1,
+                apcer: 1.0,
+                bpcer: 0.0,
+            },
+            CurvePoint {
+                threshold: 0.5,
+                apcer: 0.2,
+                bpcer: 0.1,
+            },
+            CurvePoint {
+                threshold: f64::INFINITY,
+                apcer: 0.0,
+                bpcer: 1.0,
+            },
         ];
         for svg in [
             roc_svg(&curve, Some((0.2, 0.1)), Some(0.9)).unwrap(),
@@ -462,8 +567,16 @@ mod tests {
             histogram_svg(
                 "scores",
                 &[
-                    HistSeries { name: "live".into(), scores: &[0.9, 0.8], live: true },
-                    HistSeries { name: "print".into(), scores: &[], live: false },
+                    HistSeries {
+                        name: "live".into(),
+                        scores: &[0.9, 0.8],
+                        live: true,
+                    },
+                    HistSeries {
+                        name: "print".into(),
+                        scores: &[],
+                        live: false,
+                    },
                 ],
                 0.5,
                 (500, 300),
@@ -476,7 +589,30 @@ mod tests {
         }
         let det = det_svg(&curve, None, None).unwrap();
         for tick in ["0.1%", "1%", "10%", "99.9%"] {
-            assert!(det.contains(tick), "DET lacks tick {tick}");
+            assert!(
+                det.contains(&format!("\n{tick}\n")),
+                "DET lacks tick {tick}"
+            );
         }
+    }
+
+    #[test]
+    fn det_labels_do_not_overlap() {
+        // A 400 px axis over the DET range.
+        let (lo, hi) = (probit(DET_MIN), probit(DET_MAX));
+        let px = |t: f64| ((probit(t) - lo) / (hi - lo) * 400.0).round() as i32;
+        let labels = det_labels(px, true);
+        assert!(labels.contains(&0.001) && labels.contains(&0.999) && labels.contains(&0.1));
+        assert!(
+            labels.len() < DET_TICKS.len(),
+            "some crowded ticks must be dropped"
+        );
+        for w in labels.windows(2) {
+            let gap = f64::from(px(w[1]) - px(w[0]));
+            let need = (pct_label(w[0]).len() + pct_label(w[1]).len()) as f64 * 6.5 / 2.0 + 8.0;
+            assert!(gap >= need, "{} and {} overlap", w[0], w[1]);
+        }
+        // Every labelled value is a tick.
+        assert!(labels.iter().all(|t| DET_TICKS.contains(t)));
     }
 }

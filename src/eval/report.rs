@@ -95,7 +95,10 @@ pub struct ReportParams<'a> {
 
 impl MetricsReport {
     pub fn build(params: &ReportParams<'_>, samples: &[ScoredSample]) -> MetricsReport {
-        let pure: Vec<Sample> = samples.iter().map(|s| s.to_sample(params.group_by)).collect();
+        let pure: Vec<Sample> = samples
+            .iter()
+            .map(|s| s.to_sample(params.group_by))
+            .collect();
         let metrics = Metrics::compute(&pure, params.threshold);
         let sweep = ScoreSweep::new(&pure);
         let op: Option<OperatingPoint> = sweep.threshold_for_target_apcer(params.target_apcer);
@@ -184,8 +187,17 @@ pub fn score_text(s: &ScoredSample) -> String {
 }
 
 /// Columns: `file,label,attack_type[,<group column>],p_real,verdict,reason`.
-pub fn write_scores_csv<W: std::io::Write>(w: W, samples: &[ScoredSample], group_by: Option<&str>) -> Result<(), ReportError> {
-    let extra = group_by.filter(|c| !matches!(*c, "file" | "label" | "attack_type" | "p_real" | "verdict" | "reason"));
+pub fn write_scores_csv<W: std::io::Write>(
+    w: W,
+    samples: &[ScoredSample],
+    group_by: Option<&str>,
+) -> Result<(), ReportError> {
+    let extra = group_by.filter(|c| {
+        !matches!(
+            *c,
+            "file" | "label" | "attack_type" | "p_real" | "verdict" | "reason"
+        )
+    });
     let mut wtr = csv::Writer::from_writer(w);
     let mut header = vec!["file", "label", "attack_type"];
     if let Some(c) = extra {
@@ -194,7 +206,11 @@ pub fn write_scores_csv<W: std::io::Write>(w: W, samples: &[ScoredSample], group
     header.extend(["p_real", "verdict", "reason"]);
     wtr.write_record(&header)?;
     for s in samples {
-        let mut row: Vec<String> = vec![s.file.clone(), s.label.as_str().into(), s.attack_type.clone()];
+        let mut row: Vec<String> = vec![
+            s.file.clone(),
+            s.label.as_str().into(),
+            s.attack_type.clone(),
+        ];
         if let Some(c) = extra {
             row.push(s.fields.get(c).cloned().unwrap_or_default());
         }
@@ -208,6 +224,17 @@ pub fn write_scores_csv<W: std::io::Write>(w: W, samples: &[ScoredSample], group
         source: e,
     })?;
     Ok(())
+}
+
+/// A threshold for display: a value that is exactly a 32-bit float (every score is) is shown in
+/// its shortest f32 form (`0.18128543`, which `--threshold` parses back to the same value).
+pub fn fmt_threshold(t: f64) -> String {
+    let f = t as f32;
+    if f64::from(f) == t {
+        format!("{f}")
+    } else {
+        format!("{t}")
+    }
 }
 
 /// A rate as a percentage with two decimals, `-` when undefined.
@@ -241,20 +268,20 @@ pub fn summary_rows(r: &MetricsReport) -> Vec<(String, String)> {
             "Images".to_string(),
             format!("{} ({} live, {} spoof)", c.total, c.live, c.spoof),
         ),
-        ("Threshold".to_string(), format!("{}", m.threshold)),
-        (
-            "BPCER".to_string(),
-            pct_n(m.bpcer, c.live_rejected, c.live),
-        ),
+        ("Threshold".to_string(), fmt_threshold(m.threshold)),
+        ("BPCER".to_string(), pct_n(m.bpcer, c.live_rejected, c.live)),
     ];
     for (t, a) in &c.per_attack {
-        rows.push((format!("APCER {t}"), pct_n(m.apcer.get(t).copied().flatten(), a.accepted, a.total)));
+        rows.push((
+            format!("APCER {t}"),
+            pct_n(m.apcer.get(t).copied().flatten(), a.accepted, a.total),
+        ));
     }
     rows.push((
         "APCER_max".to_string(),
         match (&m.apcer_max, &m.apcer_max_attack_type) {
-            (Some(_), Some(t)) => format!("{} ({t})", pct(m.apcer_max)),
-            _ => "-".to_string(),
+            (Some(v), Some(t)) if *v > 0.0 => format!("{} ({t})", pct(m.apcer_max)),
+            _ => pct(m.apcer_max),
         },
     ));
     rows.push(("ACER".to_string(), pct(m.acer)));
@@ -271,17 +298,24 @@ pub fn summary_rows(r: &MetricsReport) -> Vec<(String, String)> {
     ));
     rows.push((
         "BPCER / APCER_max, processed only".to_string(),
-        format!("{} / {}", pct(m.processed_only.bpcer), pct(m.processed_only.apcer_max)),
+        format!(
+            "{} / {}",
+            pct(m.processed_only.bpcer),
+            pct(m.processed_only.apcer_max)
+        ),
     ));
     rows.push((
         "EER".to_string(),
         match m.eer_threshold {
-            Some(t) => format!("{} at threshold {t}", pct(m.eer)),
+            Some(t) => format!("{} at threshold {}", pct(m.eer), fmt_threshold(t)),
             None => "-".to_string(),
         },
     ));
     for (k, v) in &m.bpcer_at_apcer {
-        let target = k.parse::<f64>().map(|x| format!("{}", x * 100.0)).unwrap_or_else(|_| k.clone());
+        let target = k
+            .parse::<f64>()
+            .map(|x| format!("{}", x * 100.0))
+            .unwrap_or_else(|_| k.clone());
         rows.push((format!("BPCER @ APCER <= {target}%"), pct(*v)));
     }
     rows.push(("AUC".to_string(), num(m.auc, 4)));
@@ -289,7 +323,12 @@ pub fn summary_rows(r: &MetricsReport) -> Vec<(String, String)> {
     rows.push((
         format!("Threshold for APCER <= {}%", ta.target * 100.0),
         match ta.threshold {
-            Some(t) => format!("{t} (APCER {}, BPCER {})", pct(ta.apcer), pct(ta.bpcer)),
+            Some(t) => format!(
+                "{} (APCER {}, BPCER {})",
+                fmt_threshold(t),
+                pct(ta.apcer),
+                pct(ta.bpcer)
+            ),
             None => "-".to_string(),
         },
     ));
@@ -308,7 +347,16 @@ pub fn summary_table(r: &MetricsReport) -> String {
 }
 
 const GROUP_HEADER: [&str; 10] = [
-    "live", "spoof", "BPCER", "APCER_max", "ACER", "NR live", "NR spoof", "EER", "AUC", "BPCER@APCER<=5%",
+    "live",
+    "spoof",
+    "BPCER",
+    "APCER_max",
+    "ACER",
+    "NR live",
+    "NR spoof",
+    "EER",
+    "AUC",
+    "BPCER@APCER<=5%",
 ];
 
 fn group_row(m: &Metrics) -> Vec<String> {
@@ -317,8 +365,8 @@ fn group_row(m: &Metrics) -> Vec<String> {
         m.counts.spoof.to_string(),
         pct(m.bpcer),
         match (&m.apcer_max, &m.apcer_max_attack_type) {
-            (Some(_), Some(t)) => format!("{} ({t})", pct(m.apcer_max)),
-            _ => "-".into(),
+            (Some(v), Some(t)) if *v > 0.0 => format!("{} ({t})", pct(m.apcer_max)),
+            _ => pct(m.apcer_max),
         },
         pct(m.acer),
         pct(m.non_response.live),
@@ -399,7 +447,11 @@ fn s(v: &str) -> String {
 }
 
 /// Renders `report.html`.
-pub fn render_html(r: &MetricsReport, samples: &[ScoredSample], group_by: Option<&str>) -> Result<String, ReportError> {
+pub fn render_html(
+    r: &MetricsReport,
+    samples: &[ScoredSample],
+    group_by: Option<&str>,
+) -> Result<String, ReportError> {
     let m = &r.metrics;
     let pure: Vec<Sample> = samples.iter().map(|x| x.to_sample(group_by)).collect();
     let sweep = ScoreSweep::new(&pure);
@@ -420,19 +472,32 @@ pub fn render_html(r: &MetricsReport, samples: &[ScoredSample], group_by: Option
     let meta = vec![
         vec![s("livecheck version"), s(r.app_version)],
         vec![s("dataset"), r.dataset.clone()],
-        vec![s("dataset hash"), r.dataset_hash.clone().unwrap_or_else(|| s("(unavailable: a file could not be read)"))],
+        vec![
+            s("dataset hash"),
+            r.dataset_hash
+                .clone()
+                .unwrap_or_else(|| s("(unavailable: a file could not be read)")),
+        ],
         vec![s("model hash"), r.model_hash.clone()],
-        vec![s("threshold"), format!("{}", m.threshold)],
+        vec![s("threshold"), fmt_threshold(m.threshold)],
     ];
     h.push_str("<table class=\"meta\"><tbody>");
     for row in &meta {
-        let _ = write!(h, "<tr><td>{}</td><td><code>{}</code></td></tr>", esc(&row[0]), esc(&row[1]));
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td><code>{}</code></td></tr>",
+            esc(&row[0]),
+            esc(&row[1])
+        );
     }
     h.push_str("</tbody></table>\n");
 
     // Summary.
     h.push_str("<h2>Metrics</h2>\n");
-    let rows: Vec<Vec<String>> = summary_rows(r).into_iter().map(|(k, v)| vec![k, v]).collect();
+    let rows: Vec<Vec<String>> = summary_rows(r)
+        .into_iter()
+        .map(|(k, v)| vec![k, v])
+        .collect();
     table_html(&mut h, &[s("Figure"), s("Value")], &rows);
 
     // Per attack type.
@@ -499,8 +564,16 @@ never falls below the live non-response rate. The red dot is the configured thre
 (probit); rates of 0 are drawn at the lower edge.</p>\n");
 
     // Histograms.
-    let live_scores: Vec<f64> = pure.iter().filter(|x| x.label == Label::Live).filter_map(|x| x.p_real).collect();
-    let attack_scores: Vec<f64> = pure.iter().filter(|x| x.label == Label::Spoof).filter_map(|x| x.p_real).collect();
+    let live_scores: Vec<f64> = pure
+        .iter()
+        .filter(|x| x.label == Label::Live)
+        .filter_map(|x| x.p_real)
+        .collect();
+    let attack_scores: Vec<f64> = pure
+        .iter()
+        .filter(|x| x.label == Label::Spoof)
+        .filter_map(|x| x.p_real)
+        .collect();
     h.push_str("<h2>Score histograms</h2>\n<div class=\"plots\">");
     h.push_str(&plot::histogram_svg(
         "live vs all attacks",
@@ -551,10 +624,26 @@ Bars show the share of each class per bin of width 0.05.</p>",
     );
 
     // Worst-scored.
-    let mut lives: Vec<&ScoredSample> = samples.iter().filter(|x| x.label == Label::Live && x.p_real().is_some()).collect();
-    lives.sort_by(|a, b| a.p_real().unwrap_or(0.0).total_cmp(&b.p_real().unwrap_or(0.0)).then(a.file.cmp(&b.file)));
-    let mut attacks: Vec<&ScoredSample> = samples.iter().filter(|x| x.label == Label::Spoof && x.p_real().is_some()).collect();
-    attacks.sort_by(|a, b| b.p_real().unwrap_or(0.0).total_cmp(&a.p_real().unwrap_or(0.0)).then(a.file.cmp(&b.file)));
+    let mut lives: Vec<&ScoredSample> = samples
+        .iter()
+        .filter(|x| x.label == Label::Live && x.p_real().is_some())
+        .collect();
+    lives.sort_by(|a, b| {
+        a.p_real()
+            .unwrap_or(0.0)
+            .total_cmp(&b.p_real().unwrap_or(0.0))
+            .then(a.file.cmp(&b.file))
+    });
+    let mut attacks: Vec<&ScoredSample> = samples
+        .iter()
+        .filter(|x| x.label == Label::Spoof && x.p_real().is_some())
+        .collect();
+    attacks.sort_by(|a, b| {
+        b.p_real()
+            .unwrap_or(0.0)
+            .total_cmp(&a.p_real().unwrap_or(0.0))
+            .then(a.file.cmp(&b.file))
+    });
     let worst = |list: &[&ScoredSample]| -> Vec<Vec<String>> {
         list.iter()
             .take(10)
@@ -569,7 +658,13 @@ Bars show the share of each class per bin of width 0.05.</p>",
             })
             .collect()
     };
-    let header = [s("file"), s("attack type"), s("p_real"), s("verdict"), s("reason")];
+    let header = [
+        s("file"),
+        s("attack type"),
+        s("p_real"),
+        s("verdict"),
+        s("reason"),
+    ];
     h.push_str("<h2>Worst-scored live images (lowest p_real)</h2>\n");
     table_html(&mut h, &header, &worst(&lives));
     h.push_str("<h2>Worst-scored attacks (highest p_real)</h2>\n");
@@ -587,12 +682,24 @@ Bars show the share of each class per bin of width 0.05.</p>",
                 Outcome::Failed { message, .. } => message.clone(),
                 Outcome::Verdict(_) => String::new(),
             };
-            vec![x.file.clone(), x.label.as_str().to_string(), x.reason().to_string(), detail]
+            vec![
+                x.file.clone(),
+                x.label.as_str().to_string(),
+                x.reason().to_string(),
+                detail,
+            ]
         })
         .collect();
-    table_html(&mut h, &[s("file"), s("label"), s("reason"), s("detail")], &rows);
+    table_html(
+        &mut h,
+        &[s("file"), s("label"), s("reason"), s("detail")],
+        &rows,
+    );
     if nrs.len() > NR_LIMIT {
-        let _ = writeln!(h, "<p class=\"note\">First {NR_LIMIT} shown; scores.csv lists all.</p>");
+        let _ = writeln!(
+            h,
+            "<p class=\"note\">First {NR_LIMIT} shown; scores.csv lists all.</p>"
+        );
     }
 
     h.push_str("<h2>Conventions</h2>\n<p class=\"note\">");
@@ -607,7 +714,14 @@ mod tests {
     use crate::eval::dataset::DatasetItem;
     use crate::pipeline::{Reason, Timings, Verdict};
 
-    fn sample(file: &str, label: Label, attack: &str, p: f32, reason: Reason, src: &str) -> ScoredSample {
+    fn sample(
+        file: &str,
+        label: Label,
+        attack: &str,
+        p: f32,
+        reason: Reason,
+        src: &str,
+    ) -> ScoredSample {
         let mut fields = BTreeMap::new();
         fields.insert("source".to_string(), src.to_string());
         let item = DatasetItem {
@@ -658,8 +772,22 @@ mod tests {
         let r = MetricsReport::build(&params(Some("source")), &samples);
         let v: serde_json::Value = serde_json::to_value(&r).unwrap();
         for k in [
-            "threshold", "bpcer", "apcer", "apcer_max", "acer", "eer", "eer_threshold", "bpcer_at_apcer", "auc",
-            "non_response", "dataset_hash", "model_hash", "app_version", "counts", "processed_only", "groups",
+            "threshold",
+            "bpcer",
+            "apcer",
+            "apcer_max",
+            "acer",
+            "eer",
+            "eer_threshold",
+            "bpcer_at_apcer",
+            "auc",
+            "non_response",
+            "dataset_hash",
+            "model_hash",
+            "app_version",
+            "counts",
+            "processed_only",
+            "groups",
             "target_apcer",
         ] {
             assert!(v.get(k).is_some(), "missing {k}");
@@ -688,14 +816,25 @@ mod tests {
         write_scores_csv(&mut buf, &samples, Some("source")).unwrap();
         let text = String::from_utf8(buf).unwrap();
         let mut lines = text.lines();
-        assert_eq!(lines.next().unwrap(), "file,label,attack_type,source,p_real,verdict,reason");
+        assert_eq!(
+            lines.next().unwrap(),
+            "file,label,attack_type,source,p_real,verdict,reason"
+        );
         assert_eq!(lines.next().unwrap(), "l1<&>.jpg,live,none,a,0.9,live,live");
-        assert_eq!(lines.next().unwrap(), "l2.jpg,live,none,b,0.3,not_live,spoof");
-        assert_eq!(lines.next().unwrap(), "l3.jpg,live,none,a,,not_live,no_face");
+        assert_eq!(
+            lines.next().unwrap(),
+            "l2.jpg,live,none,b,0.3,not_live,spoof"
+        );
+        assert_eq!(
+            lines.next().unwrap(),
+            "l3.jpg,live,none,a,,not_live,no_face"
+        );
         // Grouping by a built-in column does not duplicate it.
         let mut buf = Vec::new();
         write_scores_csv(&mut buf, &samples, Some("attack_type")).unwrap();
-        assert!(String::from_utf8(buf).unwrap().starts_with("file,label,attack_type,p_real,verdict,reason\n"));
+        assert!(String::from_utf8(buf)
+            .unwrap()
+            .starts_with("file,label,attack_type,p_real,verdict,reason\n"));
     }
 
     #[test]
@@ -717,6 +856,21 @@ mod tests {
     }
 
     #[test]
+    fn thresholds_display_as_f32_when_exact() {
+        assert_eq!(fmt_threshold(f64::from(0.181_285_43_f32)), "0.18128543");
+        assert_eq!(fmt_threshold(0.5), "0.5");
+        assert_eq!(fmt_threshold(0.1), "0.1");
+        let t = f64::from(0.9_f32) + 1e-6;
+        assert_eq!(fmt_threshold(t), format!("{t}"));
+        assert_eq!(
+            fmt_threshold(f64::from(0.181_285_43_f32))
+                .parse::<f32>()
+                .unwrap(),
+            0.181_285_43_f32
+        );
+    }
+
+    #[test]
     fn terminal_tables() {
         let samples = fixture();
         let r = MetricsReport::build(&params(Some("source")), &samples);
@@ -725,7 +879,10 @@ mod tests {
         assert!(t.contains("66.67% (2/3)"), "{t}");
         assert!(t.contains("APCER print"));
         let g = group_table(&r).unwrap();
-        assert!(g.contains("source") && g.contains(" a ") && g.contains(" b "), "{g}");
+        assert!(
+            g.contains("source") && g.contains(" a ") && g.contains(" b "),
+            "{g}"
+        );
         assert!(group_table(&MetricsReport::build(&params(None), &samples)).is_none());
     }
 
@@ -739,7 +896,8 @@ mod tests {
         for p in &paths {
             assert!(p.is_file());
         }
-        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&paths[0]).unwrap()).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&paths[0]).unwrap()).unwrap();
         assert_eq!(v["dataset_hash"], "abc");
     }
 }
