@@ -107,10 +107,11 @@ const DET_LABEL_PRIORITY: [f64; 17] = [
 /// The DET ticks to label, given each tick's pixel position along the axis. `horizontal`:
 /// labels sit side by side (their width matters); otherwise stacked (their height matters).
 fn det_labels(px: impl Fn(f64) -> i32, horizontal: bool) -> Vec<f64> {
-    // About 6.5 px per character and 12 px per line at the 12-pt tick font, plus a gap.
+    // The tick font is about 12 CSS px: up to 7.5 px per character (digits are 0.64 em, `%` is
+    // 0.95 em in DejaVu Sans), 16 px per line including a gap.
     let extent = |t: f64| {
         if horizontal {
-            pct_label(t).len() as f64 * 6.5 + 8.0
+            pct_label(t).len() as f64 * 7.5 + 8.0
         } else {
             16.0
         }
@@ -146,17 +147,105 @@ fn det_coord(p: f64) -> f64 {
     probit(p.clamp(DET_MIN, DET_MAX))
 }
 
-const W: u32 = 600;
+/// ROC and DET size: two fit side by side in the report's 1168 px content column.
+const W: u32 = 560;
 const H: u32 = 480;
+/// Histogram size (two per row as well).
+pub const HIST_SIZE: (u32, u32) = (560, 320);
+const FONT: &str = "sans-serif";
+// plotters' SVG backend writes `font-size` as the given size / 1.24, so these come out at about
+// 12 (ticks, legend), 13 (axis titles) and 17 (plot title) CSS px.
+const TICK_PT: u32 = 15;
+const DESC_PT: u32 = 16;
+const TITLE_PT: u32 = 21;
+const LEGEND_PT: u32 = 15;
+/// Height of the legend row under the title.
+const LEGEND_H: u32 = 26;
 const LIVE_COLOR: RGBColor = RGBColor(33, 113, 181);
 const ATTACK_COLOR: RGBColor = RGBColor(203, 24, 29);
 const CURVE_COLOR: RGBColor = RGBColor(49, 54, 149);
 const GRID: RGBColor = RGBColor(225, 225, 225);
 const LIGHT_GRID: RGBColor = RGBColor(246, 246, 246);
+const DIAG_COLOR: RGBColor = RGBColor(170, 170, 170);
+/// Chart margins and label areas, sized for the fonts above.
+const CHART_MARGIN: u32 = 8;
+const X_LABEL_AREA: u32 = 50;
+const Y_LABEL_AREA: u32 = 68;
 
 /// Removes the namespace attribute (the only URL plotters writes) for inline use in HTML.
 fn finish(svg: String) -> String {
     svg.replacen(" xmlns=\"http://www.w3.org/2000/svg\"", "", 1)
+}
+
+/// What a legend entry shows before its text.
+#[derive(Debug, Clone, Copy)]
+enum Mark {
+    Line(RGBColor),
+    Dot(RGBColor),
+    Bar(RGBColor),
+}
+
+/// Draws the title and, under it, a one-line legend (outside the plotting area, so it never hides
+/// data), and returns the area left for the chart.
+fn titled_with_legend<'a>(
+    root: &DrawingArea<SVGBackend<'a>, Shift>,
+    what: &'static str,
+    title: &str,
+    entries: &[(Mark, String)],
+) -> Result<DrawingArea<SVGBackend<'a>, Shift>, PlotError> {
+    let body = root.titled(title, (FONT, TITLE_PT)).map_err(err(what))?;
+    let (legend, chart) = body.split_vertically(LEGEND_H);
+    // Width estimate at the legend font (~12 px): 0.58 em per character, a little over the
+    // average of common sans-serif fonts, so entries never run into each other.
+    let char_w = f64::from(LEGEND_PT) / 1.24 * 0.58;
+    const SWATCH: i32 = 18;
+    const GAP: i32 = 6;
+    const SPACING: i32 = 16;
+    let widths: Vec<i32> = entries
+        .iter()
+        .map(|(_, t)| SWATCH + GAP + (t.chars().count() as f64 * char_w).ceil() as i32)
+        .collect();
+    let total = widths.iter().sum::<i32>() + SPACING * (widths.len() as i32 - 1).max(0);
+    let (w, h) = legend.dim_in_pixel();
+    let mut x = ((w as i32 - total) / 2).max(4);
+    let y = h as i32 / 2;
+    let font = (FONT, LEGEND_PT)
+        .into_font()
+        .color(&BLACK)
+        .pos(text_anchor::Pos::new(
+            text_anchor::HPos::Left,
+            text_anchor::VPos::Center,
+        ));
+    for ((mark, text), width) in entries.iter().zip(&widths) {
+        match *mark {
+            Mark::Line(c) => legend.draw(&PathElement::new(
+                [(x, y), (x + SWATCH, y)],
+                c.stroke_width(2),
+            )),
+            Mark::Dot(c) => legend.draw(&Circle::new((x + SWATCH / 2, y), 5, c.filled())),
+            Mark::Bar(c) => legend
+                .draw(&Rectangle::new(
+                    [(x, y - 6), (x + SWATCH, y + 6)],
+                    c.mix(0.35).filled(),
+                ))
+                .and_then(|_| {
+                    legend.draw(&Rectangle::new(
+                        [(x, y - 6), (x + SWATCH, y + 6)],
+                        c.stroke_width(1),
+                    ))
+                }),
+        }
+        .map_err(err(what))?;
+        legend
+            .draw(&Text::new(
+                text.as_str(),
+                (x + SWATCH + GAP, y),
+                font.clone(),
+            ))
+            .map_err(err(what))?;
+        x += width + SPACING;
+    }
+    Ok(chart)
 }
 
 fn with_svg(
@@ -187,16 +276,26 @@ pub fn roc_svg(
             Some(a) => format!("ROC (AUC {a:.4})"),
             None => "ROC".to_string(),
         };
-        let mut chart = ChartBuilder::on(root)
-            .caption(caption, ("sans-serif", 18))
-            .margin(12)
-            .x_label_area_size(44)
-            .y_label_area_size(56)
+        let mut legend = vec![
+            (Mark::Line(CURVE_COLOR), "ROC".to_string()),
+            (Mark::Line(DIAG_COLOR), "chance".to_string()),
+        ];
+        if operating.is_some() {
+            legend.push((Mark::Dot(ATTACK_COLOR), "configured threshold".to_string()));
+        }
+        let area = titled_with_legend(root, WHAT, &caption, &legend)?;
+        let mut chart = ChartBuilder::on(&area)
+            .margin(CHART_MARGIN)
+            .margin_right(CHART_MARGIN + 8)
+            .x_label_area_size(X_LABEL_AREA)
+            .y_label_area_size(Y_LABEL_AREA)
             .build_cartesian_2d(0f64..1f64, 0f64..1f64)
             .map_err(err(WHAT))?;
         chart
             .configure_mesh()
             .light_line_style(LIGHT_GRID)
+            .label_style((FONT, TICK_PT))
+            .axis_desc_style((FONT, DESC_PT))
             .x_desc("APCER (all attack types pooled)")
             .y_desc("1 - BPCER")
             .x_label_formatter(&|v| pct_label(*v))
@@ -206,7 +305,7 @@ pub fn roc_svg(
         chart
             .draw_series(LineSeries::new(
                 [(0.0, 0.0), (1.0, 1.0)],
-                ShapeStyle::from(&RGBColor(170, 170, 170)).stroke_width(1),
+                ShapeStyle::from(&DIAG_COLOR).stroke_width(1),
             ))
             .map_err(err(WHAT))?;
         // Points by descending threshold: from (0,0) (reject all) to (1,1).
@@ -220,9 +319,7 @@ pub fn roc_svg(
                 pts,
                 ShapeStyle::from(&CURVE_COLOR).stroke_width(2),
             ))
-            .map_err(err(WHAT))?
-            .label("ROC")
-            .legend(|(x, y)| PathElement::new([(x, y), (x + 18, y)], CURVE_COLOR.stroke_width(2)));
+            .map_err(err(WHAT))?;
         if let Some((a, b)) = operating {
             chart
                 .draw_series(std::iter::once(Circle::new(
@@ -230,17 +327,8 @@ pub fn roc_svg(
                     5,
                     ATTACK_COLOR.filled(),
                 )))
-                .map_err(err(WHAT))?
-                .label("configured threshold")
-                .legend(|(x, y)| Circle::new((x + 9, y), 4, ATTACK_COLOR.filled()));
+                .map_err(err(WHAT))?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(err(WHAT))?;
         Ok(())
     })
 }
@@ -258,13 +346,21 @@ pub fn det_svg(
             Some(e) => format!("DET (EER {})", pct2(e)),
             None => "DET".to_string(),
         };
+        let mut legend = vec![
+            (Mark::Line(CURVE_COLOR), "DET".to_string()),
+            (Mark::Line(DIAG_COLOR), "APCER = BPCER".to_string()),
+        ];
+        if operating.is_some() {
+            legend.push((Mark::Dot(ATTACK_COLOR), "configured threshold".to_string()));
+        }
+        let area = titled_with_legend(root, WHAT, &caption, &legend)?;
         let lo = probit(DET_MIN);
         let hi = probit(DET_MAX);
-        let mut chart = ChartBuilder::on(root)
-            .caption(caption, ("sans-serif", 18))
-            .margin(12)
-            .x_label_area_size(44)
-            .y_label_area_size(56)
+        let mut chart = ChartBuilder::on(&area)
+            .margin(CHART_MARGIN)
+            .margin_right(CHART_MARGIN + 8)
+            .x_label_area_size(X_LABEL_AREA)
+            .y_label_area_size(Y_LABEL_AREA)
             .build_cartesian_2d(lo..hi, lo..hi)
             .map_err(err(WHAT))?;
         // Custom mesh: grid lines and labels at round percentages.
@@ -273,6 +369,7 @@ pub fn det_svg(
             .disable_mesh()
             .x_labels(0)
             .y_labels(0)
+            .axis_desc_style((FONT, DESC_PT))
             .x_desc("APCER (all attack types pooled)")
             .y_desc("BPCER")
             .draw()
@@ -287,7 +384,7 @@ pub fn det_svg(
                 .draw_series(LineSeries::new([(lo, v), (hi, v)], grid))
                 .map_err(err(WHAT))?;
         }
-        let font = ("sans-serif", 12).into_font().color(&BLACK);
+        let font = (FONT, TICK_PT).into_font().color(&BLACK);
         // Grid lines at every tick; labels only where they do not collide (the probit scale
         // crowds the ends), placed in priority order so the extremes and round values win.
         let x_px = |t: f64| chart.backend_coord(&(probit(t), lo)).0;
@@ -320,7 +417,7 @@ pub fn det_svg(
         chart
             .draw_series(LineSeries::new(
                 [(lo, lo), (hi, hi)],
-                ShapeStyle::from(&RGBColor(170, 170, 170)).stroke_width(1),
+                ShapeStyle::from(&DIAG_COLOR).stroke_width(1),
             ))
             .map_err(err(WHAT))?;
         let pts: Vec<(f64, f64)> = curve
@@ -333,9 +430,7 @@ pub fn det_svg(
                 pts,
                 ShapeStyle::from(&CURVE_COLOR).stroke_width(2),
             ))
-            .map_err(err(WHAT))?
-            .label("DET")
-            .legend(|(x, y)| PathElement::new([(x, y), (x + 18, y)], CURVE_COLOR.stroke_width(2)));
+            .map_err(err(WHAT))?;
         if let Some((a, b)) = operating {
             chart
                 .draw_series(std::iter::once(Circle::new(
@@ -343,17 +438,8 @@ pub fn det_svg(
                     5,
                     ATTACK_COLOR.filled(),
                 )))
-                .map_err(err(WHAT))?
-                .label("configured threshold")
-                .legend(|(x, y)| Circle::new((x + 9, y), 4, ATTACK_COLOR.filled()));
+                .map_err(err(WHAT))?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(err(WHAT))?;
         Ok(())
     })
 }
@@ -408,25 +494,43 @@ pub fn histogram_svg(
             .fold(0.0f64, f64::max)
             .max(0.05)
             * 1.1;
-        let mut chart = ChartBuilder::on(root)
-            .caption(title, ("sans-serif", 16))
-            .margin(10)
-            .x_label_area_size(36)
-            .y_label_area_size(52)
+        let color_of = |s: &HistSeries<'_>| if s.live { LIVE_COLOR } else { ATTACK_COLOR };
+        let mut legend: Vec<(Mark, String)> = series
+            .iter()
+            .map(|s| {
+                let n = s.scores.iter().filter(|v| v.is_finite()).count();
+                (Mark::Bar(color_of(s)), format!("{} (n={n})", s.name))
+            })
+            .collect();
+        let show_threshold = threshold.is_finite() && (0.0..=1.0).contains(&threshold);
+        if show_threshold {
+            legend.push((
+                Mark::Line(BLACK),
+                format!("threshold {}", super::report::fmt_threshold(threshold)),
+            ));
+        }
+        let area = titled_with_legend(root, WHAT, title, &legend)?;
+        let mut chart = ChartBuilder::on(&area)
+            .margin(CHART_MARGIN)
+            .margin_right(CHART_MARGIN + 8)
+            .x_label_area_size(X_LABEL_AREA)
+            .y_label_area_size(Y_LABEL_AREA)
             .build_cartesian_2d(0f64..1f64, 0f64..ymax)
             .map_err(err(WHAT))?;
         chart
             .configure_mesh()
             .light_line_style(LIGHT_GRID)
+            .label_style((FONT, TICK_PT))
+            .axis_desc_style((FONT, DESC_PT))
             .x_desc("p_real")
             .y_desc("share of class")
+            .y_labels(6)
             .y_label_formatter(&|v| pct_label((*v * 1000.0).round() / 1000.0))
             .draw()
             .map_err(err(WHAT))?;
         let w = 1.0 / BINS as f64;
         for (s, b) in series.iter().zip(&binned) {
-            let color = if s.live { LIVE_COLOR } else { ATTACK_COLOR };
-            let n = s.scores.iter().filter(|v| v.is_finite()).count();
+            let color = color_of(s);
             chart
                 .draw_series(
                     b.iter()
@@ -439,11 +543,7 @@ pub fn histogram_svg(
                             )
                         }),
                 )
-                .map_err(err(WHAT))?
-                .label(format!("{} (n={n})", s.name))
-                .legend(move |(x, y)| {
-                    Rectangle::new([(x, y - 5), (x + 14, y + 5)], color.mix(0.5).filled())
-                });
+                .map_err(err(WHAT))?;
             // Outline, so overlapping bars stay readable.
             let mut outline = vec![(0.0, 0.0)];
             for (i, f) in b.iter().enumerate() {
@@ -458,26 +558,14 @@ pub fn histogram_svg(
                 ))
                 .map_err(err(WHAT))?;
         }
-        if threshold.is_finite() && (0.0..=1.0).contains(&threshold) {
+        if show_threshold {
             chart
                 .draw_series(LineSeries::new(
                     [(threshold, 0.0), (threshold, ymax)],
                     ShapeStyle::from(&BLACK).stroke_width(2),
                 ))
-                .map_err(err(WHAT))?
-                .label(format!(
-                    "threshold {}",
-                    super::report::fmt_threshold(threshold)
-                ))
-                .legend(|(x, y)| PathElement::new([(x, y), (x + 18, y)], BLACK.stroke_width(2)));
+                .map_err(err(WHAT))?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperMiddle)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(err(WHAT))?;
         Ok(())
     })
 }
@@ -593,6 +681,108 @@ mod tests {
                 det.contains(&format!("\n{tick}\n")),
                 "DET lacks tick {tick}"
             );
+        }
+    }
+
+    /// The `font-size` values an SVG uses.
+    fn font_sizes(svg: &str) -> Vec<f64> {
+        svg.split("font-size=\"")
+            .skip(1)
+            .map(|r| r.split('"').next().unwrap().parse::<f64>().unwrap())
+            .collect()
+    }
+
+    /// `(y, text)` of every `<text>` element (plotters writes the text on its own line).
+    fn texts(svg: &str) -> Vec<(f64, String)> {
+        svg.split("<text")
+            .skip(1)
+            .map(|t| {
+                let y = t.split(" y=\"").nth(1).unwrap().split('"').next().unwrap();
+                let body = t.split('>').nth(1).unwrap().split('<').next().unwrap();
+                (y.parse().unwrap(), body.trim().to_string())
+            })
+            .collect()
+    }
+
+    fn sample_plots() -> Vec<String> {
+        let curve = vec![
+            CurvePoint {
+                threshold: 0.2,
+                apcer: 0.9,
+                bpcer: 0.05,
+            },
+            CurvePoint {
+                threshold: 0.6,
+                apcer: 0.05,
+                bpcer: 0.3,
+            },
+        ];
+        vec![
+            roc_svg(&curve, Some((0.05, 0.3)), Some(0.8)).unwrap(),
+            det_svg(&curve, Some((0.05, 0.3)), Some(0.2)).unwrap(),
+            histogram_svg(
+                "h",
+                &[
+                    HistSeries {
+                        name: "live".into(),
+                        scores: &[0.9, 0.95, 0.99],
+                        live: true,
+                    },
+                    HistSeries {
+                        name: "print".into(),
+                        scores: &[0.01, 0.02],
+                        live: false,
+                    },
+                ],
+                0.5,
+                HIST_SIZE,
+            )
+            .unwrap(),
+        ]
+    }
+
+    #[test]
+    fn text_is_readable_size() {
+        // plotters' default 12 pt came out at 9.7 CSS px in a browser: too small to read.
+        for svg in sample_plots() {
+            let sizes = font_sizes(&svg);
+            assert!(!sizes.is_empty());
+            assert!(
+                sizes.iter().all(|&s| s >= 11.5),
+                "font sizes {sizes:?} in {}",
+                &svg[..80]
+            );
+        }
+    }
+
+    #[test]
+    fn legend_sits_above_the_plotting_area() {
+        // The legend must not hide bars or curves: every legend text lies above the highest
+        // tick label (the top of the plotting area).
+        let plots = sample_plots();
+        let cases: [(&str, &[&str]); 3] = [
+            ("ROC", &["ROC", "chance", "configured threshold"]),
+            ("DET", &["DET", "APCER = BPCER", "configured threshold"]),
+            ("h", &["live (n=3)", "print (n=2)", "threshold 0.5"]),
+        ];
+        for (svg, (name, legend)) in plots.iter().zip(cases) {
+            let t = texts(svg);
+            let ticks_top = t
+                .iter()
+                .filter(|(_, s)| s.ends_with('%') || s.parse::<f64>().is_ok())
+                .map(|(y, _)| *y)
+                .fold(f64::INFINITY, f64::min);
+            assert!(ticks_top.is_finite(), "{name}: no tick labels");
+            for want in legend {
+                let (y, _) = t
+                    .iter()
+                    .find(|(_, s)| s == want)
+                    .unwrap_or_else(|| panic!("{name}: no legend entry {want:?} in {t:?}"));
+                assert!(
+                    *y + 8.0 < ticks_top,
+                    "{name}: legend {want:?} at y={y}, plot starts at {ticks_top}"
+                );
+            }
         }
     }
 

@@ -419,9 +419,10 @@ pub fn esc(s: &str) -> String {
 
 const CSS: &str = "body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:24px auto;max-width:1200px;color:#222;padding:0 16px}\
 h1{font-size:24px}h2{font-size:19px;margin-top:32px;border-bottom:1px solid #ddd;padding-bottom:4px}\
-table{border-collapse:collapse;margin:8px 0 16px}td,th{border:1px solid #ccc;padding:4px 10px;text-align:left;font-size:14px}\
+table{border-collapse:collapse;margin:8px 0 16px}td,th{border:1px solid #ccc;padding:4px 10px;text-align:left;font-size:14px}td:first-child,.meta td{overflow-wrap:anywhere}\
 th{background:#f3f3f3}td.n{text-align:right;font-variant-numeric:tabular-nums}\
-.plots{display:flex;flex-wrap:wrap;gap:12px}.plots svg{border:1px solid #eee}\
+.plots{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}\
+.plots svg{border:1px solid #eee;max-width:100%;height:auto;flex:0 1 auto}\
 .meta td:first-child{font-weight:600}.note{color:#555;font-size:13px;max-width:900px}\
 code{background:#f5f5f5;padding:1px 4px}";
 
@@ -590,7 +591,7 @@ never falls below the live non-response rate. The red dot is the configured thre
             },
         ],
         m.threshold,
-        (560, 340),
+        plot::HIST_SIZE,
     )?);
     for t in m.counts.per_attack.keys() {
         let scores: Vec<f64> = pure
@@ -613,7 +614,7 @@ never falls below the live non-response rate. The red dot is the configured thre
                 },
             ],
             m.threshold,
-            (560, 300),
+            plot::HIST_SIZE,
         )?);
     }
     let _ = writeln!(
@@ -853,6 +854,29 @@ mod tests {
         // Worst attack listed first is the accepted one.
         let worst = html.find("Worst-scored attacks").unwrap();
         assert!(html[worst..].find("s1.jpg").unwrap() < html[worst..].find("s2.jpg").unwrap());
+    }
+
+    #[test]
+    fn roc_and_det_fit_side_by_side() {
+        // The body is max-width 1200px with 16px padding each side; ROC and DET (each with a
+        // 1px border) and the 12px gap must fit in one row, and so must two histograms.
+        let samples = fixture();
+        let r = MetricsReport::build(&params(None), &samples);
+        let html = render_html(&r, &samples, None).unwrap();
+        let widths: Vec<u32> = html
+            .split("<svg width=\"")
+            .skip(1)
+            .map(|w| w.split('"').next().unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(widths.len(), 5);
+        let content = 1200 - 2 * 16;
+        for pair in widths.chunks(2) {
+            let row: u32 = pair.iter().map(|w| w + 2).sum::<u32>() + 12;
+            assert!(row <= content, "plots {pair:?} need {row}px > {content}px");
+        }
+        assert!(html.contains("max-width:1200px") && html.contains("padding:0 16px"));
+        // Plots shrink with narrower windows instead of overflowing.
+        assert!(html.contains(".plots svg{") && html.contains("max-width:100%;height:auto"));
     }
 
     #[test]
