@@ -18,3 +18,26 @@ pub mod models;
 pub mod pipeline;
 pub mod server;
 pub mod store;
+
+use std::path::Path;
+
+/// Why the default pipeline could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Models(#[from] models::ModelError),
+    #[error(transparent)]
+    Engine(#[from] engine::tract::LoadError),
+}
+
+/// Load the default pipeline (built-in manifest, tract engine) from `model_dir`, or from the
+/// directory [`models::resolve_dir`] finds when `None`.
+pub fn load_pipeline(
+    model_dir: Option<&Path>,
+    config: pipeline::PipelineConfig,
+) -> Result<pipeline::Pipeline, LoadError> {
+    let manifest = models::Manifest::builtin()?;
+    let dir = models::resolve_dir(model_dir, &manifest)?;
+    let engine = engine::tract::TractEngine::load(&dir, &manifest)?;
+    Ok(pipeline::Pipeline::new(Box::new(engine), config))
+}

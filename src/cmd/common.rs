@@ -22,11 +22,47 @@ pub struct PipelineArgs {
     #[arg(long, env = "LIVECHECK_MIN_FACE_PX", default_value_t = 32)]
     pub min_face_px: u32,
 
-    /// Minimum ratio of image side to face-box side (less context gives reason `face_too_close`).
-    #[arg(long, env = "LIVECHECK_MIN_CONTEXT_RATIO", default_value_t = 1.0)]
+    /// Minimum ratio of image side to face-box side, on the tighter axis (less context gives reason
+    /// `face_too_close`). 0.75 refuses faces whose box overflows the frame by more than a quarter;
+    /// see docs/accuracy.md for the devset measurements behind it.
+    #[arg(long, env = "LIVECHECK_MIN_CONTEXT_RATIO", default_value_t = 0.75)]
     pub min_context_ratio: f32,
 
     /// Largest image accepted, in pixels (checked from the header, before decoding).
     #[arg(long, env = "LIVECHECK_MAX_PIXELS", default_value_t = 40_000_000)]
     pub max_pixels: u64,
+}
+
+impl PipelineArgs {
+    /// The pipeline configuration these flags describe.
+    pub fn config(&self) -> anyhow::Result<livecheck::pipeline::PipelineConfig> {
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&self.threshold),
+            "--threshold must be between 0 and 1 (got {})",
+            self.threshold
+        );
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&self.min_face_confidence),
+            "--min-face-confidence must be between 0 and 1 (got {})",
+            self.min_face_confidence
+        );
+        let defaults = livecheck::pipeline::PipelineConfig::default();
+        Ok(livecheck::pipeline::PipelineConfig {
+            threshold: self.threshold,
+            min_face_confidence: self.min_face_confidence,
+            min_face_px: self.min_face_px,
+            min_context_ratio: self.min_context_ratio,
+            min_image_side: defaults.min_image_side,
+            limits: livecheck::pipeline::DecodeLimits {
+                max_bytes: defaults.limits.max_bytes,
+                max_pixels: self.max_pixels,
+            },
+        })
+    }
+
+    /// Resolve the model directory, verify and load the models, and build the pipeline.
+    pub fn build(&self) -> anyhow::Result<livecheck::pipeline::Pipeline> {
+        let config = self.config()?;
+        Ok(livecheck::load_pipeline(self.models.as_deref(), config)?)
+    }
 }

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{Engine, EngineError};
+use crate::engine::{Classifier, Engine, EngineError};
 pub use decode::{BgrImage, DecodeError, DecodeLimits};
 
 /// Stable machine-readable reason for a verdict. Serialized in snake_case (`"no_face"`...).
@@ -142,7 +142,7 @@ pub struct Verdict {
     pub timings: Timings,
 }
 
-/// Errors that stop a check before any verdict (the bytes are not an image, or inference failed).
+/// Errors that stop a check before any verdict: the bytes did not decode, or inference failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
     #[error(transparent)]
@@ -151,7 +151,53 @@ pub enum PipelineError {
     Engine(#[from] EngineError),
 }
 
-/// The loaded pipeline: engine plus configuration. Cheap to share (`Arc<Pipeline>`), `Send + Sync`.
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            threshold: 0.5,
+            min_face_confidence: 0.6,
+            min_face_px: 32,
+            min_context_ratio: 0.75,
+            min_image_side: 32,
+            limits: DecodeLimits::default(),
+        }
+    }
+}
+
+impl Verdict {
+    /// A "not live" verdict for a quality outcome that stopped before the classifiers.
+    pub fn quality(reason: Reason, threshold: f32) -> Verdict {
+        Verdict {
+            live: false,
+            p_real: 0.0,
+            threshold,
+            reason,
+            face: None,
+            scores: None,
+            image_size: None,
+            timings: Timings::default(),
+        }
+    }
+}
+
+/// Reusable per-thread buffers: preprocessing allocates nothing once warm.
+#[derive(Default)]
+struct Scratch {
+    resized: Vec<u8>,
+    det_input: Vec<f32>,
+    crop: Vec<u8>,
+    cls_input: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1e3
+}
+
+/// The loaded pipeline: engine plus configuration. Share it as `Arc<Pipeline>`; it is `Send + Sync`.
 pub struct Pipeline {
     engine: Box<dyn Engine>,
     config: PipelineConfig,
@@ -166,12 +212,152 @@ impl Pipeline {
         &self.config
     }
 
+    /// The engine's name (`tract`).
+    pub fn engine_name(&self) -> &'static str {
+        self.engine.name()
+    }
+
     /// Run the whole pipeline on encoded image bytes.
     ///
-    /// `Err` only when the bytes are not an image at all ([`DecodeError::NotAnImage`]) or the engine
-    /// failed; every other outcome, including undecodable or oversized images, is a [`Verdict`].
+    /// `Err` when the bytes do not decode ([`DecodeError`]: not an image, unsupported, corrupt, too
+    /// many pixels — callers that want a verdict for those use [`DecodeError::reason`] with
+    /// [`Verdict::quality`]) or the engine failed. Every face or quality outcome is a [`Verdict`].
     pub fn check(&self, bytes: &[u8]) -> Result<Verdict, PipelineError> {
-        let _ = (bytes, Instant::now(), &self.engine);
-        unimplemented!("pipeline under construction")
+        let t0 = Instant::now();
+        let img = decode::decode(bytes, &self.config.limits)?;
+        let decode_ms = ms(t0);
+        let mut v = self.check_image(&img)?;
+        v.timings.decode = decode_ms;
+        v.timings.total = ms(t0);
+        Ok(v)
     }
+
+    /// Run detection and classification on an already decoded, upright image.
+    pub fn check_image(&self, img: &BgrImage) -> Result<Verdict, PipelineError> {
+        let t0 = Instant::now();
+        let cfg = &self.config;
+        let (w, h) = (img.width as usize, img.height as usize);
+        let mut v = Verdict::quality(Reason::NoFace, cfg.threshold);
+        v.image_size = Some([img.width, img.height]);
+        if w.min(h) < cfg.min_image_side.max(1) as usize {
+            v.reason = Reason::ImageTooSmall;
+            v.timings.total = ms(t0);
+            return Ok(v);
+        }
+        let view = img.view();
+
+        // Detection.
+        let (dw, dh) = detect::detector_input_size(w, h);
+        let faces = SCRATCH.with(|s| -> Result<detect::Faces, PipelineError> {
+            let mut s = s.borrow_mut();
+            let Scratch {
+                resized, det_input, ..
+            } = &mut *s;
+            detect::detector_input(&view, dw, dh, resized, det_input);
+            let out = self.engine.detect(det_input, dw, dh)?;
+            let priors = detect::priors(dw, dh);
+            detect::select_faces(&out, &priors, cfg.min_face_confidence).map_err(|message| {
+                EngineError::Output {
+                    model: "detector",
+                    message,
+                }
+                .into()
+            })
+        })?;
+        v.timings.detect = ms(t0);
+
+        let best = match faces.best {
+            Some(b) if b.confidence >= cfg.min_face_confidence => b,
+            _ => {
+                v.reason = Reason::NoFace;
+                v.timings.total = ms(t0);
+                return Ok(v);
+            }
+        };
+        let bbox = best.bbox(w, h);
+        v.face = Some(Face {
+            bbox,
+            confidence: best.confidence,
+        });
+        let min_px = cfg.min_face_px.max(1) as i32;
+        let second = faces.kept.iter().skip(1).any(|d| {
+            let b = d.bbox(w, h);
+            detect::is_separate_face(&best, d) && b[2].min(b[3]) >= min_px
+        });
+        let quality = if second {
+            Some(Reason::MultipleFaces)
+        } else if bbox[2].min(bbox[3]) < min_px {
+            Some(Reason::FaceTooSmall)
+        } else if context_ratio(bbox, w, h) < cfg.min_context_ratio {
+            Some(Reason::FaceTooClose)
+        } else {
+            None
+        };
+        if let Some(r) = quality {
+            v.reason = r;
+            v.timings.total = ms(t0);
+            return Ok(v);
+        }
+
+        // Classification.
+        let t1 = Instant::now();
+        let v2 = self.classify(&view, bbox, crop::SCALE_V2, Classifier::V2)?;
+        let v1se = self.classify(&view, bbox, crop::SCALE_V1SE, Classifier::V1Se)?;
+        v.timings.classify = ms(t1);
+        v.scores = Some(Scores { v2, v1se });
+        v.p_real = classify::fuse(v2, v1se);
+        v.live = v.p_real >= cfg.threshold;
+        v.reason = if v.live { Reason::Live } else { Reason::Spoof };
+        v.timings.total = ms(t0);
+        Ok(v)
+    }
+
+    /// Crop at `scale`, resize to 80x80, run one classifier; returns its softmax.
+    fn classify(
+        &self,
+        view: &resize::ImageView<'_>,
+        bbox: [i32; 4],
+        scale: f64,
+        which: Classifier,
+    ) -> Result<[f32; 3], PipelineError> {
+        let logits = SCRATCH.with(|s| -> Result<[f32; 3], PipelineError> {
+            let mut s = s.borrow_mut();
+            let Scratch {
+                crop, cls_input, ..
+            } = &mut *s;
+            crop_to_input(view, bbox, scale, crop, cls_input).ok_or_else(|| {
+                EngineError::Output {
+                    model: "crop",
+                    message: format!("no crop for box {bbox:?}"),
+                }
+            })?;
+            Ok(self.engine.classify(which, cls_input)?)
+        })?;
+        Ok(classify::softmax3(logits))
+    }
+}
+
+/// Smallest ratio of image side to face-box side over both axes.
+pub fn context_ratio(bbox: [i32; 4], w: usize, h: usize) -> f32 {
+    let bw = bbox[2].max(1) as f32;
+    let bh = bbox[3].max(1) as f32;
+    (w as f32 / bw).min(h as f32 / bh)
+}
+
+/// Crop `bbox` at `scale`, resize to 80x80 BGR into `crop` and build the classifier tensor
+/// (BGR planes, 0-255, no normalisation) into `input`. Returns the crop box used.
+pub fn crop_to_input(
+    view: &resize::ImageView<'_>,
+    bbox: [i32; 4],
+    scale: f64,
+    crop: &mut Vec<u8>,
+    input: &mut Vec<f32>,
+) -> Option<crop::CropBox> {
+    let n = classify::INPUT_SIDE;
+    let cb = crop::crop_box(bbox, view.width, view.height, scale)?;
+    let patch = view.sub(cb.left, cb.top, cb.width(), cb.height())?;
+    crop.resize(n * n * 3, 0);
+    resize::resize_bilinear(&patch, n, n, crop);
+    detect::bgr_to_planar(crop, n * n, [0.0; 3], input);
+    Some(cb)
 }

@@ -1,0 +1,60 @@
+//! Per-operator profile of the three models in tract, on the live sample's real inputs:
+//! where inference time goes. `cargo run --release --example profile_ops`
+//!
+//! Uses tract's `run_plan_with_eval` hook to time every node, then sums by operator kind.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use livecheck::pipeline::{self, crop, decode, detect};
+use tract_onnx::prelude::*;
+
+fn main() -> anyhow::Result<()> {
+    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared");
+    let dir = std::env::var_os("LIVECHECK_MODEL_DIR").map(PathBuf::from).unwrap_or_else(|| shared.join("models"));
+    let bytes = std::fs::read(shared.join("testdata/silentface/image_T1.jpg"))?;
+    let img = decode::decode(&bytes, &Default::default())?;
+    let (dw, dh) = detect::detector_input_size(img.width as usize, img.height as usize);
+    let (mut scratch, mut det_in) = (Vec::new(), Vec::new());
+    detect::detector_input(&img.view(), dw, dh, &mut scratch, &mut det_in);
+    let (mut c, mut cls_in) = (Vec::new(), Vec::new());
+    pipeline::crop_to_input(&img.view(), [106, 147, 207, 213], crop::SCALE_V2, &mut c, &mut cls_in)
+        .ok_or_else(|| anyhow::anyhow!("crop"))?;
+
+    let rounds = 50;
+    for (file, shape, input) in [
+        ("retinaface_silentface.onnx", [1, 3, dh, dw], &det_in),
+        ("MiniFASNetV2.onnx", [1, 3, 80, 80], &cls_in),
+        ("MiniFASNetV1SE.onnx", [1, 3, 80, 80], &cls_in),
+    ] {
+        let plan = tract_onnx::onnx()
+            .model_for_path(dir.join(file))?
+            .with_input_fact(0, f32::fact(shape).into())?
+            .into_optimized()?
+            .into_runnable()?;
+        let tensor: TValue = Tensor::from_shape(&shape, input)?.into();
+        let mut state = tract_onnx::tract_core::plan::SimpleState::new(&plan)?;
+        let mut per_op: BTreeMap<String, (Duration, usize)> = BTreeMap::new();
+        let t0 = Instant::now();
+        for _ in 0..rounds {
+            state.run_plan_with_eval(tvec!(tensor.clone()), |ctx, op_state, node, inputs| {
+                let t = Instant::now();
+                let r = tract_onnx::tract_core::plan::eval(ctx, op_state, node, inputs);
+                let e = per_op.entry(node.op().name().to_string()).or_default();
+                e.0 += t.elapsed();
+                e.1 += 1;
+                r
+            })?;
+        }
+        let total = t0.elapsed() / rounds;
+        let mut rows: Vec<_> = per_op.into_iter().collect();
+        rows.sort_by(|a, b| b.1 .0.cmp(&a.1 .0));
+        println!("\n{file} {shape:?}: {:.2} ms per run", total.as_secs_f64() * 1e3);
+        for (op, (d, n)) in rows.iter().take(8) {
+            let ms = d.as_secs_f64() * 1e3 / rounds as f64;
+            println!("  {op:<28} {ms:>7.3} ms  ({:>4.1}%, {} nodes)", 100.0 * ms / (total.as_secs_f64() * 1e3), n / rounds as usize);
+        }
+    }
+    Ok(())
+}

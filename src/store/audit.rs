@@ -1,0 +1,325 @@
+//! The audit trail: one row per liveness check.
+
+use chrono::{DateTime, Datelike, SubsecRound, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{parse_ts, parse_uuid, pg_ts, ts_text, Pool, Store, StoreError, Timings};
+
+/// One audited check. It holds what is needed to explain a decision later and nothing that would
+/// make the trail itself sensitive: no image bytes (only their SHA-256 and size), no full URL
+/// (only the host), no token (only the key id).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// The reference returned to the client.
+    pub reference: Uuid,
+    /// The API key that made the request (`None` when auth is disabled).
+    pub key_id: Option<Uuid>,
+    /// Stored with microsecond precision (truncated).
+    pub created_at: DateTime<Utc>,
+    pub live: bool,
+    pub p_real: f64,
+    pub threshold: f64,
+    /// Stable reason code (`live`, `spoof`, `no_face`...).
+    pub reason: String,
+    pub detail: String,
+    /// Face box `[x, y, w, h]` in pixels of the upright image.
+    pub bbox: Option<[i32; 4]>,
+    pub detector_confidence: Option<f64>,
+    /// Lowercase hex SHA-256 of the image bytes as received (64 hex digits).
+    pub image_sha256: String,
+    pub image_bytes: i64,
+    pub image_width: Option<i32>,
+    pub image_height: Option<i32>,
+    /// How the image came: `url` or `base64`.
+    pub input_kind: String,
+    /// Host of the image URL (no scheme, path, query or credentials), for `url` inputs.
+    pub url_host: Option<String>,
+    /// Hash identifying the model set that decided.
+    pub model_hash: String,
+    pub engine: String,
+    pub app_version: String,
+    pub timings_ms: Timings,
+}
+
+#[derive(sqlx::FromRow)]
+struct AuditRow {
+    reference: String,
+    key_id: Option<String>,
+    created_at: String,
+    live: bool,
+    p_real: f64,
+    threshold: f64,
+    reason: String,
+    detail: String,
+    bbox_x: Option<i32>,
+    bbox_y: Option<i32>,
+    bbox_w: Option<i32>,
+    bbox_h: Option<i32>,
+    detector_confidence: Option<f64>,
+    image_sha256: String,
+    image_bytes: i64,
+    image_width: Option<i32>,
+    image_height: Option<i32>,
+    input_kind: String,
+    url_host: Option<String>,
+    model_hash: String,
+    engine: String,
+    app_version: String,
+    decode_ms: f64,
+    detect_ms: f64,
+    classify_ms: f64,
+    total_ms: f64,
+}
+
+impl AuditRow {
+    fn into_record(self) -> Result<AuditRecord, StoreError> {
+        let bbox = match (self.bbox_x, self.bbox_y, self.bbox_w, self.bbox_h) {
+            (Some(x), Some(y), Some(w), Some(h)) => Some([x, y, w, h]),
+            (None, None, None, None) => None,
+            _ => {
+                return Err(StoreError::Corrupt {
+                    column: "audit.bbox_*",
+                    detail: "some but not all box coordinates are set".into(),
+                })
+            }
+        };
+        Ok(AuditRecord {
+            reference: parse_uuid("audit.reference", &self.reference)?,
+            key_id: self
+                .key_id
+                .as_deref()
+                .map(|k| parse_uuid("audit.key_id", k))
+                .transpose()?,
+            created_at: parse_ts("audit.created_at", &self.created_at)?,
+            live: self.live,
+            p_real: self.p_real,
+            threshold: self.threshold,
+            reason: self.reason,
+            detail: self.detail,
+            bbox,
+            detector_confidence: self.detector_confidence,
+            image_sha256: self.image_sha256,
+            image_bytes: self.image_bytes,
+            image_width: self.image_width,
+            image_height: self.image_height,
+            input_kind: self.input_kind,
+            url_host: self.url_host,
+            model_hash: self.model_hash,
+            engine: self.engine,
+            app_version: self.app_version,
+            timings_ms: Timings {
+                decode: self.decode_ms,
+                detect: self.detect_ms,
+                classify: self.classify_ms,
+                total: self.total_ms,
+            },
+        })
+    }
+}
+
+const COLUMNS: &str = "reference, key_id, created_at, live, p_real, threshold, reason, detail, \
+     bbox_x, bbox_y, bbox_w, bbox_h, detector_confidence, image_sha256, image_bytes, \
+     image_width, image_height, input_kind, url_host, model_hash, engine, app_version, \
+     decode_ms, detect_ms, classify_ms, total_ms";
+
+const SQLITE_INSERT: &str = "INSERT INTO audit (reference, key_id, created_at, live, p_real, \
+     threshold, reason, detail, bbox_x, bbox_y, bbox_w, bbox_h, detector_confidence, \
+     image_sha256, image_bytes, image_width, image_height, input_kind, url_host, model_hash, \
+     engine, app_version, decode_ms, detect_ms, classify_ms, total_ms) \
+     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+
+const PG_INSERT: &str = "INSERT INTO audit (reference, key_id, created_at, live, p_real, \
+     threshold, reason, detail, bbox_x, bbox_y, bbox_w, bbox_h, detector_confidence, \
+     image_sha256, image_bytes, image_width, image_height, input_kind, url_host, model_hash, \
+     engine, app_version, decode_ms, detect_ms, classify_ms, total_ms) \
+     VALUES ($1::uuid, $2::uuid, $3::timestamptz, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
+     $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26)";
+
+const PG_SELECT_COLUMNS: &str = concat!(
+    "reference::text AS reference, key_id::text AS key_id, ",
+    pg_ts!("created_at"),
+    ", live, p_real, threshold, reason, detail, bbox_x, bbox_y, bbox_w, bbox_h, \
+     detector_confidence, image_sha256, image_bytes, image_width, image_height, input_kind, \
+     url_host, model_hash, engine, app_version, decode_ms, detect_ms, classify_ms, total_ms"
+);
+
+/// Bind every field of a record, in [`COLUMNS`] order, to a query of either backend.
+macro_rules! bind_record {
+    ($query:expr, $r:expr) => {{
+        let r: &AuditRecord = $r;
+        let bbox = r.bbox;
+        $query
+            .bind(r.reference.to_string())
+            .bind(r.key_id.map(|k| k.to_string()))
+            .bind(ts_text(r.created_at.trunc_subsecs(6)))
+            .bind(r.live)
+            .bind(r.p_real)
+            .bind(r.threshold)
+            .bind(&r.reason)
+            .bind(&r.detail)
+            .bind(bbox.map(|b| b[0]))
+            .bind(bbox.map(|b| b[1]))
+            .bind(bbox.map(|b| b[2]))
+            .bind(bbox.map(|b| b[3]))
+            .bind(r.detector_confidence)
+            .bind(&r.image_sha256)
+            .bind(r.image_bytes)
+            .bind(r.image_width)
+            .bind(r.image_height)
+            .bind(&r.input_kind)
+            .bind(&r.url_host)
+            .bind(&r.model_hash)
+            .bind(&r.engine)
+            .bind(&r.app_version)
+            .bind(r.timings_ms.decode)
+            .bind(r.timings_ms.detect)
+            .bind(r.timings_ms.classify)
+            .bind(r.timings_ms.total)
+    }};
+}
+
+/// Refuse records that are malformed or could smuggle in data the trail must not hold.
+fn validate(r: &AuditRecord) -> Result<(), StoreError> {
+    let invalid = |what: String| Err(StoreError::Invalid(format!("audit record: {what}")));
+    let year = r.created_at.year();
+    if !(1..=9999).contains(&year) {
+        return invalid(format!("created_at year {year} is out of range"));
+    }
+    let floats = [
+        ("p_real", Some(r.p_real)),
+        ("threshold", Some(r.threshold)),
+        ("detector_confidence", r.detector_confidence),
+        ("timings_ms.decode", Some(r.timings_ms.decode)),
+        ("timings_ms.detect", Some(r.timings_ms.detect)),
+        ("timings_ms.classify", Some(r.timings_ms.classify)),
+        ("timings_ms.total", Some(r.timings_ms.total)),
+    ];
+    for (name, value) in floats {
+        if value.is_some_and(|v| !v.is_finite()) {
+            return invalid(format!("{name} is not a finite number"));
+        }
+    }
+    if r.image_sha256.len() != 64 || !r.image_sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return invalid("image_sha256 is not 64 hex digits".into());
+    }
+    if r.image_bytes < 0 {
+        return invalid("image_bytes is negative".into());
+    }
+    if let Some(host) = &r.url_host {
+        if !is_bare_host(host) {
+            return invalid("url_host is not a bare host name or address".into());
+        }
+    }
+    Ok(())
+}
+
+/// A host name, IPv4 address or (bracketed or not) IPv6 address, optionally with a port: no
+/// scheme, path, query, fragment, credentials or whitespace.
+fn is_bare_host(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 260
+        && host.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']')
+        })
+}
+
+impl Store {
+    /// Insert one record; it is committed when this returns `Ok`. Fails with
+    /// [`StoreError::Invalid`] for a malformed record (non-finite number, `image_sha256` not 64
+    /// hex digits, negative size, `url_host` that is not a bare host) and [`StoreError::Query`]
+    /// for a duplicate `reference` or a `key_id` that names no key.
+    pub async fn insert_audit(&self, record: &AuditRecord) -> Result<(), StoreError> {
+        validate(record)?;
+        let result = match &self.pool {
+            Pool::Sqlite(p) => bind_record!(sqlx::query(SQLITE_INSERT), record)
+                .execute(p)
+                .await
+                .map(|_| ()),
+            Pool::Postgres(p) => bind_record!(sqlx::query(PG_INSERT), record)
+                .execute(p)
+                .await
+                .map(|_| ()),
+        };
+        result.map_err(|e| self.db_err(e))
+    }
+
+    /// The record `reference`, only if it was made with key `key_id`.
+    pub async fn get_audit(
+        &self,
+        reference: Uuid,
+        key_id: Uuid,
+    ) -> Result<Option<AuditRecord>, StoreError> {
+        let row: Option<AuditRow> = match &self.pool {
+            Pool::Sqlite(p) => {
+                sqlx::query_as(&format!(
+                    "SELECT {COLUMNS} FROM audit WHERE reference = ? AND key_id = ?"
+                ))
+                .bind(reference.to_string())
+                .bind(key_id.to_string())
+                .fetch_optional(p)
+                .await
+            }
+            Pool::Postgres(p) => {
+                sqlx::query_as(&format!(
+                    "SELECT {PG_SELECT_COLUMNS} FROM audit \
+                     WHERE reference = $1::uuid AND key_id = $2::uuid"
+                ))
+                .bind(reference.to_string())
+                .bind(key_id.to_string())
+                .fetch_optional(p)
+                .await
+            }
+        }
+        .map_err(|e| self.db_err(e))?;
+        row.map(AuditRow::into_record).transpose()
+    }
+
+    /// Number of audit records.
+    pub async fn count_audit(&self) -> Result<i64, StoreError> {
+        match &self.pool {
+            Pool::Sqlite(p) => {
+                sqlx::query_scalar("SELECT COUNT(*) FROM audit")
+                    .fetch_one(p)
+                    .await
+            }
+            Pool::Postgres(p) => {
+                sqlx::query_scalar("SELECT COUNT(*) FROM audit")
+                    .fetch_one(p)
+                    .await
+            }
+        }
+        .map_err(|e| self.db_err(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bare_hosts() {
+        for ok in [
+            "example.com",
+            "127.0.0.1",
+            "[::1]",
+            "::1",
+            "cdn.example.com:8443",
+            "a_b.c",
+        ] {
+            assert!(is_bare_host(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "https://example.com",
+            "example.com/a.jpg",
+            "example.com?x=1",
+            "user:pw@example.com",
+            "example.com#f",
+            "exa mple.com",
+            "example.com\n",
+        ] {
+            assert!(!is_bare_host(bad), "{bad:?}");
+        }
+    }
+}

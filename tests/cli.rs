@@ -1,0 +1,229 @@
+//! The `check` and `models` commands, run as a user would run them (the real binary).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn shared() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared")
+}
+
+fn models() -> PathBuf {
+    std::env::var_os("LIVECHECK_MODEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| shared().join("models"))
+}
+
+fn livecheck(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_livecheck"))
+        .args(args)
+        .env("LIVECHECK_MODEL_DIR", models())
+        .output()
+        .unwrap()
+}
+
+fn lines(out: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn check_directory_prints_one_json_line_per_image() {
+    let dir = shared().join("testdata/silentface");
+    let out = livecheck(&["check", "--threads", "2", dir.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let l = lines(&out);
+    assert_eq!(l.len(), 3);
+    let live: Vec<bool> = l.iter().map(|v| v["live"].as_bool().unwrap()).collect();
+    assert_eq!(live, vec![false, false, true]); // F1, F2, T1 in sorted order
+    for v in &l {
+        for key in [
+            "file",
+            "p_real",
+            "confidence",
+            "bbox",
+            "detector_confidence",
+            "reason",
+            "scores",
+        ] {
+            assert!(!v[key].is_null(), "missing {key} in {v}");
+        }
+        for key in ["decode", "detect", "classify", "total"] {
+            assert!(v["timings_ms"][key].as_f64().unwrap() >= 0.0);
+        }
+        assert_eq!(v["p_real"], v["confidence"]);
+        assert_eq!(v["scores"]["MiniFASNetV2"].as_array().unwrap().len(), 3);
+    }
+    assert_eq!(l[0]["bbox"], serde_json::json!([178, 136, 223, 225]));
+}
+
+#[test]
+fn check_reports_errors_and_quality_outcomes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = tmp.path().join("notes.jpg");
+    std::fs::write(&text, b"this is not a jpeg").unwrap();
+    let truncated = tmp.path().join("trunc.png");
+    std::fs::write(&truncated, b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR").unwrap();
+    let live = shared().join("testdata/silentface/image_T1.jpg");
+    let out = livecheck(&[
+        "check",
+        text.to_str().unwrap(),
+        truncated.to_str().unwrap(),
+        live.to_str().unwrap(),
+        "/nonexistent/file.jpg",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "failures give a non-zero exit status"
+    );
+    let l = lines(&out);
+    assert_eq!(l.len(), 4);
+    assert!(l[0]["error"].as_str().unwrap().contains("not an image"));
+    assert_eq!(l[1]["reason"], "image_corrupt");
+    assert_eq!(l[1]["live"], false);
+    assert_eq!(l[2]["live"], true);
+    assert!(l[3]["error"].as_str().unwrap().contains("cannot read"));
+}
+
+#[test]
+fn check_pretty_and_threshold() {
+    let live = shared().join("testdata/silentface/image_T1.jpg");
+    let out = livecheck(&[
+        "check",
+        "--pretty",
+        "--threshold",
+        "0.999",
+        live.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        s.contains("not live") && s.contains("spoof") && s.contains("p_real"),
+        "{s}"
+    );
+    let out = livecheck(&["check", "--threshold", "1.5", live.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--threshold"));
+}
+
+#[test]
+fn models_verify_and_fetch_from_directory() {
+    let out = livecheck(&["models", "verify", models().to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    let tmp = tempfile::tempdir().unwrap();
+    let to = tmp.path().join("m");
+    let out = livecheck(&[
+        "models",
+        "fetch",
+        "--from",
+        models().to_str().unwrap(),
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = livecheck(&["models", "verify", to.to_str().unwrap()]);
+    assert!(out.status.success());
+
+    // Alter one file: verify names it, check refuses to start and says how to fix it.
+    std::fs::write(to.join("MiniFASNetV1SE.onnx"), b"tampered").unwrap();
+    let out = livecheck(&["models", "verify", to.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("MiniFASNetV1SE.onnx"));
+    let img = shared().join("testdata/silentface/image_T1.jpg");
+    let out = livecheck(&[
+        "check",
+        "--models",
+        to.to_str().unwrap(),
+        img.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("MiniFASNetV1SE.onnx") && err.contains("models fetch"),
+        "{err}"
+    );
+
+    // A missing file is named too, and fetch from a directory lacking files fails.
+    std::fs::remove_file(to.join("MiniFASNetV2.onnx")).unwrap();
+    let out = livecheck(&[
+        "check",
+        "--models",
+        to.to_str().unwrap(),
+        img.to_str().unwrap(),
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("MiniFASNetV2.onnx is missing"));
+    let out = livecheck(&[
+        "models",
+        "fetch",
+        "--from",
+        tmp.path().to_str().unwrap(),
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn models_fetch_from_url_base() {
+    // A real HTTP server on loopback serving the model directory.
+    let dir = models();
+    let app = axum::Router::new().route(
+        "/m/{file}",
+        axum::routing::get(
+            move |axum::extract::Path(file): axum::extract::Path<String>| {
+                let dir = dir.clone();
+                async move {
+                    match std::fs::read(dir.join(file)) {
+                        Ok(b) => (axum::http::StatusCode::OK, b),
+                        Err(_) => (axum::http::StatusCode::NOT_FOUND, Vec::new()),
+                    }
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let tmp = tempfile::tempdir().unwrap();
+    let to = tmp.path().to_path_buf();
+    let base = format!("http://{addr}/m");
+    let out = tokio::task::spawn_blocking(move || {
+        livecheck(&[
+            "models",
+            "fetch",
+            "--from",
+            &base,
+            "--to",
+            to.to_str().unwrap(),
+        ])
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for f in [
+        "retinaface_silentface.onnx",
+        "MiniFASNetV2.onnx",
+        "MiniFASNetV1SE.onnx",
+    ] {
+        assert!(tmp.path().join(f).is_file());
+    }
+}

@@ -1,0 +1,637 @@
+//! The store on real databases: a temporary SQLite file per test and, when
+//! `LIVECHECK_TEST_POSTGRES_URL` is set, a fresh PostgreSQL schema per test (dropped afterwards).
+//! Every test body runs on both backends.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, SubsecRound, Utc};
+use livecheck::store::{AuditRecord, Store, StoreError, StoreOptions, Timings};
+use sqlx::Connection;
+use uuid::Uuid;
+
+const PG_ENV: &str = "LIVECHECK_TEST_POSTGRES_URL";
+
+/// A fresh, migrated database and the URL that reaches it (to reconnect).
+struct TestDb {
+    store: Store,
+    url: String,
+}
+
+/// Run `body` once with a URL naming a fresh, empty database per backend: a SQLite file in a
+/// temporary directory, then (if configured) a new PostgreSQL schema, dropped afterwards even when
+/// the body panics.
+async fn with_each_database<F, Fut>(body: F)
+where
+    F: Fn(String, &'static str) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("livecheck.db").display());
+    let outcome = tokio::spawn(body(url, "sqlite")).await;
+    drop(dir);
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+
+    let Ok(base) = std::env::var(PG_ENV) else {
+        eprintln!("note: {PG_ENV} is unset; PostgreSQL half of this test skipped");
+        return;
+    };
+    let schema = format!("lc_test_{}", Uuid::new_v4().simple());
+    let mut admin = sqlx::PgConnection::connect(&base).await.unwrap();
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let separator = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{separator}options[search_path]={schema}");
+    let outcome = tokio::spawn(body(url, "postgres")).await;
+    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let _ = admin.close().await;
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+/// Run `body` with a connected store on each backend.
+async fn on_each_backend<F, Fut>(body: F)
+where
+    F: Fn(TestDb) -> Fut + Send + Sync + Copy + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    with_each_database(move |url, backend| async move {
+        let store = Store::connect(&url).await.unwrap();
+        assert_eq!(store.backend(), backend);
+        store.ping().await.unwrap();
+        body(TestDb { store, url }).await;
+    })
+    .await;
+}
+
+fn sha256_hex(seed: u8) -> String {
+    format!("{seed:02x}").repeat(32)
+}
+
+/// A record with every optional field set and awkward values.
+fn full_record(key_id: Option<Uuid>) -> AuditRecord {
+    AuditRecord {
+        reference: Uuid::new_v4(),
+        key_id,
+        created_at: Utc::now().trunc_subsecs(6),
+        live: true,
+        p_real: 0.1 + 0.2,
+        threshold: 0.5,
+        reason: "live".into(),
+        detail: "Liveliness Detected — \"quoted\" 'text' ✓".into(),
+        bbox: Some([-3, 17, 2_000_000, 1]),
+        detector_confidence: Some(0.999_999_999_999),
+        image_sha256: sha256_hex(0xab),
+        image_bytes: 5_000_000_000,
+        image_width: Some(4032),
+        image_height: Some(3024),
+        input_kind: "url".into(),
+        url_host: Some("cdn.example.com".into()),
+        model_hash: "9f86d081884c7d65".into(),
+        engine: "tract".into(),
+        app_version: "0.1.0".into(),
+        timings_ms: Timings {
+            decode: 1.25,
+            detect: 1e-300,
+            classify: 12345.678901234,
+            total: f64::MAX,
+        },
+    }
+}
+
+/// A record with every optional field empty.
+fn sparse_record(key_id: Option<Uuid>) -> AuditRecord {
+    AuditRecord {
+        reference: Uuid::new_v4(),
+        key_id,
+        created_at: Utc::now().trunc_subsecs(6),
+        live: false,
+        p_real: 0.0,
+        threshold: 0.75,
+        reason: "image_corrupt".into(),
+        detail: String::new(),
+        bbox: None,
+        detector_confidence: None,
+        image_sha256: sha256_hex(0x01),
+        image_bytes: 0,
+        image_width: None,
+        image_height: None,
+        input_kind: "base64".into(),
+        url_host: None,
+        model_hash: "m".into(),
+        engine: "tract".into(),
+        app_version: "0.1.0".into(),
+        timings_ms: Timings::default(),
+    }
+}
+
+fn assert_between(t: DateTime<Utc>, before: DateTime<Utc>, after: DateTime<Utc>) {
+    assert!(
+        before.trunc_subsecs(6) <= t && t <= after,
+        "{t} not within [{before}, {after}]"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_create_authenticate_revoke_list() {
+    on_each_backend(|db| async move {
+        let store = db.store;
+        assert!(store.list_keys().await.unwrap().is_empty());
+
+        let before = Utc::now();
+        let (alpha, alpha_token) = store.create_key("  alpha  ").await.unwrap();
+        let (beta, beta_token) = store.create_key("beta").await.unwrap();
+        let after = Utc::now();
+
+        assert_eq!(alpha.name, "alpha");
+        assert!(alpha_token.starts_with("lc_"));
+        assert_eq!(alpha_token.len(), 46);
+        assert_eq!(alpha.prefix, alpha_token[..11]);
+        assert_ne!(alpha_token, beta_token);
+        assert_ne!(alpha.id, beta.id);
+        assert_between(alpha.created_at, before, after);
+        assert_eq!(alpha.last_used_at, None);
+        assert_eq!(alpha.revoked_at, None);
+
+        // Listing returns exactly what create returned, oldest first.
+        assert_eq!(
+            store.list_keys().await.unwrap(),
+            vec![alpha.clone(), beta.clone()]
+        );
+        assert_eq!(store.get_key(beta.id).await.unwrap(), Some(beta.clone()));
+        assert_eq!(store.get_key(Uuid::new_v4()).await.unwrap(), None);
+
+        let a = store.authenticate(&alpha_token).await.unwrap().unwrap();
+        assert_eq!(a.id, alpha.id);
+        let b = store.authenticate(&beta_token).await.unwrap().unwrap();
+        assert_eq!(b.id, beta.id);
+
+        // Wrong tokens: one character changed, truncated, extended, other prefix, garbage.
+        let mut chars: Vec<char> = alpha_token.chars().collect();
+        chars[20] = if chars[20] == 'A' { 'B' } else { 'A' };
+        let altered: String = chars.into_iter().collect();
+        for wrong in [
+            altered.as_str(),
+            &alpha_token[..45],
+            &format!("{alpha_token}A"),
+            &format!(" {alpha_token}"),
+            &format!("xx_{}", &alpha_token[3..]),
+            "",
+            "lc_",
+            "Bearer whatever",
+        ] {
+            assert_eq!(store.authenticate(wrong).await.unwrap(), None, "{wrong:?}");
+        }
+
+        // Revocation: once, then no-ops; only that key stops working.
+        assert!(store.revoke_key(alpha.id).await.unwrap());
+        let revoked_at = store.get_key(alpha.id).await.unwrap().unwrap().revoked_at;
+        assert!(revoked_at.is_some());
+        assert!(!store.revoke_key(alpha.id).await.unwrap());
+        assert!(!store.revoke_key(Uuid::new_v4()).await.unwrap());
+        assert_eq!(
+            store.get_key(alpha.id).await.unwrap().unwrap().revoked_at,
+            revoked_at,
+            "a second revoke must keep the first time"
+        );
+        assert_eq!(store.authenticate(&alpha_token).await.unwrap(), None);
+        assert_eq!(
+            store.authenticate(&beta_token).await.unwrap().unwrap().id,
+            beta.id
+        );
+
+        let listed = store.list_keys().await.unwrap();
+        assert_eq!(listed.len(), 2);
+        assert!(listed[0].is_revoked() && listed[0].id == alpha.id);
+        assert!(!listed[1].is_revoked() && listed[1].id == beta.id);
+
+        for bad in ["", "   ", "tab\there", &"x".repeat(101)] {
+            assert!(
+                matches!(store.create_key(bad).await, Err(StoreError::Invalid(_))),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(store.list_keys().await.unwrap().len(), 2);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_used_is_recorded_and_throttled() {
+    on_each_backend(|db| async move {
+        let store = db.store;
+        let (key, token) = store.create_key("k").await.unwrap();
+
+        let before = Utc::now();
+        let authed = store.authenticate(&token).await.unwrap().unwrap();
+        let after = Utc::now();
+        let t1 = authed.last_used_at.expect("last_used_at set on first use");
+        assert_between(t1, before, after);
+        assert_eq!(
+            store.get_key(key.id).await.unwrap().unwrap().last_used_at,
+            Some(t1),
+            "the write is persisted"
+        );
+
+        // Within the default resolution (60 s) the stored time is not rewritten.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let again = store.authenticate(&token).await.unwrap().unwrap();
+        assert_eq!(again.last_used_at, Some(t1));
+        assert_eq!(
+            store.get_key(key.id).await.unwrap().unwrap().last_used_at,
+            Some(t1)
+        );
+
+        // With a zero resolution every use moves it forward.
+        let eager = Store::connect_with(
+            &db.url,
+            &StoreOptions {
+                last_used_resolution: Duration::ZERO,
+                ..StoreOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+        let t2 = eager
+            .authenticate(&token)
+            .await
+            .unwrap()
+            .unwrap()
+            .last_used_at
+            .unwrap();
+        assert!(t2 > t1, "{t2} should be after {t1}");
+        assert_eq!(
+            store.get_key(key.id).await.unwrap().unwrap().last_used_at,
+            Some(t2)
+        );
+        // A revoked key is neither returned nor touched.
+        assert!(store.revoke_key(key.id).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert_eq!(eager.authenticate(&token).await.unwrap(), None);
+        assert_eq!(
+            store.get_key(key.id).await.unwrap().unwrap().last_used_at,
+            Some(t2)
+        );
+        eager.close().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_round_trips_every_field() {
+    on_each_backend(|db| async move {
+        let store = db.store;
+        let (key, _) = store.create_key("auditor").await.unwrap();
+
+        let full = full_record(Some(key.id));
+        store.insert_audit(&full).await.unwrap();
+        assert_eq!(
+            store.get_audit(full.reference, key.id).await.unwrap(),
+            Some(full.clone())
+        );
+
+        let sparse = sparse_record(Some(key.id));
+        store.insert_audit(&sparse).await.unwrap();
+        assert_eq!(
+            store.get_audit(sparse.reference, key.id).await.unwrap(),
+            Some(sparse.clone())
+        );
+
+        // Sub-microsecond precision is truncated, identically on both backends.
+        let mut precise = full_record(Some(key.id));
+        precise.created_at = DateTime::parse_from_rfc3339("2024-02-29T23:59:59.123456789+02:00")
+            .unwrap()
+            .with_timezone(&Utc);
+        store.insert_audit(&precise).await.unwrap();
+        let back = store
+            .get_audit(precise.reference, key.id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            back.created_at,
+            DateTime::parse_from_rfc3339("2024-02-29T21:59:59.123456Z").unwrap()
+        );
+        assert_eq!(
+            back,
+            AuditRecord {
+                created_at: back.created_at,
+                ..precise
+            }
+        );
+
+        // The serde form round-trips too (the server may log or return it).
+        let json = serde_json::to_string(&full).unwrap();
+        let parsed: AuditRecord = serde_json::from_str(&json).unwrap();
+        assert_eq!(parsed, full);
+        assert!(json.contains("\"timings_ms\""));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_is_scoped_to_its_key_and_counted() {
+    on_each_backend(|db| async move {
+        let store = db.store;
+        let (mine, _) = store.create_key("mine").await.unwrap();
+        let (theirs, _) = store.create_key("theirs").await.unwrap();
+        assert_eq!(store.count_audit().await.unwrap(), 0);
+
+        let record = full_record(Some(mine.id));
+        store.insert_audit(&record).await.unwrap();
+        let anonymous = sparse_record(None);
+        store.insert_audit(&anonymous).await.unwrap();
+        assert_eq!(store.count_audit().await.unwrap(), 2);
+
+        assert!(store
+            .get_audit(record.reference, mine.id)
+            .await
+            .unwrap()
+            .is_some());
+        assert_eq!(
+            store.get_audit(record.reference, theirs.id).await.unwrap(),
+            None
+        );
+        assert_eq!(
+            store
+                .get_audit(record.reference, Uuid::new_v4())
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            store.get_audit(Uuid::new_v4(), mine.id).await.unwrap(),
+            None
+        );
+        // A record made without a key is not readable through any key.
+        assert_eq!(
+            store.get_audit(anonymous.reference, mine.id).await.unwrap(),
+            None
+        );
+
+        // A duplicate reference is refused and changes nothing.
+        let mut dup = sparse_record(Some(theirs.id));
+        dup.reference = record.reference;
+        assert!(matches!(
+            store.insert_audit(&dup).await,
+            Err(StoreError::Query(_))
+        ));
+        assert_eq!(store.count_audit().await.unwrap(), 2);
+        assert_eq!(
+            store.get_audit(record.reference, theirs.id).await.unwrap(),
+            None
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_refuses_bad_records() {
+    on_each_backend(|db| async move {
+        let store = db.store;
+        let (key, _) = store.create_key("k").await.unwrap();
+        let base = full_record(Some(key.id));
+
+        let cases: Vec<(&str, AuditRecord)> = vec![
+            (
+                "full URL as host",
+                AuditRecord {
+                    url_host: Some("https://cdn.example.com/selfie.jpg".into()),
+                    ..base.clone()
+                },
+            ),
+            (
+                "credentials in host",
+                AuditRecord {
+                    url_host: Some("user:secret@cdn.example.com".into()),
+                    ..base.clone()
+                },
+            ),
+            (
+                "NaN score",
+                AuditRecord {
+                    p_real: f64::NAN,
+                    ..base.clone()
+                },
+            ),
+            (
+                "infinite timing",
+                AuditRecord {
+                    timings_ms: Timings {
+                        total: f64::INFINITY,
+                        ..base.timings_ms
+                    },
+                    ..base.clone()
+                },
+            ),
+            (
+                "short hash",
+                AuditRecord {
+                    image_sha256: "abc".into(),
+                    ..base.clone()
+                },
+            ),
+            (
+                "negative size",
+                AuditRecord {
+                    image_bytes: -1,
+                    ..base.clone()
+                },
+            ),
+        ];
+        for (what, record) in cases {
+            assert!(
+                matches!(
+                    store.insert_audit(&record).await,
+                    Err(StoreError::Invalid(_))
+                ),
+                "{what}"
+            );
+        }
+
+        // The key must exist (foreign key enforced on both backends).
+        let orphan = full_record(Some(Uuid::new_v4()));
+        assert!(matches!(
+            store.insert_audit(&orphan).await,
+            Err(StoreError::Query(_))
+        ));
+        assert_eq!(store.count_audit().await.unwrap(), 0);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_survives_reconnect() {
+    on_each_backend(|db| async move {
+        let (key, token) = db.store.create_key("durable").await.unwrap();
+        let record = full_record(Some(key.id));
+        db.store.insert_audit(&record).await.unwrap();
+        db.store.close().await;
+        assert!(db.store.ping().await.unwrap_err().is_unavailable());
+        drop(db.store);
+
+        let reopened = Store::connect(&db.url).await.unwrap();
+        assert_eq!(reopened.list_keys().await.unwrap(), vec![key.clone()]);
+        assert_eq!(
+            reopened.authenticate(&token).await.unwrap().map(|k| k.id),
+            Some(key.id)
+        );
+        assert_eq!(reopened.count_audit().await.unwrap(), 1);
+        assert_eq!(
+            reopened.get_audit(record.reference, key.id).await.unwrap(),
+            Some(record)
+        );
+        reopened.close().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_inserts_all_land() {
+    on_each_backend(|db| async move {
+        let store = db.store;
+        let (key, token) = store.create_key("busy").await.unwrap();
+        let tasks: Vec<_> = (0..50)
+            .map(|i| {
+                let store = store.clone();
+                let token = token.clone();
+                tokio::spawn(async move {
+                    let mut record = if i % 2 == 0 {
+                        full_record(Some(key.id))
+                    } else {
+                        sparse_record(Some(key.id))
+                    };
+                    record.image_bytes = i;
+                    store.insert_audit(&record).await.unwrap();
+                    assert!(store.authenticate(&token).await.unwrap().is_some());
+                    record
+                })
+            })
+            .collect();
+        let mut records = Vec::new();
+        for task in tasks {
+            records.push(task.await.unwrap());
+        }
+        assert_eq!(store.count_audit().await.unwrap(), 50);
+        for record in records {
+            assert_eq!(
+                store.get_audit(record.reference, key.id).await.unwrap(),
+                Some(record)
+            );
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_first_connects_migrate_once() {
+    with_each_database(|url, backend| async move {
+        let connects = (0..4).map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { Store::connect(&url).await })
+        });
+        let mut stores = Vec::new();
+        for c in connects {
+            stores.push(
+                c.await
+                    .unwrap()
+                    .unwrap_or_else(|e| panic!("{backend}: {e}")),
+            );
+        }
+        let (key, token) = stores[0].create_key("k").await.unwrap();
+        for s in &stores {
+            assert_eq!(s.authenticate(&token).await.unwrap().unwrap().id, key.id);
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_never_written_in_clear() {
+    with_each_database(|url, backend| async move {
+        if backend != "sqlite" {
+            return; // the check reads the database files
+        }
+        let store = Store::connect(&url).await.unwrap();
+        let (_, token) = store.create_key("secret").await.unwrap();
+        let mut bytes = Vec::new();
+        let path = url.strip_prefix("sqlite://").unwrap();
+        for suffix in ["", "-wal"] {
+            if let Ok(b) = std::fs::read(format!("{path}{suffix}")) {
+                bytes.extend(b);
+            }
+        }
+        let contains = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+        let hash = {
+            use sha2::Digest;
+            hex::encode(sha2::Sha256::digest(token.as_bytes()))
+        };
+        assert!(
+            contains(hash.as_bytes()),
+            "the hash is stored (files read correctly)"
+        );
+        assert!(!contains(token.as_bytes()));
+        assert!(!contains(&token.as_bytes()[11..]));
+        store.close().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn unreachable_postgres_fails_fast_and_clearly() {
+    // A loopback port that was free a moment ago: nothing listens there.
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let started = Instant::now();
+    let err = Store::connect(&format!(
+        "postgres://postgres:hunter2@127.0.0.1:{port}/test"
+    ))
+    .await
+    .unwrap_err();
+    let elapsed = started.elapsed();
+    assert!(elapsed < Duration::from_secs(3), "took {elapsed:?}");
+    assert!(err.is_unavailable(), "{err:?}");
+    assert!(!err.is_invalid_url());
+    let message = err.to_string();
+    assert!(message.contains(&format!("127.0.0.1:{port}")), "{message}");
+    assert!(message.to_lowercase().contains("refused"), "{message}");
+    assert!(!message.contains("hunter2"), "{message}");
+}
+
+#[tokio::test]
+async fn bad_urls_are_told_apart_from_unavailable_databases() {
+    for url in [
+        "mysql://root@127.0.0.1/db",
+        "livecheck.db",
+        "sqlite::memory:",
+        "sqlite://file.db?mode=memory",
+        "sqlite://",
+        "sqlite://x.db?bogus=1",
+        "postgres://u:hunter2@127.0.0.1:notaport/db",
+        "postgres://u@127.0.0.1/db?sslmode=sometimes",
+    ] {
+        let err = Store::connect(url).await.unwrap_err();
+        assert!(err.is_invalid_url(), "{url}: {err:?}");
+        assert!(!err.is_unavailable(), "{url}");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    // A SQLite file in a directory that does not exist: the URL is fine, the database is not.
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!(
+        "sqlite://{}",
+        dir.path().join("missing").join("x.db").display()
+    );
+    let err = Store::connect(&url).await.unwrap_err();
+    assert!(err.is_unavailable(), "{err:?}");
+}
