@@ -83,9 +83,9 @@ pub fn parse_image_body(bytes: &[u8]) -> Result<ImageBody, ApiError> {
                 Category::Data => ApiError::BadRequest(
                     "Request body must be a JSON object with an \"image\" string field".to_owned(),
                 ),
-                Category::Syntax | Category::Eof | Category::Io => ApiError::BadRequest(format!(
-                    "Request body is not valid JSON: {err}"
-                )),
+                Category::Syntax | Category::Eof | Category::Io => {
+                    ApiError::BadRequest(format!("Request body is not valid JSON: {err}"))
+                }
             })
         }
     };
@@ -111,12 +111,18 @@ mod tests {
     #[test]
     fn content_types() {
         assert!(is_json_content_type(Some("application/json")));
-        assert!(is_json_content_type(Some("Application/JSON; charset=utf-8")));
+        assert!(is_json_content_type(Some(
+            "Application/JSON; charset=utf-8"
+        )));
         assert!(is_json_content_type(Some("application/vnd.api+json")));
         assert!(!is_json_content_type(None));
         assert!(!is_json_content_type(Some("text/plain")));
-        assert!(!is_json_content_type(Some("application/x-www-form-urlencoded")));
-        assert!(!is_json_content_type(Some("multipart/form-data; boundary=x")));
+        assert!(!is_json_content_type(Some(
+            "application/x-www-form-urlencoded"
+        )));
+        assert!(!is_json_content_type(Some(
+            "multipart/form-data; boundary=x"
+        )));
     }
 
     #[test]
@@ -139,11 +145,17 @@ mod tests {
         }
         for body in ["", "{", "{\"image\":", "not json", "{\"image\":\"a\",}"] {
             let got = msg(parse_image_body(body.as_bytes()));
-            assert!(got.starts_with("Request body is not valid JSON"), "{body}: {got}");
+            assert!(
+                got.starts_with("Request body is not valid JSON"),
+                "{body}: {got}"
+            );
         }
         for body in ["[]", "\"image\"", "42", "null", "[{\"image\":\"a\"}]"] {
             let got = msg(parse_image_body(body.as_bytes()));
-            assert!(got.starts_with("Request body must be a JSON object"), "{body}: {got}");
+            assert!(
+                got.starts_with("Request body must be a JSON object"),
+                "{body}: {got}"
+            );
         }
     }
 }

@@ -57,10 +57,7 @@ pub enum ApiError {
     MethodNotAllowed,
     /// The per-key rate limit is exhausted.
     #[error("Rate limit exceeded: at most {limit} requests per minute; retry after {retry_after_secs} s")]
-    RateLimited {
-        limit: u32,
-        retry_after_secs: u64,
-    },
+    RateLimited { limit: u32, retry_after_secs: u64 },
     /// All check slots (running and queued) are taken.
     #[error("Server is busy; retry after {retry_after_secs} s")]
     Overloaded { retry_after_secs: u64 },

@@ -128,8 +128,12 @@ mod tests {
             r#"livecheck_http_requests_total{method="GET",route="/healthz",status="200"} 1"#
         ));
         assert!(text.contains(r#"livecheck_verdicts_total{live="false",reason="spoof"} 1"#));
-        assert!(text.contains(r#"livecheck_stage_duration_seconds_bucket{stage="detect",le="0.02"} 1"#));
-        assert!(text.contains(r#"livecheck_stage_duration_seconds_bucket{stage="detect",le="0.01"} 0"#));
+        assert!(
+            text.contains(r#"livecheck_stage_duration_seconds_bucket{stage="detect",le="0.02"} 1"#)
+        );
+        assert!(
+            text.contains(r#"livecheck_stage_duration_seconds_bucket{stage="detect",le="0.01"} 0"#)
+        );
         assert!(text.contains("livecheck_checks_in_flight 1"));
         assert!(text.contains(r#"livecheck_rejections_total{cause="overloaded"} 1"#));
     }

@@ -85,8 +85,6 @@ pub struct AppConfig {
     pub rate_limit_per_minute: Option<NonZeroU32>,
     /// Model manifest hash, reported as `data.model` and stored with every verdict.
     pub model_hash: String,
-    /// Inference engine name, stored with every verdict.
-    pub engine: String,
     /// Application version, stored with every verdict.
     pub app_version: String,
 }
@@ -107,7 +105,6 @@ impl Default for AppConfig {
             max_queued_checks: cores * 4,
             rate_limit_per_minute: NonZeroU32::new(600),
             model_hash: String::new(),
-            engine: "tract".to_owned(),
             app_version: env!("CARGO_PKG_VERSION").to_owned(),
         }
     }
@@ -223,29 +220,26 @@ impl Application {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
-        if let Some(limiter_owner) = self.state.inner.limiter.as_ref().map(|_| self.state.clone())
-        {
-            // Forget the rate-limit state of idle keys now and then (bounded memory).
-            let weak = Arc::downgrade(&limiter_owner.inner);
-            drop(limiter_owner);
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(60));
-                loop {
-                    tick.tick().await;
-                    let Some(inner) = weak.upgrade() else { break };
-                    if let Some(limiter) = &inner.limiter {
-                        limiter.retain_recent();
-                    }
+        // Forget the rate-limit state of idle keys now and then (bounded memory).
+        let weak = Arc::downgrade(&self.state.inner);
+        let janitor = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { break };
+                if let Some(limiter) = &inner.limiter {
+                    limiter.retain_recent();
                 }
-            });
-        }
-        axum::serve(listener, self.router)
+            }
+        });
+        let served = axum::serve(listener, self.router)
             .with_graceful_shutdown(shutdown)
-            .await?;
+            .await;
+        janitor.abort();
+        served?;
         Ok(())
     }
 }
-
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 fn router(state: AppState) -> Router {
@@ -266,23 +260,21 @@ fn router(state: AppState) -> Router {
     api.layer(
         ServiceBuilder::new()
             .layer(SetRequestIdLayer::new(X_REQUEST_ID, MakeRequestUuid))
-            .layer(
-                TraceLayer::new_for_http().make_span_with(|req: &Request| {
-                    let request_id = req
-                        .extensions()
-                        .get::<RequestId>()
-                        .and_then(|id| id.header_value().to_str().ok())
-                        .unwrap_or_default()
-                        .to_owned();
-                    // Path only: the token is in a header and never enters a span.
-                    tracing::info_span!(
-                        "request",
-                        method = %req.method(),
-                        path = %req.uri().path(),
-                        request_id = %request_id,
-                    )
-                }),
-            )
+            .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+                let request_id = req
+                    .extensions()
+                    .get::<RequestId>()
+                    .and_then(|id| id.header_value().to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                // Path only: the token is in a header and never enters a span.
+                tracing::info_span!(
+                    "request",
+                    method = %req.method(),
+                    path = %req.uri().path(),
+                    request_id = %request_id,
+                )
+            }))
             .layer(PropagateRequestIdLayer::new(X_REQUEST_ID))
             .layer(middleware::from_fn_with_state(state, track_metrics))
             .layer(CatchPanicLayer::custom(routes::panic_response))

@@ -93,8 +93,7 @@ mod tests {
             );
         }
         assert_eq!(
-            post["responses"]["400"]["content"]["application/json"]["examples"]["missing"]
-                ["value"],
+            post["responses"]["400"]["content"]["application/json"]["examples"]["missing"]["value"],
             serde_json::json!({"status":"failed","data":[],"message":"Missing required fields"})
         );
         assert_eq!(

@@ -36,7 +36,7 @@ impl Drop for InFlight {
 
 /// The image bytes of a request and where they came from.
 struct Image {
-    bytes: Vec<u8>,
+    bytes: bytes::Bytes,
     input_kind: &'static str,
     url_host: Option<String>,
 }
@@ -137,10 +137,7 @@ pub async fn check(
     let admission = match inner.admission.clone().try_acquire_owned() {
         Ok(permit) => permit,
         Err(_) => {
-            metrics
-                .rejections
-                .with_label_values(&["overloaded"])
-                .inc();
+            metrics.rejections.with_label_values(&["overloaded"]).inc();
             return Err(ApiError::Overloaded {
                 retry_after_secs: 1,
             });
@@ -213,7 +210,7 @@ pub async fn check(
         input_kind: input_kind.to_owned(),
         url_host,
         model_hash: inner.config.model_hash.clone(),
-        engine: inner.config.engine.clone(),
+        engine: inner.pipeline.engine_name().to_owned(),
         app_version: inner.config.app_version.clone(),
         timings_ms: verdict.timings,
     };
@@ -227,7 +224,10 @@ pub async fn check(
     metrics.observe_stage_ms("audit", audit_start.elapsed().as_secs_f64() * 1000.0);
     metrics
         .verdicts
-        .with_label_values(&[outcome.reason.as_str(), if outcome.live { "true" } else { "false" }])
+        .with_label_values(&[
+            outcome.reason.as_str(),
+            if outcome.live { "true" } else { "false" },
+        ])
         .inc();
     tracing::info!(
         reference = %outcome.reference,
@@ -251,28 +251,34 @@ async fn obtain_image(state: &AppState, image: &str) -> Result<Image, ApiError> 
     let inner = &state.inner;
     let input = parse_image_input(image, inner.config.max_image_bytes)
         .map_err(|e| ApiError::BadImage(e.client_message()))?;
+    let input_kind = input.kind().as_str();
     match input {
         ImageInput::Bytes { bytes, .. } => Ok(Image {
-            bytes,
-            input_kind: "base64",
+            bytes: bytes.into(),
+            input_kind,
             url_host: None,
         }),
         ImageInput::Url(url) => {
             let start = Instant::now();
-            let fetched = inner
-                .fetcher
-                .fetch(&url)
-                .await
-                .map_err(|e| ApiError::BadImage(format!("Could not fetch image: {}", e.client_message())));
+            let fetched = inner.fetcher.fetch(&url).await;
             inner
                 .metrics
                 .observe_stage_ms("fetch", start.elapsed().as_secs_f64() * 1000.0);
-            let fetched = fetched?;
-            Ok(Image {
-                bytes: fetched.bytes.to_vec(),
-                input_kind: "url",
-                url_host: Some(fetched.host),
-            })
+            match fetched {
+                Ok(fetched) => Ok(Image {
+                    bytes: fetched.bytes,
+                    input_kind,
+                    url_host: Some(fetched.host),
+                }),
+                Err(err) if err.is_client_error() => {
+                    tracing::info!(kind = err.kind(), "image fetch refused or failed");
+                    Err(ApiError::BadImage(format!(
+                        "Could not fetch image: {}",
+                        err.client_message()
+                    )))
+                }
+                Err(err) => Err(ApiError::Internal(format!("fetch: {err}"))),
+            }
         }
     }
 }
@@ -296,8 +302,8 @@ fn verdict_or_error(result: Result<Verdict, PipelineError>) -> Result<Verdict, A
 }
 
 fn decode_error(err: &DecodeError) -> ApiError {
-    // TODO(merge main): DecodeError::client_message() and the too-large variants.
-    ApiError::BadImage(format!("The data is {err}"))
+    // Not an image, unsupported, corrupt, too many pixels, too many bytes: all the client's to fix.
+    ApiError::BadImage(err.client_message())
 }
 
 /// Fetch the stored result of an earlier check.
@@ -468,4 +474,79 @@ pub fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
     };
     tracing::error!(panic = %detail, "handler panicked");
     internal_error_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use axum::routing::get;
+    use axum::Router;
+    use tower::ServiceExt;
+    use tower_http::catch_panic::CatchPanicLayer;
+
+    #[tokio::test]
+    async fn a_panic_becomes_the_500_envelope_without_its_message() {
+        let app = Router::new()
+            .route(
+                "/boom",
+                get(|| async {
+                    if std::hint::black_box(true) {
+                        panic!("secret detail at src/x.rs:12");
+                    }
+                    "unreachable"
+                }),
+            )
+            .layer(CatchPanicLayer::custom(panic_response));
+        let response = app
+            .oneshot(Request::get("/boom").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        assert_eq!(
+            &body[..],
+            br#"{"status":"failed","data":[],"message":"Internal server error"}"#
+        );
+    }
+
+    #[test]
+    fn unusable_images_are_client_errors_not_verdicts() {
+        let err =
+            verdict_or_error(Err(PipelineError::Decode(DecodeError::NotAnImage))).unwrap_err();
+        assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+        let err = verdict_or_error(Err(PipelineError::Decode(DecodeError::TooManyPixels {
+            width: 100_000,
+            height: 100_000,
+            limit: 40_000_000,
+        })))
+        .unwrap_err();
+        assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+        assert!(err.client_message().contains("too large"), "{err}");
+        for reason in [
+            Reason::ImageCorrupt,
+            Reason::UnsupportedFormat,
+            Reason::TooManyPixels,
+        ] {
+            let err = verdict_or_error(Ok(Verdict::quality(reason, 0.5))).unwrap_err();
+            assert_eq!(err.status(), StatusCode::BAD_REQUEST, "{reason:?}");
+        }
+        for reason in [Reason::NoFace, Reason::MultipleFaces, Reason::FaceTooSmall] {
+            let v = verdict_or_error(Ok(Verdict::quality(reason, 0.5))).unwrap();
+            assert_eq!(v.reason, reason);
+        }
+        let err = verdict_or_error(Err(PipelineError::Engine(
+            crate::engine::EngineError::Run {
+                model: "x",
+                message: "boom".into(),
+            },
+        )))
+        .unwrap_err();
+        assert_eq!(err.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(err.client_message(), "Internal server error");
+    }
 }
