@@ -202,7 +202,7 @@ fn markdown(
     stages: &[(&'static str, f64)],
 ) -> String {
     let profile = if cfg!(debug_assertions) {
-        "dev profile (dependencies at opt-level 3, livecheck at opt-level 1)"
+        "dev profile: dependencies at opt-level 3, livecheck at opt-level 1"
     } else {
         "release profile"
     };
@@ -229,6 +229,14 @@ fn markdown(
             l.p50_ms,
             l.p99_ms,
             l.mean_ms
+        ));
+    }
+    if levels.iter().all(|l| l.other == 0) {
+        s.push_str(&format!(
+            "\nWith more clients than CPU slots ({cores}), requests wait for a slot in the bounded \
+             queue (`--max-queued-checks 64` here; past it they would get 503 at once): throughput \
+             stays at the CPU limit and latency grows with the queue. No request was refused or \
+             failed.\n"
         ));
     }
     s.push_str(

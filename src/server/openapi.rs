@@ -92,6 +92,22 @@ mod tests {
                 "POST {status} has no example"
             );
         }
+        // Every status of every operation comes with an example body.
+        for (path, item) in paths {
+            for (method, op) in item.as_object().unwrap() {
+                for (status, response) in op["responses"].as_object().unwrap() {
+                    let content = response["content"]
+                        .as_object()
+                        .unwrap_or_else(|| panic!("{method} {path} {status} has no content"));
+                    for (ct, media) in content {
+                        assert!(
+                            media.get("example").is_some() || media.get("examples").is_some(),
+                            "{method} {path} {status} {ct} has no example"
+                        );
+                    }
+                }
+            }
+        }
         assert_eq!(
             post["responses"]["400"]["content"]["application/json"]["examples"]["missing"]["value"],
             serde_json::json!({"status":"failed","data":[],"message":"Missing required fields"})

@@ -68,7 +68,7 @@ struct Image {
                         "verification": {"status": "VERIFIED", "reference": "067cbed9-acda-4d30-97c2-7f8e0c2ad687"},
                         "widget_info": {}, "session": {}, "reason": "live",
                         "face": {"bbox": [203, 104, 248, 317], "confidence": 0.9995},
-                        "threshold": 0.5, "model": "3f1c0e..."},
+                        "threshold": 0.5, "model": "708e3dd2e45fc9c8"},
                     "message": "Face Liveliness successful"}))),
                 ("spoof" = (summary = "Not live: attack", value = json!({
                     "status": "success",
@@ -77,7 +77,7 @@ struct Image {
                         "verification": {"status": "FAILED", "reference": "1b4e28ba-2fa1-41d2-883f-0016d3cca427"},
                         "widget_info": {}, "session": {}, "reason": "spoof",
                         "face": {"bbox": [120, 88, 200, 260], "confidence": 0.998},
-                        "threshold": 0.5, "model": "3f1c0e..."},
+                        "threshold": 0.5, "model": "708e3dd2e45fc9c8"},
                     "message": "Face Liveliness failed"}))),
                 ("no_face" = (summary = "Not live: no face", value = json!({
                     "status": "success",
@@ -85,7 +85,7 @@ struct Image {
                         "confidence": 0.0, "confidence_in_percentage": 0.0,
                         "verification": {"status": "FAILED", "reference": "6ba7b810-9dad-41d1-80b4-00c04fd430c8"},
                         "widget_info": {}, "session": {}, "reason": "no_face",
-                        "threshold": 0.5, "model": "3f1c0e..."},
+                        "threshold": 0.5, "model": "708e3dd2e45fc9c8"},
                     "message": "Face Liveliness failed"}))),
             )),
         (status = 400, description = "Bad request", body = ErrorEnvelope, examples(
@@ -316,7 +316,15 @@ fn decode_error(err: &DecodeError) -> ApiError {
     params(("reference" = Uuid, Path, description = "`data.verification.reference` of the check")),
     security(("api_key" = [])),
     responses(
-        (status = 200, description = "The stored verdict, in the envelope of the check", body = CheckEnvelope),
+        (status = 200, description = "The stored verdict, in the envelope of the check", body = CheckEnvelope,
+            example = json!({
+                "status": "success",
+                "data": {"status": false, "detail": "No face detected in image", "response_code": "00",
+                    "confidence": 0.0, "confidence_in_percentage": 0.0,
+                    "verification": {"status": "FAILED", "reference": "6ba7b810-9dad-41d1-80b4-00c04fd430c8"},
+                    "widget_info": {}, "session": {}, "reason": "no_face",
+                    "threshold": 0.5, "model": "708e3dd2e45fc9c8"},
+                "message": "Face Liveliness failed"})),
         (status = 401, description = "Missing or invalid key", body = ErrorEnvelope, examples(
             ("missing" = (value = json!({"status": "failed", "message": "Authentication credentials were not provided."}))),
             ("invalid" = (value = json!({"status": "failed", "message": "Invalid token."}))),
@@ -396,9 +404,9 @@ pub async fn healthz() -> Response {
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "Ready", body = Readiness,
-            example = json!({"status": "ready", "models": "loaded", "database": "ok", "model": "3f1c0e...", "version": "0.1.0"})),
+            example = json!({"status": "ready", "models": "loaded", "database": "ok", "model": "708e3dd2e45fc9c8", "version": "0.1.0"})),
         (status = 503, description = "Not ready", body = Readiness,
-            example = json!({"status": "unavailable", "models": "loaded", "database": "unreachable", "model": "3f1c0e...", "version": "0.1.0"})),
+            example = json!({"status": "unavailable", "models": "loaded", "database": "unreachable", "model": "708e3dd2e45fc9c8", "version": "0.1.0"})),
     ))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let inner = &state.inner;
@@ -448,7 +456,8 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
 
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", tag = "operations",
-    responses((status = 200, description = "The OpenAPI 3.1 document of this API", content_type = "application/json", body = Object)))]
+    responses((status = 200, description = "The OpenAPI 3.1 document of this API", content_type = "application/json", body = Object,
+        example = json!({"openapi": "3.1.0", "info": {"title": "livecheck", "version": "0.1.0"}, "paths": {}}))))]
 pub async fn openapi_json() -> Response {
     json_response(StatusCode::OK, &super::openapi::document())
 }
