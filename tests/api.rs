@@ -566,7 +566,7 @@ fn small_image_config() -> AppConfig {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn image_byte_cap_applies_to_urls_and_base64() {
+async fn image_byte_and_pixel_caps_apply_to_urls_and_base64() {
     on_each_backend(small_image_config, |app| async move {
         let t1 = silentface("image_T1.jpg");
         assert!(t1.len() > 70_000);
@@ -579,6 +579,20 @@ async fn image_byte_cap_applies_to_urls_and_base64() {
             let msg = bad_request_message(status, &body);
             assert!(msg.contains("too large") && msg.contains("70000"), "{msg}");
         }
+        // The pixel cap (decompression bombs): a JPEG whose header declares 60000x60000.
+        let mut bomb = silentface("image_F1.jpg");
+        let sof = bomb
+            .windows(2)
+            .position(|w| w == [0xFF, 0xC0] || w == [0xFF, 0xC2])
+            .unwrap();
+        bomb[sof + 5..sof + 9].copy_from_slice(&[0xEA, 0x60, 0xEA, 0x60]);
+        let (status, _, body) = read(app.check(&STANDARD.encode(&bomb)).await).await;
+        let msg = bad_request_message(status, &body);
+        assert!(
+            msg.starts_with("Image too large") && msg.contains("60000x60000"),
+            "{msg}"
+        );
+
         let (status, _, body) = read(app.check(&app.images.url("/img/image_F1.jpg")).await).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         assert_eq!(app.audit_count().await, 1);
