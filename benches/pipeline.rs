@@ -13,7 +13,9 @@ fn shared() -> PathBuf {
 }
 
 fn stages(c: &mut Criterion) {
-    let dir = std::env::var_os("LIVECHECK_MODEL_DIR").map(PathBuf::from).unwrap_or_else(|| shared().join("models"));
+    let dir = std::env::var_os("LIVECHECK_MODEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| shared().join("models"));
     let engine = TractEngine::load(&dir, &Manifest::builtin().unwrap()).unwrap();
     let pipe = livecheck::load_pipeline(Some(&dir), PipelineConfig::default()).unwrap();
     let bytes = std::fs::read(shared().join("testdata/silentface/image_T1.jpg")).unwrap();
@@ -26,11 +28,15 @@ fn stages(c: &mut Criterion) {
     let (mut crop_px, mut cls_in) = (Vec::new(), Vec::new());
 
     let mut g = c.benchmark_group("stage");
-    g.bench_function("decode_jpeg_640x480", |b| b.iter(|| decode::decode(&bytes, &Default::default()).unwrap()));
+    g.bench_function("decode_jpeg_640x480", |b| {
+        b.iter(|| decode::decode(&bytes, &Default::default()).unwrap())
+    });
     g.bench_function("detector_input", |b| {
         b.iter(|| detect::detector_input(&img.view(), dw, dh, &mut scratch, &mut det_in))
     });
-    g.bench_function("detector_tract", |b| b.iter(|| engine.detect(&det_in, dw, dh).unwrap()));
+    g.bench_function("detector_tract", |b| {
+        b.iter(|| engine.detect(&det_in, dw, dh).unwrap())
+    });
     let out = engine.detect(&det_in, dw, dh).unwrap();
     let priors = detect::priors(dw, dh);
     g.bench_function("priors_and_select", |b| {
@@ -38,15 +44,22 @@ fn stages(c: &mut Criterion) {
     });
     let _ = priors;
     g.bench_function("crop_resize_80", |b| {
-        b.iter(|| pipeline::crop_to_input(&img.view(), bbox, crop::SCALE_V2, &mut crop_px, &mut cls_in))
+        b.iter(|| {
+            pipeline::crop_to_input(&img.view(), bbox, crop::SCALE_V2, &mut crop_px, &mut cls_in)
+        })
     });
-    g.bench_function("classifier_v2_tract", |b| b.iter(|| engine.classify(Classifier::V2, &cls_in).unwrap()));
-    g.bench_function("classifier_v1se_tract", |b| b.iter(|| engine.classify(Classifier::V1Se, &cls_in).unwrap()));
+    g.bench_function("classifier_v2_tract", |b| {
+        b.iter(|| engine.classify(Classifier::V2, &cls_in).unwrap())
+    });
+    g.bench_function("classifier_v1se_tract", |b| {
+        b.iter(|| engine.classify(Classifier::V1Se, &cls_in).unwrap())
+    });
     g.finish();
 
     let mut g = c.benchmark_group("end_to_end");
     for name in ["image_F1", "image_F2", "image_T1"] {
-        let bytes = std::fs::read(shared().join(format!("testdata/silentface/{name}.jpg"))).unwrap();
+        let bytes =
+            std::fs::read(shared().join(format!("testdata/silentface/{name}.jpg"))).unwrap();
         g.bench_function(name, |b| b.iter(|| pipe.check(&bytes).unwrap()));
     }
     g.finish();

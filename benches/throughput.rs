@@ -49,7 +49,10 @@ fn single(p: &Pipeline, imgs: &[Vec<u8>], rounds: usize) -> (f64, Timings) {
 }
 
 fn parallel(p: &Pipeline, imgs: &[Vec<u8>], threads: usize, rounds: usize) -> f64 {
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap();
     let t0 = Instant::now();
     for _ in 0..rounds {
         pool.install(|| imgs.par_iter().for_each(|b| drop(p.check(b))));
@@ -62,12 +65,18 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
-    let dir = std::env::var_os("LIVECHECK_MODEL_DIR").map(PathBuf::from).unwrap_or_else(|| shared().join("models"));
+    let dir = std::env::var_os("LIVECHECK_MODEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| shared().join("models"));
     let p = livecheck::load_pipeline(Some(&dir), PipelineConfig::default()).unwrap();
     let samples = images(&shared().join("testdata/silentface"));
-    let devset: Vec<Vec<u8>> =
-        ["live", "spoof"].iter().flat_map(|d| images(&shared().join("testdata/devset").join(d))).collect();
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let devset: Vec<Vec<u8>> = ["live", "spoof"]
+        .iter()
+        .flat_map(|d| images(&shared().join("testdata/devset").join(d)))
+        .collect();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     single(&p, &samples, 3); // warm-up: plans, thread-local buffers
     single(&p, &devset, 1); // warm-up: detector plans for every devset size
     let (samples_ms, samples_split) = single(&p, &samples, 30);

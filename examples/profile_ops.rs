@@ -12,15 +12,23 @@ use tract_onnx::prelude::*;
 
 fn main() -> anyhow::Result<()> {
     let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared");
-    let dir = std::env::var_os("LIVECHECK_MODEL_DIR").map(PathBuf::from).unwrap_or_else(|| shared.join("models"));
+    let dir = std::env::var_os("LIVECHECK_MODEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| shared.join("models"));
     let bytes = std::fs::read(shared.join("testdata/silentface/image_T1.jpg"))?;
     let img = decode::decode(&bytes, &Default::default())?;
     let (dw, dh) = detect::detector_input_size(img.width as usize, img.height as usize);
     let (mut scratch, mut det_in) = (Vec::new(), Vec::new());
     detect::detector_input(&img.view(), dw, dh, &mut scratch, &mut det_in);
     let (mut c, mut cls_in) = (Vec::new(), Vec::new());
-    pipeline::crop_to_input(&img.view(), [106, 147, 207, 213], crop::SCALE_V2, &mut c, &mut cls_in)
-        .ok_or_else(|| anyhow::anyhow!("crop"))?;
+    pipeline::crop_to_input(
+        &img.view(),
+        [106, 147, 207, 213],
+        crop::SCALE_V2,
+        &mut c,
+        &mut cls_in,
+    )
+    .ok_or_else(|| anyhow::anyhow!("crop"))?;
 
     let rounds = 50;
     for (file, shape, input) in [
@@ -50,10 +58,17 @@ fn main() -> anyhow::Result<()> {
         let total = t0.elapsed() / rounds;
         let mut rows: Vec<_> = per_op.into_iter().collect();
         rows.sort_by(|a, b| b.1 .0.cmp(&a.1 .0));
-        println!("\n{file} {shape:?}: {:.2} ms per run", total.as_secs_f64() * 1e3);
+        println!(
+            "\n{file} {shape:?}: {:.2} ms per run",
+            total.as_secs_f64() * 1e3
+        );
         for (op, (d, n)) in rows.iter().take(8) {
             let ms = d.as_secs_f64() * 1e3 / rounds as f64;
-            println!("  {op:<28} {ms:>7.3} ms  ({:>4.1}%, {} nodes)", 100.0 * ms / (total.as_secs_f64() * 1e3), n / rounds as usize);
+            println!(
+                "  {op:<28} {ms:>7.3} ms  ({:>4.1}%, {} nodes)",
+                100.0 * ms / (total.as_secs_f64() * 1e3),
+                n / rounds as usize
+            );
         }
     }
     Ok(())

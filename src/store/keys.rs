@@ -177,11 +177,13 @@ impl Store {
                 .fetch_all(p)
                 .await
             }
-            Pool::Postgres(p) => sqlx::query_as(&format!(
+            Pool::Postgres(p) => {
+                sqlx::query_as(&format!(
                 "SELECT {PG_KEY_COLUMNS} FROM api_keys ORDER BY api_keys.created_at, api_keys.id"
             ))
-            .fetch_all(p)
-            .await,
+                .fetch_all(p)
+                .await
+            }
         }
         .map_err(|e| self.db_err(e))?;
         rows.into_iter().map(KeyRow::into_key).collect()
