@@ -1,9 +1,316 @@
-//! `livecheck serve`
+//! `livecheck serve`: load the models, connect the audit store, and serve the HTTP API until
+//! SIGTERM or Ctrl-C (then finish the checks in flight).
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
-#[derive(clap::Args)]
-pub struct ServeArgs {}
+use anyhow::Context as _;
+use ipnet::IpNet;
+use livecheck::server::{AppConfig, Application};
+use livecheck::store::Store;
 
-pub fn run(_args: ServeArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not implemented yet")
+/// Serve the Adhere-compatible liveness API. Every flag is also an environment variable.
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// Address and port to listen on.
+    #[arg(
+        long,
+        env = "LIVECHECK_BIND",
+        default_value = "127.0.0.1:8080",
+        value_name = "ADDR"
+    )]
+    pub bind: SocketAddr,
+
+    /// Audit and key database: sqlite://PATH (created if missing) or postgres://USER@HOST:PORT/DB.
+    /// Migrations run at start.
+    #[arg(
+        long,
+        env = "LIVECHECK_DATABASE_URL",
+        default_value = "sqlite://livecheck.db",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub database: String,
+
+    /// Networks image URLs may point into although they are not public (loopback, private,
+    /// link-local...), comma-separated CIDRs; a bare address means that one host. Without it, only
+    /// public addresses are fetched. Cloud metadata addresses are always refused.
+    #[arg(
+        long,
+        env = "LIVECHECK_ALLOW_FETCH_FROM",
+        value_delimiter = ',',
+        value_name = "CIDR,...",
+        value_parser = parse_cidr
+    )]
+    pub allow_fetch_from: Vec<IpNet>,
+
+    /// Largest image accepted, in bytes, whether fetched from a URL or sent as base64.
+    #[arg(long, env = "LIVECHECK_MAX_IMAGE_BYTES", default_value_t = 10 * 1024 * 1024, value_name = "BYTES")]
+    pub max_image_bytes: usize,
+
+    /// Largest request body accepted, in bytes (413 above). Leave room for base64 of the largest
+    /// image: at least 4/3 of --max-image-bytes plus a few hundred bytes.
+    #[arg(long, env = "LIVECHECK_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024, value_name = "BYTES")]
+    pub max_body_bytes: usize,
+
+    /// Total time allowed for fetching one image URL (all redirects and the body), in seconds.
+    #[arg(long, env = "LIVECHECK_FETCH_TIMEOUT", default_value_t = 15.0, value_name = "SECONDS",
+        value_parser = parse_seconds)]
+    pub fetch_timeout: f64,
+
+    /// Time allowed for connecting to an image host, in seconds.
+    #[arg(long, env = "LIVECHECK_FETCH_CONNECT_TIMEOUT", default_value_t = 5.0, value_name = "SECONDS",
+        value_parser = parse_seconds)]
+    pub fetch_connect_timeout: f64,
+
+    /// Redirects followed when fetching an image (each target is checked again).
+    #[arg(
+        long,
+        env = "LIVECHECK_MAX_REDIRECTS",
+        default_value_t = 3,
+        value_name = "N"
+    )]
+    pub max_redirects: usize,
+
+    /// Checks running at once on the CPU. Default: the number of CPU cores.
+    #[arg(long, env = "LIVECHECK_MAX_CONCURRENT_CHECKS", value_name = "N",
+        value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_checks: Option<u32>,
+
+    /// Checks allowed to wait for a CPU slot; beyond running + waiting, requests get 503 with
+    /// Retry-After at once. Default: 4 x --max-concurrent-checks.
+    #[arg(long, env = "LIVECHECK_MAX_QUEUED_CHECKS", value_name = "N")]
+    pub max_queued_checks: Option<usize>,
+
+    /// Check requests per minute allowed to each API key (bursts up to this many); 0 disables the
+    /// limit. Over the limit: 429 with Retry-After and X-RateLimit-* headers.
+    #[arg(
+        long,
+        env = "LIVECHECK_RATE_LIMIT_PER_MINUTE",
+        default_value_t = 600,
+        value_name = "N"
+    )]
+    pub rate_limit_per_minute: u32,
+
+    /// Log one JSON object per line instead of human-readable text. Set RUST_LOG to filter
+    /// (default: info).
+    #[arg(long, env = "LIVECHECK_LOG_JSON")]
+    pub log_json: bool,
+
+    #[command(flatten)]
+    pub pipeline: super::common::PipelineArgs,
+}
+
+fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    let s = s.trim();
+    if let Ok(net) = s.parse::<IpNet>() {
+        return Ok(net.trunc());
+    }
+    s.parse::<std::net::IpAddr>()
+        .map(IpNet::from)
+        .map_err(|_| format!("{s:?} is not a CIDR (e.g. 10.0.0.0/8) or an IP address"))
+}
+
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v <= 3600.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a number of seconds in (0, 3600]")),
+    }
+}
+
+impl ServeArgs {
+    /// The server configuration these flags describe (`model_hash` is filled in by the caller).
+    pub fn app_config(&self, model_hash: String) -> AppConfig {
+        let defaults = AppConfig::default();
+        let concurrent = self
+            .max_concurrent_checks
+            .map(|n| n as usize)
+            .unwrap_or(defaults.max_concurrent_checks);
+        AppConfig {
+            max_body_bytes: self.max_body_bytes,
+            max_image_bytes: self.max_image_bytes,
+            allow_fetch_from: self.allow_fetch_from.clone(),
+            fetch_connect_timeout: Duration::from_secs_f64(self.fetch_connect_timeout),
+            fetch_timeout: Duration::from_secs_f64(self.fetch_timeout),
+            max_redirects: self.max_redirects,
+            max_concurrent_checks: concurrent,
+            max_queued_checks: self.max_queued_checks.unwrap_or(concurrent * 4),
+            rate_limit_per_minute: NonZeroU32::new(self.rate_limit_per_minute),
+            model_hash,
+            ..defaults
+        }
+    }
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    init_tracing(args.log_json);
+    let model_hash = livecheck::models::Manifest::builtin()
+        .context("cannot read the built-in model manifest")?
+        .hash();
+    // The pipeline's own byte cap follows --max-image-bytes (the fetcher and the base64 parser
+    // enforce it first; this keeps the three from disagreeing).
+    let mut pipeline_config = args.pipeline.config()?;
+    pipeline_config.limits.max_bytes = args.max_image_bytes;
+    let pipeline = Arc::new(livecheck::load_pipeline(
+        args.pipeline.models.as_deref(),
+        pipeline_config,
+    )?);
+    let config = args.app_config(model_hash);
+    // Blocking checks run on tokio's blocking pool, bounded by the CPU semaphore.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("livecheck-serve")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(args.bind, &args.database, config, pipeline))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(
+    bind: SocketAddr,
+    database: &str,
+    config: AppConfig,
+    pipeline: Arc<livecheck::pipeline::Pipeline>,
+) -> anyhow::Result<()> {
+    let store = Store::connect(database).await?;
+    tracing::info!(
+        database = store.target(),
+        backend = store.backend(),
+        "audit store ready"
+    );
+    let summary = format!(
+        "max_concurrent_checks={} max_queued_checks={} rate_limit_per_minute={} \
+         allow_fetch_from=[{}] model={}",
+        config.max_concurrent_checks,
+        config.max_queued_checks,
+        config
+            .rate_limit_per_minute
+            .map_or("off".to_owned(), |n| n.to_string()),
+        config
+            .allow_fetch_from
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
+        config.model_hash,
+    );
+    let app = Application::build(config, pipeline, store.clone())?;
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .with_context(|| format!("cannot listen on {bind}"))?;
+    let local = listener.local_addr().unwrap_or(bind);
+    tracing::info!(address = %local, "{summary}");
+    eprintln!("livecheck listening on http://{local}");
+    app.run(listener, shutdown_signal()).await?;
+    tracing::info!("in-flight requests finished; closing the store");
+    store.close().await;
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %err, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut sig) => {
+                sig.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutdown requested: no new connections, finishing in-flight checks");
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    #[test]
+    fn cidrs_and_bare_addresses() {
+        assert_eq!(
+            parse_cidr("127.0.0.1").unwrap(),
+            "127.0.0.1/32".parse::<IpNet>().unwrap()
+        );
+        assert_eq!(
+            parse_cidr(" 10.1.2.3/8 ").unwrap(),
+            "10.0.0.0/8".parse::<IpNet>().unwrap()
+        );
+        assert_eq!(
+            parse_cidr("::1").unwrap(),
+            "::1/128".parse::<IpNet>().unwrap()
+        );
+        for bad in ["", "nope", "10.0.0.0/33", "localhost", "10.0.0"] {
+            assert!(parse_cidr(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_seconds("0.5").unwrap(), 0.5);
+        for bad in ["0", "-1", "nan", "inf", "x", "3601"] {
+            assert!(parse_seconds(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn flags_become_the_app_config() {
+        let cli = Cli::try_parse_from([
+            "t",
+            "--allow-fetch-from",
+            "127.0.0.1/32,::1",
+            "--rate-limit-per-minute",
+            "0",
+            "--max-concurrent-checks",
+            "3",
+            "--fetch-timeout",
+            "2.5",
+            "--max-image-bytes",
+            "1000",
+        ])
+        .unwrap();
+        let c = cli.serve.app_config("hash".into());
+        assert_eq!(c.allow_fetch_from.len(), 2);
+        assert_eq!(c.rate_limit_per_minute, None);
+        assert_eq!(c.max_concurrent_checks, 3);
+        assert_eq!(c.max_queued_checks, 12);
+        assert_eq!(c.fetch_timeout, Duration::from_millis(2500));
+        assert_eq!(c.max_image_bytes, 1000);
+        assert_eq!(c.model_hash, "hash");
+        assert!(Cli::try_parse_from(["t", "--max-concurrent-checks", "0"]).is_err());
+        assert!(Cli::try_parse_from(["t", "--allow-fetch-from", "bogus"]).is_err());
+    }
 }

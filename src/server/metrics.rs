@@ -1,0 +1,148 @@
+//! Prometheus metrics, one registry per [`super::Application`] (so several servers in one test
+//! process never share counters). Histograms use explicit buckets chosen for this workload.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+/// Buckets for HTTP request latency (seconds): 1 ms .. 30 s.
+const REQUEST_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+/// Buckets for pipeline stages (seconds): 0.5 ms .. 5 s; detection/classification sit around 5-50 ms.
+const STAGE_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// Every metric the server exports.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// `livecheck_http_requests_total{route,method,status}`.
+    pub http_requests: IntCounterVec,
+    /// `livecheck_http_request_duration_seconds{route}`.
+    pub http_duration: HistogramVec,
+    /// `livecheck_verdicts_total{reason,live}`.
+    pub verdicts: IntCounterVec,
+    /// `livecheck_stage_duration_seconds{stage}`: fetch, decode, detect, classify, pipeline, audit.
+    pub stage_duration: HistogramVec,
+    /// `livecheck_checks_in_flight`: admitted checks (running or waiting for a CPU slot).
+    pub in_flight: IntGauge,
+    /// `livecheck_rejections_total{cause}`: rate_limited, overloaded.
+    pub rejections: IntCounterVec,
+}
+
+impl Metrics {
+    /// Creates and registers all metrics in a fresh registry.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let http_requests = IntCounterVec::new(
+            Opts::new(
+                "livecheck_http_requests_total",
+                "HTTP requests by route, method and status code",
+            ),
+            &["route", "method", "status"],
+        )?;
+        let http_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "livecheck_http_request_duration_seconds",
+                "HTTP request latency by route",
+            )
+            .buckets(REQUEST_BUCKETS.to_vec()),
+            &["route"],
+        )?;
+        let verdicts = IntCounterVec::new(
+            Opts::new("livecheck_verdicts_total", "Verdicts by reason"),
+            &["reason", "live"],
+        )?;
+        let stage_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "livecheck_stage_duration_seconds",
+                "Latency of each check stage (fetch, decode, detect, classify, pipeline, audit)",
+            )
+            .buckets(STAGE_BUCKETS.to_vec()),
+            &["stage"],
+        )?;
+        let in_flight = IntGauge::new(
+            "livecheck_checks_in_flight",
+            "Checks admitted and not yet answered",
+        )?;
+        let rejections = IntCounterVec::new(
+            Opts::new(
+                "livecheck_rejections_total",
+                "Requests refused before checking, by cause",
+            ),
+            &["cause"],
+        )?;
+        registry.register(Box::new(http_requests.clone()))?;
+        registry.register(Box::new(http_duration.clone()))?;
+        registry.register(Box::new(verdicts.clone()))?;
+        registry.register(Box::new(stage_duration.clone()))?;
+        registry.register(Box::new(in_flight.clone()))?;
+        registry.register(Box::new(rejections.clone()))?;
+        Ok(Metrics {
+            registry,
+            http_requests,
+            http_duration,
+            verdicts,
+            stage_duration,
+            in_flight,
+            rejections,
+        })
+    }
+
+    /// Records one stage duration given in milliseconds.
+    pub fn observe_stage_ms(&self, stage: &str, ms: f64) {
+        self.stage_duration
+            .with_label_values(&[stage])
+            .observe(ms / 1000.0);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Result<String, prometheus::Error> {
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf)?;
+        String::from_utf8(buf).map_err(|e| prometheus::Error::Msg(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_all_families_with_explicit_buckets() {
+        let m = Metrics::new().unwrap();
+        m.http_requests
+            .with_label_values(&["/healthz", "GET", "200"])
+            .inc();
+        m.verdicts.with_label_values(&["spoof", "false"]).inc();
+        m.observe_stage_ms("detect", 12.0);
+        m.in_flight.inc();
+        m.rejections.with_label_values(&["overloaded"]).inc();
+        m.http_duration
+            .with_label_values(&["/healthz"])
+            .observe(0.002);
+        let text = m.render().unwrap();
+        assert!(text.contains(
+            r#"livecheck_http_requests_total{method="GET",route="/healthz",status="200"} 1"#
+        ));
+        assert!(text.contains(r#"livecheck_verdicts_total{live="false",reason="spoof"} 1"#));
+        assert!(
+            text.contains(r#"livecheck_stage_duration_seconds_bucket{stage="detect",le="0.02"} 1"#)
+        );
+        assert!(
+            text.contains(r#"livecheck_stage_duration_seconds_bucket{stage="detect",le="0.01"} 0"#)
+        );
+        assert!(text.contains("livecheck_checks_in_flight 1"));
+        assert!(text.contains(r#"livecheck_rejections_total{cause="overloaded"} 1"#));
+    }
+
+    #[test]
+    fn registries_are_independent() {
+        let a = Metrics::new().unwrap();
+        let b = Metrics::new().unwrap();
+        a.in_flight.inc();
+        assert!(b.render().unwrap().contains("livecheck_checks_in_flight 0"));
+    }
+}

@@ -1,0 +1,561 @@
+//! One `async fn` per route. Handlers return `Result<_, ApiError>` and use `?`; the mapping to
+//! status codes and envelopes lives in [`super::error`].
+
+use std::any::Any;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio::sync::OwnedSemaphorePermit;
+use uuid::Uuid;
+
+use super::auth::{Caller, RateLimitedCaller};
+use super::body::ImageBody;
+use super::envelope::{CheckEnvelope, CheckOutcome, FaceInfo};
+use super::error::{internal_error_response, json_response, ApiError, ErrorEnvelope};
+use super::AppState;
+use crate::fetch::{parse_image_input, ImageInput};
+use crate::pipeline::{DecodeError, PipelineError, Reason, Verdict};
+use crate::store::AuditRecord;
+
+/// Decrements the in-flight gauge when a check ends, however it ends.
+struct InFlight {
+    gauge: prometheus::IntGauge,
+    _admission: OwnedSemaphorePermit,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+/// The image bytes of a request and where they came from.
+struct Image {
+    bytes: bytes::Bytes,
+    input_kind: &'static str,
+    url_host: Option<String>,
+}
+
+/// Run a liveness check.
+///
+/// The image is a URL (fetched with SSRF protection), a `data:image/...;base64,` URI or bare
+/// base64. Live and not-live verdicts are both 200; `data.status` tells them apart and `detail`
+/// says why. The verdict is stored before the answer is sent.
+#[utoipa::path(
+    post,
+    path = "/api/onboarding/biometrics/face/liveliness_check/",
+    tag = "liveness",
+    request_body(content = super::body::CheckRequest, content_type = "application/json",
+        example = json!({"image": "https://example.com/photo.jpg"})),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "A verdict (live or not live)", body = CheckEnvelope,
+            headers(
+                ("X-RateLimit-Limit" = u32, description = "Requests allowed per minute for this key"),
+                ("X-RateLimit-Remaining" = u32, description = "Requests left in the current burst"),
+                ("X-RateLimit-Reset" = u64, description = "Seconds until one more request is allowed"),
+            ),
+            examples(
+                ("live" = (summary = "Live", value = json!({
+                    "status": "success",
+                    "data": {"status": true, "detail": "Liveliness Detected", "response_code": "00",
+                        "confidence": 0.9999987030029297, "confidence_in_percentage": 99.99987030029297,
+                        "verification": {"status": "VERIFIED", "reference": "067cbed9-acda-4d30-97c2-7f8e0c2ad687"},
+                        "widget_info": {}, "session": {}, "reason": "live",
+                        "face": {"bbox": [203, 104, 248, 317], "confidence": 0.9995},
+                        "threshold": 0.5, "model": "708e3dd2e45fc9c8"},
+                    "message": "Face Liveliness successful"}))),
+                ("spoof" = (summary = "Not live: attack", value = json!({
+                    "status": "success",
+                    "data": {"status": false, "detail": "Liveliness Not Detected", "response_code": "00",
+                        "confidence": 0.0123, "confidence_in_percentage": 1.23,
+                        "verification": {"status": "FAILED", "reference": "1b4e28ba-2fa1-41d2-883f-0016d3cca427"},
+                        "widget_info": {}, "session": {}, "reason": "spoof",
+                        "face": {"bbox": [120, 88, 200, 260], "confidence": 0.998},
+                        "threshold": 0.5, "model": "708e3dd2e45fc9c8"},
+                    "message": "Face Liveliness failed"}))),
+                ("no_face" = (summary = "Not live: no face", value = json!({
+                    "status": "success",
+                    "data": {"status": false, "detail": "No face detected in image", "response_code": "00",
+                        "confidence": 0.0, "confidence_in_percentage": 0.0,
+                        "verification": {"status": "FAILED", "reference": "6ba7b810-9dad-41d1-80b4-00c04fd430c8"},
+                        "widget_info": {}, "session": {}, "reason": "no_face",
+                        "threshold": 0.5, "model": "708e3dd2e45fc9c8"},
+                    "message": "Face Liveliness failed"}))),
+            )),
+        (status = 400, description = "Bad request", body = ErrorEnvelope, examples(
+            ("missing" = (summary = "Missing, empty or non-string image",
+                value = json!({"status": "failed", "data": [], "message": "Missing required fields"}))),
+            ("json" = (summary = "Malformed JSON",
+                value = json!({"status": "failed", "data": [], "message": "Request body is not valid JSON: EOF while parsing an object at line 1 column 10"}))),
+            ("content_type" = (summary = "Wrong content type",
+                value = json!({"status": "failed", "data": [], "message": "Content-Type must be application/json"}))),
+            ("fetch" = (summary = "Unfetchable URL",
+                value = json!({"status": "failed", "data": [], "message": "Could not fetch image: timed out after 15 s"}))),
+            ("not_image" = (summary = "Not an image",
+                value = json!({"status": "failed", "data": [], "message": "The data is not an image (JPEG, PNG, WebP, BMP, GIF or TIFF expected)"}))),
+            ("too_large" = (summary = "Image too large",
+                value = json!({"status": "failed", "data": [], "message": "Image too large: more than 10485760 bytes"}))),
+        )),
+        (status = 401, description = "Missing or invalid key", body = ErrorEnvelope, examples(
+            ("missing" = (summary = "No x-access-token",
+                value = json!({"status": "failed", "message": "Authentication credentials were not provided."}))),
+            ("invalid" = (summary = "Unknown or revoked token",
+                value = json!({"status": "failed", "message": "Invalid token."}))),
+        )),
+        (status = 413, description = "Request body too large", body = ErrorEnvelope,
+            example = json!({"status": "failed", "data": [], "message": "Request body is larger than the limit of 16777216 bytes"})),
+        (status = 429, description = "Per-key rate limit exceeded", body = ErrorEnvelope,
+            headers(
+                ("Retry-After" = u64, description = "Seconds to wait"),
+                ("X-RateLimit-Limit" = u32, description = "Requests allowed per minute"),
+                ("X-RateLimit-Remaining" = u32, description = "Always 0 here"),
+                ("X-RateLimit-Reset" = u64, description = "Seconds until one more request is allowed"),
+            ),
+            example = json!({"status": "failed", "data": [], "message": "Rate limit exceeded: at most 60 requests per minute; retry after 1 s"})),
+        (status = 500, description = "Unexpected error (no details are disclosed)", body = ErrorEnvelope,
+            example = json!({"status": "failed", "data": [], "message": "Internal server error"})),
+        (status = 503, description = "Overloaded: all check slots are taken", body = ErrorEnvelope,
+            headers(("Retry-After" = u64, description = "Seconds to wait")),
+            example = json!({"status": "failed", "data": [], "message": "Server is busy; retry after 1 s"})),
+    )
+)]
+pub async fn check(
+    State(state): State<AppState>,
+    caller: RateLimitedCaller,
+    body: ImageBody,
+) -> Result<Response, ApiError> {
+    let inner = &state.inner;
+    let metrics = &inner.metrics;
+
+    // Admission: fail fast when every running and queued slot is taken.
+    let admission = match inner.admission.clone().try_acquire_owned() {
+        Ok(permit) => permit,
+        Err(_) => {
+            metrics.rejections.with_label_values(&["overloaded"]).inc();
+            return Err(ApiError::Overloaded {
+                retry_after_secs: 1,
+            });
+        }
+    };
+    metrics.in_flight.inc();
+    let _in_flight = InFlight {
+        gauge: metrics.in_flight.clone(),
+        _admission: admission,
+    };
+
+    let Image {
+        bytes,
+        input_kind,
+        url_host,
+    } = obtain_image(&state, &body.image).await?;
+
+    // Inference (and hashing) off the async workers, on a bounded number of CPU slots.
+    let cpu = inner
+        .cpu
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| ApiError::Unavailable("shutting down".into()))?;
+    let pipeline = Arc::clone(&inner.pipeline);
+    let started = Instant::now();
+    let (result, bytes) = tokio::task::spawn_blocking(move || {
+        let _cpu = cpu;
+        let result = pipeline.check(&bytes);
+        let digest = hex::encode(Sha256::digest(&bytes));
+        (result, (digest, bytes.len()))
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("check task failed: {e}")))?;
+    metrics.observe_stage_ms("pipeline", started.elapsed().as_secs_f64() * 1000.0);
+    let verdict = verdict_or_error(result)?;
+    let (image_sha256, image_bytes) = bytes;
+    metrics.observe_stage_ms("decode", verdict.timings.decode);
+    metrics.observe_stage_ms("detect", verdict.timings.detect);
+    metrics.observe_stage_ms("classify", verdict.timings.classify);
+
+    let outcome = CheckOutcome {
+        reference: Uuid::new_v4(),
+        live: verdict.live,
+        p_real: f64::from(verdict.p_real),
+        threshold: f64::from(verdict.threshold),
+        reason: verdict.reason.code().to_owned(),
+        detail: verdict.reason.sentence().to_owned(),
+        face: verdict.face.map(|f| FaceInfo {
+            bbox: f.bbox,
+            confidence: f64::from(f.confidence),
+        }),
+        model: inner.config.model_hash.clone(),
+    };
+    let record = AuditRecord {
+        reference: outcome.reference,
+        key_id: Some(caller.key.id),
+        created_at: chrono::Utc::now(),
+        live: outcome.live,
+        p_real: outcome.p_real,
+        threshold: outcome.threshold,
+        reason: outcome.reason.clone(),
+        detail: outcome.detail.clone(),
+        bbox: outcome.face.map(|f| f.bbox),
+        detector_confidence: outcome.face.map(|f| f.confidence),
+        image_sha256,
+        image_bytes: image_bytes as i64,
+        image_width: verdict.image_size.and_then(|s| i32::try_from(s[0]).ok()),
+        image_height: verdict.image_size.and_then(|s| i32::try_from(s[1]).ok()),
+        input_kind: input_kind.to_owned(),
+        url_host,
+        model_hash: inner.config.model_hash.clone(),
+        engine: inner.pipeline.engine_name().to_owned(),
+        app_version: inner.config.app_version.clone(),
+        timings_ms: verdict.timings,
+    };
+    // The audit row is committed before the verdict leaves; no row, no verdict.
+    let audit_start = Instant::now();
+    inner
+        .store
+        .insert_audit(&record)
+        .await
+        .map_err(|e| ApiError::Internal(format!("audit insert failed: {e}")))?;
+    metrics.observe_stage_ms("audit", audit_start.elapsed().as_secs_f64() * 1000.0);
+    metrics
+        .verdicts
+        .with_label_values(&[
+            outcome.reason.as_str(),
+            if outcome.live { "true" } else { "false" },
+        ])
+        .inc();
+    tracing::info!(
+        reference = %outcome.reference,
+        key_id = %caller.key.id,
+        live = outcome.live,
+        p_real = outcome.p_real,
+        reason = %outcome.reason,
+        input_kind,
+        "verdict"
+    );
+
+    let mut response = json_response(StatusCode::OK, &CheckEnvelope::from_outcome(&outcome));
+    if let Some(info) = caller.rate_limit {
+        info.apply(response.headers_mut());
+    }
+    Ok(response)
+}
+
+/// Turns the `image` string into bytes: decodes inline base64, or fetches the URL.
+async fn obtain_image(state: &AppState, image: &str) -> Result<Image, ApiError> {
+    let inner = &state.inner;
+    let input = parse_image_input(image, inner.config.max_image_bytes)
+        .map_err(|e| ApiError::BadImage(e.client_message()))?;
+    let input_kind = input.kind().as_str();
+    match input {
+        ImageInput::Bytes { bytes, .. } => Ok(Image {
+            bytes: bytes.into(),
+            input_kind,
+            url_host: None,
+        }),
+        ImageInput::Url(url) => {
+            let start = Instant::now();
+            let fetched = inner.fetcher.fetch(&url).await;
+            inner
+                .metrics
+                .observe_stage_ms("fetch", start.elapsed().as_secs_f64() * 1000.0);
+            match fetched {
+                Ok(fetched) => Ok(Image {
+                    bytes: fetched.bytes,
+                    input_kind,
+                    url_host: Some(fetched.host),
+                }),
+                Err(err) if err.is_client_error() => {
+                    tracing::info!(kind = err.kind(), "image fetch refused or failed");
+                    Err(ApiError::BadImage(format!(
+                        "Could not fetch image: {}",
+                        err.client_message()
+                    )))
+                }
+                Err(err) => Err(ApiError::Internal(format!("fetch: {err}"))),
+            }
+        }
+    }
+}
+
+/// Over HTTP, bytes that cannot be used as an image are client errors, not verdicts.
+fn verdict_or_error(result: Result<Verdict, PipelineError>) -> Result<Verdict, ApiError> {
+    match result {
+        Ok(verdict) => match verdict.reason {
+            Reason::ImageCorrupt | Reason::UnsupportedFormat => {
+                Err(ApiError::BadImage(verdict.reason.sentence().to_owned()))
+            }
+            Reason::TooManyPixels => Err(ApiError::BadImage(format!(
+                "Image too large: {}",
+                verdict.reason.sentence().to_lowercase()
+            ))),
+            _ => Ok(verdict),
+        },
+        Err(PipelineError::Decode(err)) => Err(decode_error(&err)),
+        Err(PipelineError::Engine(err)) => Err(ApiError::Internal(format!("engine: {err}"))),
+    }
+}
+
+fn decode_error(err: &DecodeError) -> ApiError {
+    // Not an image, unsupported, corrupt, too many pixels, too many bytes: all the client's to fix.
+    ApiError::BadImage(err.client_message())
+}
+
+/// Fetch the stored result of an earlier check.
+///
+/// Only the key that created the check can read it; any other key gets 404.
+#[utoipa::path(
+    get,
+    path = "/api/onboarding/biometrics/face/liveliness_check/{reference}/",
+    tag = "liveness",
+    params(("reference" = Uuid, Path, description = "`data.verification.reference` of the check")),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "The stored verdict, in the envelope of the check", body = CheckEnvelope,
+            example = json!({
+                "status": "success",
+                "data": {"status": false, "detail": "No face detected in image", "response_code": "00",
+                    "confidence": 0.0, "confidence_in_percentage": 0.0,
+                    "verification": {"status": "FAILED", "reference": "6ba7b810-9dad-41d1-80b4-00c04fd430c8"},
+                    "widget_info": {}, "session": {}, "reason": "no_face",
+                    "threshold": 0.5, "model": "708e3dd2e45fc9c8"},
+                "message": "Face Liveliness failed"})),
+        (status = 401, description = "Missing or invalid key", body = ErrorEnvelope, examples(
+            ("missing" = (value = json!({"status": "failed", "message": "Authentication credentials were not provided."}))),
+            ("invalid" = (value = json!({"status": "failed", "message": "Invalid token."}))),
+        )),
+        (status = 404, description = "No check with this reference for this key", body = ErrorEnvelope,
+            example = json!({"status": "failed", "data": [], "message": "Not found."})),
+        (status = 500, description = "Unexpected error", body = ErrorEnvelope,
+            example = json!({"status": "failed", "data": [], "message": "Internal server error"})),
+    )
+)]
+pub async fn get_check(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(reference): Path<String>,
+) -> Result<Response, ApiError> {
+    let Ok(reference) = Uuid::parse_str(&reference) else {
+        return Err(ApiError::NotFound);
+    };
+    let record = state
+        .inner
+        .store
+        .get_audit(reference, caller.key.id)
+        .await
+        .map_err(|e| ApiError::Internal(format!("audit read failed: {e}")))?
+        .ok_or(ApiError::NotFound)?;
+    let outcome = CheckOutcome {
+        reference: record.reference,
+        live: record.live,
+        p_real: record.p_real,
+        threshold: record.threshold,
+        reason: record.reason,
+        detail: record.detail,
+        face: match (record.bbox, record.detector_confidence) {
+            (Some(bbox), Some(confidence)) => Some(FaceInfo { bbox, confidence }),
+            _ => None,
+        },
+        model: record.model_hash,
+    };
+    Ok(json_response(
+        StatusCode::OK,
+        &CheckEnvelope::from_outcome(&outcome),
+    ))
+}
+
+/// Liveness of the process.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Health {
+    #[schema(example = "ok")]
+    pub status: &'static str,
+}
+
+/// Readiness: models loaded and database reachable.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Readiness {
+    /// `ready` or `unavailable`.
+    #[schema(example = "ready")]
+    pub status: &'static str,
+    /// `loaded`.
+    #[schema(example = "loaded")]
+    pub models: &'static str,
+    /// `ok` or `unreachable`.
+    #[schema(example = "ok")]
+    pub database: &'static str,
+    /// Model manifest hash.
+    pub model: String,
+    pub version: String,
+}
+
+/// The process is alive.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "Alive", body = Health, example = json!({"status": "ok"}))))]
+pub async fn healthz() -> Response {
+    json_response(StatusCode::OK, &Health { status: "ok" })
+}
+
+/// The service can answer checks: models are loaded and the database answers.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Ready", body = Readiness,
+            example = json!({"status": "ready", "models": "loaded", "database": "ok", "model": "708e3dd2e45fc9c8", "version": "0.1.0"})),
+        (status = 503, description = "Not ready", body = Readiness,
+            example = json!({"status": "unavailable", "models": "loaded", "database": "unreachable", "model": "708e3dd2e45fc9c8", "version": "0.1.0"})),
+    ))]
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    let inner = &state.inner;
+    // The pipeline is built (models loaded and verified) before the application exists.
+    let db_ok = match inner.store.ping().await {
+        Ok(()) => true,
+        Err(err) => {
+            tracing::warn!(error = %err, "readiness: database unreachable");
+            false
+        }
+    };
+    let body = Readiness {
+        status: if db_ok { "ready" } else { "unavailable" },
+        models: "loaded",
+        database: if db_ok { "ok" } else { "unreachable" },
+        model: inner.config.model_hash.clone(),
+        version: inner.config.app_version.clone(),
+    };
+    let status = if db_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json_response(status, &body)
+}
+
+/// Prometheus metrics (text exposition format).
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain; version=0.0.4",
+        body = String,
+        example = "# TYPE livecheck_checks_in_flight gauge\nlivecheck_checks_in_flight 0\n")))]
+pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let text = state
+        .inner
+        .metrics
+        .render()
+        .map_err(|e| ApiError::Internal(format!("metrics: {e}")))?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        text,
+    )
+        .into_response())
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "The OpenAPI 3.1 document of this API", content_type = "application/json", body = Object,
+        example = json!({"openapi": "3.1.0", "info": {"title": "livecheck", "version": "0.1.0"}, "paths": {}}))))]
+pub async fn openapi_json() -> Response {
+    json_response(StatusCode::OK, &super::openapi::document())
+}
+
+/// Unknown path.
+pub async fn not_found() -> ApiError {
+    ApiError::NotFound
+}
+
+/// Known path, wrong method.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+/// The body of a 500 after a panic: the envelope, never the panic message.
+pub fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
+    let detail = if let Some(s) = panic.downcast_ref::<String>() {
+        s.as_str()
+    } else if let Some(s) = panic.downcast_ref::<&str>() {
+        s
+    } else {
+        "non-string panic payload"
+    };
+    tracing::error!(panic = %detail, "handler panicked");
+    internal_error_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use axum::routing::get;
+    use axum::Router;
+    use tower::ServiceExt;
+    use tower_http::catch_panic::CatchPanicLayer;
+
+    #[tokio::test]
+    async fn a_panic_becomes_the_500_envelope_without_its_message() {
+        let app = Router::new()
+            .route(
+                "/boom",
+                get(|| async {
+                    if std::hint::black_box(true) {
+                        panic!("secret detail at src/x.rs:12");
+                    }
+                    "unreachable"
+                }),
+            )
+            .layer(CatchPanicLayer::custom(panic_response));
+        let response = app
+            .oneshot(Request::get("/boom").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        assert_eq!(
+            &body[..],
+            br#"{"status":"failed","data":[],"message":"Internal server error"}"#
+        );
+    }
+
+    #[test]
+    fn unusable_images_are_client_errors_not_verdicts() {
+        let err =
+            verdict_or_error(Err(PipelineError::Decode(DecodeError::NotAnImage))).unwrap_err();
+        assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+        let err = verdict_or_error(Err(PipelineError::Decode(DecodeError::TooManyPixels {
+            width: 100_000,
+            height: 100_000,
+            limit: 40_000_000,
+        })))
+        .unwrap_err();
+        assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+        assert!(err.client_message().contains("too large"), "{err}");
+        for reason in [
+            Reason::ImageCorrupt,
+            Reason::UnsupportedFormat,
+            Reason::TooManyPixels,
+        ] {
+            let err = verdict_or_error(Ok(Verdict::quality(reason, 0.5))).unwrap_err();
+            assert_eq!(err.status(), StatusCode::BAD_REQUEST, "{reason:?}");
+        }
+        for reason in [Reason::NoFace, Reason::MultipleFaces, Reason::FaceTooSmall] {
+            let v = verdict_or_error(Ok(Verdict::quality(reason, 0.5))).unwrap();
+            assert_eq!(v.reason, reason);
+        }
+        let err = verdict_or_error(Err(PipelineError::Engine(
+            crate::engine::EngineError::Run {
+                model: "x",
+                message: "boom".into(),
+            },
+        )))
+        .unwrap_err();
+        assert_eq!(err.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(err.client_message(), "Internal server error");
+    }
+}

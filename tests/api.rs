@@ -1,0 +1,1011 @@
+//! The HTTP API end to end: the real server on 127.0.0.1:0 with the real models, a temporary
+//! SQLite file (and PostgreSQL when `LIVECHECK_TEST_POSTGRES_URL` is set), and a real local image
+//! server. Every URL used here points at loopback.
+
+#[path = "api/helpers.rs"]
+mod helpers;
+
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use helpers::{on_each_backend, silentface, test_config, ImageServer, TestApp, CHECK};
+use livecheck::server::AppConfig;
+use reqwest::header::HeaderMap;
+use reqwest::StatusCode;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+const NO_CREDENTIALS: &str =
+    r#"{"status":"failed","message":"Authentication credentials were not provided."}"#;
+const INVALID_TOKEN: &str = r#"{"status":"failed","message":"Invalid token."}"#;
+const MISSING_FIELDS: &str = r#"{"status":"failed","data":[],"message":"Missing required fields"}"#;
+const NOT_FOUND: &str = r#"{"status":"failed","data":[],"message":"Not found."}"#;
+const INTERNAL: &str = r#"{"status":"failed","data":[],"message":"Internal server error"}"#;
+
+const IMAGES: [(&str, bool); 3] = [
+    ("image_F1.jpg", false),
+    ("image_F2.jpg", false),
+    ("image_T1.jpg", true),
+];
+
+/// Status, headers and body of a response. Every response must carry an `x-request-id`.
+async fn read(resp: reqwest::Response) -> (StatusCode, HeaderMap, String) {
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp.text().await.unwrap();
+    let id = headers
+        .get("x-request-id")
+        .unwrap_or_else(|| panic!("no x-request-id on {status} {body}"));
+    assert!(!id.is_empty());
+    (status, headers, body)
+}
+
+/// Asserts a 400 in the error envelope and returns its message.
+fn bad_request_message(status: StatusCode, body: &str) -> String {
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let v: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(v["status"], "failed", "{body}");
+    assert_eq!(v["data"], serde_json::json!([]), "{body}");
+    assert_eq!(v.as_object().unwrap().len(), 3, "{body}");
+    let msg = v["message"].as_str().unwrap().to_owned();
+    assert!(!msg.is_empty());
+    msg
+}
+
+/// Asserts that `body` is the seed's verdict envelope, keys in the seed's order, and returns it.
+fn assert_verdict(body: &str, live: bool) -> Value {
+    let v: Value = serde_json::from_str(body).unwrap();
+    let d = &v["data"];
+    let confidence = d["confidence"].as_f64().unwrap();
+    let pct = d["confidence_in_percentage"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&confidence), "{body}");
+    assert_eq!(pct, confidence * 100.0, "{body}");
+    let reference = d["verification"]["reference"].as_str().unwrap();
+    assert_eq!(Uuid::parse_str(reference).unwrap().get_version_num(), 4);
+    let (detail, verification, message) = if live {
+        (
+            "Liveliness Detected",
+            "VERIFIED",
+            "Face Liveliness successful",
+        )
+    } else {
+        (
+            d["detail"].as_str().unwrap(),
+            "FAILED",
+            "Face Liveliness failed",
+        )
+    };
+    let prefix = format!(
+        concat!(
+            r#"{{"status":"success","data":{{"status":{},"detail":{},"response_code":"00","#,
+            r#""confidence":{},"confidence_in_percentage":{},"#,
+            r#""verification":{{"status":"{}","reference":"{}"}},"widget_info":{{}},"session":{{}},"#
+        ),
+        live,
+        serde_json::to_string(detail).unwrap(),
+        serde_json::to_string(&d["confidence"]).unwrap(),
+        serde_json::to_string(&d["confidence_in_percentage"]).unwrap(),
+        verification,
+        reference,
+    );
+    assert!(
+        body.starts_with(&prefix),
+        "seed fields/order differ:\n{body}\n{prefix}"
+    );
+    assert!(
+        body.ends_with(&format!(r#"}},"message":"{message}"}}"#)),
+        "{body}"
+    );
+    assert_eq!(v.as_object().unwrap().len(), 3);
+    // Additive fields.
+    let reason = d["reason"].as_str().unwrap();
+    assert_eq!(reason == "live", live, "{body}");
+    assert_eq!(d["threshold"], 0.5);
+    assert_eq!(d["model"], helpers::model_hash());
+    v
+}
+
+fn reference_of(v: &Value) -> Uuid {
+    Uuid::parse_str(v["data"]["verification"]["reference"].as_str().unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_request_answers_the_seed_envelope() {
+    on_each_backend(test_config, |app| async move {
+        // Exactly the seed's curl: header spelling and the pretty-printed body.
+        let url = app.images.url("/img/image_T1.jpg");
+        let body = format!("\n{{\n  \"image\": \"{url}\"\n}}\n");
+        let resp = app
+            .client
+            .post(app.url(CHECK))
+            .header("Content-Type", "application/json")
+            .header("x-access-token", &app.token)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let (status, headers, body) = read(resp).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(headers["content-type"], "application/json");
+        let v = assert_verdict(&body, true);
+        assert!(v["data"]["confidence"].as_f64().unwrap() > 0.9);
+        let face = &v["data"]["face"];
+        assert_eq!(face["bbox"].as_array().unwrap().len(), 4);
+        assert!(face["confidence"].as_f64().unwrap() > 0.6);
+        assert_eq!(app.audit_count().await, 1);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reference_images_by_url_base64_and_data_uri() {
+    on_each_backend(test_config, |app| async move {
+        let mut oks = 0;
+        for (name, live) in IMAGES {
+            let bytes = silentface(name);
+            let b64 = STANDARD.encode(&bytes);
+            let inputs = [
+                ("url", app.images.url(&format!("/img/{name}"))),
+                ("base64", b64.clone()),
+                ("base64", format!("data:image/jpeg;base64,{b64}")),
+            ];
+            let mut confidences = Vec::new();
+            for (kind, image) in inputs {
+                let (status, _, body) = read(app.check(&image).await).await;
+                assert_eq!(status, StatusCode::OK, "{name} {kind}: {body}");
+                oks += 1;
+                let v = assert_verdict(&body, live);
+                if !live {
+                    assert_eq!(v["data"]["reason"], "spoof", "{name}");
+                    assert_eq!(v["data"]["detail"], "Liveliness Not Detected");
+                }
+                confidences.push(v["data"]["confidence"].as_f64().unwrap());
+
+                // The audit row: committed before the answer, describing this request only.
+                let rec = app
+                    .store
+                    .get_audit(reference_of(&v), app.key_id)
+                    .await
+                    .unwrap()
+                    .expect("audit row written before the response");
+                assert_eq!(rec.live, live);
+                assert_eq!(rec.p_real, v["data"]["confidence"].as_f64().unwrap());
+                assert_eq!(rec.threshold, 0.5);
+                assert_eq!(rec.reason, v["data"]["reason"].as_str().unwrap());
+                assert_eq!(rec.detail, v["data"]["detail"].as_str().unwrap());
+                assert_eq!(rec.image_sha256, hex::encode(Sha256::digest(&bytes)));
+                assert_eq!(rec.image_bytes, bytes.len() as i64);
+                assert!(rec.image_width.unwrap() > 0 && rec.image_height.unwrap() > 0);
+                assert_eq!(rec.input_kind, kind);
+                if kind == "url" {
+                    assert_eq!(rec.url_host.as_deref(), Some("127.0.0.1"));
+                } else {
+                    assert_eq!(rec.url_host, None);
+                }
+                assert_eq!(rec.model_hash, helpers::model_hash());
+                assert_eq!(rec.engine, "tract");
+                assert_eq!(rec.app_version, env!("CARGO_PKG_VERSION"));
+                assert!(rec.timings_ms.total > 0.0);
+                let bbox = v["data"]["face"]["bbox"].as_array().unwrap();
+                let bbox: Vec<i32> = bbox.iter().map(|x| x.as_i64().unwrap() as i32).collect();
+                assert_eq!(rec.bbox.unwrap().to_vec(), bbox);
+                // Nothing of the URL beyond the host, and never the token.
+                let dump = format!("{rec:?}");
+                assert!(!dump.contains("/img/") && !dump.contains(&app.token));
+            }
+            // Same bytes, same verdict, whatever the transport.
+            assert!(confidences.windows(2).all(|w| w[0] == w[1]), "{name}");
+        }
+        assert_eq!(app.audit_count().await, oks);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_by_reference_only_for_the_key_that_made_it() {
+    on_each_backend(test_config, |app| async move {
+        let b64 = STANDARD.encode(silentface("image_F1.jpg"));
+        let (status, _, posted) = read(app.check(&b64).await).await;
+        assert_eq!(status, StatusCode::OK, "{posted}");
+        let reference = reference_of(&assert_verdict(&posted, false));
+        let path = format!("{CHECK}{reference}/");
+
+        // Own key, with and without the trailing slash: the same bytes as the POST.
+        for p in [path.clone(), path.trim_end_matches('/').to_owned()] {
+            let (status, _, body) = read(app.get(&p, Some(&app.token)).await).await;
+            assert_eq!(status, StatusCode::OK, "{p}");
+            assert_eq!(body, posted);
+        }
+        // Another key, an unknown reference, a malformed one: 404 in the envelope.
+        let (status, _, body) = read(app.get(&path, Some(&app.other_token)).await).await;
+        assert_eq!((status, body.as_str()), (StatusCode::NOT_FOUND, NOT_FOUND));
+        let unknown = format!("{CHECK}{}/", Uuid::new_v4());
+        let (status, _, body) = read(app.get(&unknown, Some(&app.token)).await).await;
+        assert_eq!((status, body.as_str()), (StatusCode::NOT_FOUND, NOT_FOUND));
+        let (status, _, body) = read(
+            app.get(&format!("{CHECK}not-a-uuid/"), Some(&app.token))
+                .await,
+        )
+        .await;
+        assert_eq!((status, body.as_str()), (StatusCode::NOT_FOUND, NOT_FOUND));
+        // No key, bad key.
+        let (status, _, body) = read(app.get(&path, None).await).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::UNAUTHORIZED, NO_CREDENTIALS)
+        );
+        let (status, _, body) = read(app.get(&path, Some("lc_nope")).await).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::UNAUTHORIZED, INVALID_TOKEN)
+        );
+        assert_eq!(app.audit_count().await, 1);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_cases_in_the_seed_envelope() {
+    on_each_backend(test_config, |app| async move {
+        let url = app.url(CHECK);
+        let good = serde_json::json!({"image": app.images.url("/img/image_T1.jpg")}).to_string();
+
+        // Authentication: byte-exact seed bodies, checked before the body is looked at.
+        let resp = app
+            .client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(good.clone())
+            .send()
+            .await
+            .unwrap();
+        let (status, _, body) = read(resp).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::UNAUTHORIZED, NO_CREDENTIALS)
+        );
+        let resp = app
+            .client
+            .post(&url)
+            .header("x-access-token", "")
+            .body("garbage")
+            .send()
+            .await
+            .unwrap();
+        let (status, _, body) = read(resp).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::UNAUTHORIZED, NO_CREDENTIALS)
+        );
+        for bad in [
+            "lc_0000000000000000000000000000000000000000",
+            "x",
+            &format!("{}x", app.token),
+        ] {
+            let resp = app
+                .client
+                .post(&url)
+                .header("x-access-token", bad)
+                .header("content-type", "application/json")
+                .body(good.clone())
+                .send()
+                .await
+                .unwrap();
+            let (status, _, body) = read(resp).await;
+            assert_eq!(
+                (status, body.as_str()),
+                (StatusCode::UNAUTHORIZED, INVALID_TOKEN),
+                "{bad}"
+            );
+        }
+        // A revoked key stops working at once.
+        let (revoked, revoked_token) = app.store.create_key("revoked").await.unwrap();
+        assert!(app.store.revoke_key(revoked.id).await.unwrap());
+        let resp = app
+            .client
+            .post(&url)
+            .header("x-access-token", &revoked_token)
+            .header("content-type", "application/json")
+            .body(good.clone())
+            .send()
+            .await
+            .unwrap();
+        let (status, _, body) = read(resp).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::UNAUTHORIZED, INVALID_TOKEN)
+        );
+
+        // Missing, empty or non-string image: byte-exact.
+        for body in [
+            r#"{}"#,
+            r#"{"image":""}"#,
+            r#"{"image":"   "}"#,
+            r#"{"image":null}"#,
+            r#"{"image":42}"#,
+            r#"{"image":["http://127.0.0.1/x.jpg"]}"#,
+            r#"{"picture":"http://127.0.0.1/x.jpg"}"#,
+        ] {
+            let (status, _, got) = read(app.check_raw(body).await).await;
+            assert_eq!(
+                (status, got.as_str()),
+                (StatusCode::BAD_REQUEST, MISSING_FIELDS),
+                "{body}"
+            );
+        }
+
+        // Malformed JSON and wrong shapes.
+        for body in [
+            "",
+            "{",
+            r#"{"image": "x""#,
+            "image=abc",
+            r#"{"image":"a",}"#,
+        ] {
+            let (status, _, got) = read(app.check_raw(body).await).await;
+            let msg = bad_request_message(status, &got);
+            assert!(msg.contains("not valid JSON"), "{body}: {msg}");
+        }
+        for body in ["[]", r#""http://127.0.0.1/x.jpg""#, "null"] {
+            let (status, _, got) = read(app.check_raw(body).await).await;
+            let msg = bad_request_message(status, &got);
+            assert!(msg.contains("JSON object"), "{body}: {msg}");
+        }
+
+        // Wrong or missing content type.
+        for ct in [
+            Some("text/plain"),
+            Some("application/x-www-form-urlencoded"),
+            None,
+        ] {
+            let mut req = app
+                .client
+                .post(&url)
+                .header("x-access-token", &app.token)
+                .body(good.clone());
+            if let Some(ct) = ct {
+                req = req.header("content-type", ct);
+            }
+            let (status, _, got) = read(req.send().await.unwrap()).await;
+            let msg = bad_request_message(status, &got);
+            assert_eq!(msg, "Content-Type must be application/json", "{ct:?}");
+        }
+
+        // Images that are not usable.
+        let t1 = silentface("image_T1.jpg");
+        let cases: Vec<(String, &str)> = vec![
+            (
+                STANDARD.encode(b"hello, this is text and not an image"),
+                "not a valid image",
+            ),
+            (STANDARD.encode(&t1[..2000]), "could not be decoded"),
+            ("data:text/plain;base64,aGVsbG8=".to_owned(), "image/"),
+            ("%%% not base64 %%%".to_owned(), "base64"),
+            ("ftp://127.0.0.1/x.jpg".to_owned(), "ftp"),
+            (app.images.url("/text"), "not a valid image"),
+            (app.images.url("/missing"), "404"),
+            (app.images.url("/img/nope.jpg"), "404"),
+        ];
+        for (image, want) in &cases {
+            let (status, _, got) = read(app.check(image).await).await;
+            let msg = bad_request_message(status, &got);
+            assert!(
+                msg.contains(want),
+                "{}: {msg}",
+                &image[..image.len().min(60)]
+            );
+        }
+        // A connection refused by a closed loopback port.
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let (status, _, got) = read(app.check(&format!("http://{closed}/x.jpg")).await).await;
+        let msg = bad_request_message(status, &got);
+        assert!(msg.starts_with("Could not fetch image"), "{msg}");
+
+        // Unknown route and wrong method: the envelope too.
+        let (status, _, got) = read(app.get("/nope", Some(&app.token)).await).await;
+        assert_eq!((status, got.as_str()), (StatusCode::NOT_FOUND, NOT_FOUND));
+        let (status, _, got) = read(app.get(CHECK, Some(&app.token)).await).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(
+            got,
+            r#"{"status":"failed","data":[],"message":"Method not allowed."}"#
+        );
+
+        // No verdict, no audit row.
+        assert_eq!(app.audit_count().await, 0);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_ids_are_generated_or_propagated() {
+    on_each_backend(test_config, |app| async move {
+        let (_, h1, _) = read(app.get("/healthz", None).await).await;
+        let (_, h2, _) = read(app.get("/healthz", None).await).await;
+        let id1 = h1["x-request-id"].to_str().unwrap();
+        assert!(Uuid::parse_str(id1).is_ok(), "{id1}");
+        assert_ne!(id1, h2["x-request-id"].to_str().unwrap());
+        let resp = app
+            .client
+            .post(app.url(CHECK))
+            .header("x-request-id", "trace-abc-123")
+            .send()
+            .await
+            .unwrap();
+        let (status, h, _) = read(resp).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(h["x-request-id"], "trace-abc-123");
+    })
+    .await;
+}
+
+fn rate_limited_config() -> AppConfig {
+    AppConfig {
+        rate_limit_per_minute: std::num::NonZeroU32::new(3),
+        ..test_config()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_key_rate_limit_answers_429_with_headers() {
+    on_each_backend(rate_limited_config, |app| async move {
+        let b64 = STANDARD.encode(silentface("image_T1.jpg"));
+        let (status, h, body) = read(app.check(&b64).await).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let reference = reference_of(&assert_verdict(&body, true));
+        assert_eq!(h["x-ratelimit-limit"], "3");
+        assert_eq!(h["x-ratelimit-remaining"], "2");
+        let reset: u64 = h["x-ratelimit-reset"].to_str().unwrap().parse().unwrap();
+        assert!((1..=20).contains(&reset), "{reset}");
+        // Refused requests count too.
+        for _ in 0..2 {
+            let (status, _, body) = read(app.check_raw("{}").await).await;
+            assert_eq!(
+                (status, body.as_str()),
+                (StatusCode::BAD_REQUEST, MISSING_FIELDS)
+            );
+        }
+        let (status, h, body) = read(app.check(&b64).await).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["status"], "failed");
+        assert_eq!(v["data"], serde_json::json!([]));
+        assert!(v["message"]
+            .as_str()
+            .unwrap()
+            .contains("Rate limit exceeded"));
+        let retry: u64 = h["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!((1..=20).contains(&retry), "{retry}");
+        assert_eq!(h["x-ratelimit-limit"], "3");
+        assert_eq!(h["x-ratelimit-remaining"], "0");
+        assert_eq!(h["x-ratelimit-reset"].to_str().unwrap(), retry.to_string());
+
+        // Another key has its own budget; authentication still comes first.
+        let resp = app
+            .client
+            .post(app.url(CHECK))
+            .header("x-access-token", &app.other_token)
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        let (status, _, body) = read(resp).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::BAD_REQUEST, MISSING_FIELDS)
+        );
+        let resp = app
+            .client
+            .post(app.url(CHECK))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        let (status, _, body) = read(resp).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::UNAUTHORIZED, NO_CREDENTIALS)
+        );
+        // Reading a result is not a check: still allowed.
+        let (status, _, _) = read(
+            app.get(&format!("{CHECK}{reference}/"), Some(&app.token))
+                .await,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(app.audit_count().await, 1);
+    })
+    .await;
+}
+
+fn small_body_config() -> AppConfig {
+    AppConfig {
+        // T1 as base64 (98892 bytes) is over, F1 (86616 bytes) under.
+        max_body_bytes: 96 * 1024,
+        ..test_config()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_body_is_413() {
+    on_each_backend(small_body_config, |app| async move {
+        let want = r#"{"status":"failed","data":[],"message":"Request body is larger than the limit of 98304 bytes"}"#;
+        // Over the cap, with a Content-Length...
+        let big = serde_json::json!({"image": STANDARD.encode(silentface("image_T1.jpg"))}).to_string();
+        assert!(big.len() > 96 * 1024);
+        let (status, _, body) = read(app.check_raw(big.clone()).await).await;
+        assert_eq!((status, body.as_str()), (StatusCode::PAYLOAD_TOO_LARGE, want));
+        // ...and streamed without one.
+        let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+            big.as_bytes().chunks(8192).map(|c| Ok(c.to_vec())).collect();
+        let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
+        let (status, _, got) = read(app.check_raw(body).await).await;
+        assert_eq!((status, got.as_str()), (StatusCode::PAYLOAD_TOO_LARGE, want));
+        // Just under the cap is read and judged normally.
+        let b64 = STANDARD.encode(silentface("image_F1.jpg"));
+        assert!(b64.len() < 96 * 1024 - 20, "{}", b64.len());
+        let (status, _, body) = read(app.check(&b64).await).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(app.audit_count().await, 1);
+    })
+    .await;
+}
+
+fn small_image_config() -> AppConfig {
+    AppConfig {
+        // F1 (64962 bytes) fits, T1 (74168 bytes) does not.
+        max_image_bytes: 70_000,
+        ..test_config()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_byte_and_pixel_caps_apply_to_urls_and_base64() {
+    on_each_backend(small_image_config, |app| async move {
+        let t1 = silentface("image_T1.jpg");
+        assert!(t1.len() > 70_000);
+        for image in [
+            app.images.url("/img/image_T1.jpg"),
+            STANDARD.encode(&t1),
+            format!("data:image/jpeg;base64,{}", STANDARD.encode(&t1)),
+        ] {
+            let (status, _, body) = read(app.check(&image).await).await;
+            let msg = bad_request_message(status, &body);
+            assert!(msg.contains("too large") && msg.contains("70000"), "{msg}");
+        }
+        // The pixel cap (decompression bombs): a JPEG whose header declares 60000x60000.
+        let mut bomb = silentface("image_F1.jpg");
+        let sof = bomb
+            .windows(2)
+            .position(|w| w == [0xFF, 0xC0] || w == [0xFF, 0xC2])
+            .unwrap();
+        bomb[sof + 5..sof + 9].copy_from_slice(&[0xEA, 0x60, 0xEA, 0x60]);
+        let (status, _, body) = read(app.check(&STANDARD.encode(&bomb)).await).await;
+        let msg = bad_request_message(status, &body);
+        assert!(
+            msg.starts_with("Image too large") && msg.contains("60000x60000"),
+            "{msg}"
+        );
+
+        let (status, _, body) = read(app.check(&app.images.url("/img/image_F1.jpg")).await).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(app.audit_count().await, 1);
+    })
+    .await;
+}
+
+fn short_timeout_config() -> AppConfig {
+    AppConfig {
+        fetch_timeout: Duration::from_millis(600),
+        ..test_config()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_image_server_trips_the_fetch_timeout() {
+    on_each_backend(short_timeout_config, |app| async move {
+        let start = Instant::now();
+        let (status, _, body) =
+            read(app.check(&app.images.url("/slow/5000/image_T1.jpg")).await).await;
+        let elapsed = start.elapsed();
+        let msg = bad_request_message(status, &body);
+        assert_eq!(
+            msg,
+            "Could not fetch image: image URL took too long to respond"
+        );
+        assert!(elapsed >= Duration::from_millis(550), "{elapsed:?}");
+        assert!(elapsed < Duration::from_secs(4), "{elapsed:?}");
+        assert_eq!(app.images.hits(), 1);
+        // A slow-but-in-time server is fine.
+        let (status, _, body) =
+            read(app.check(&app.images.url("/slow/100/image_T1.jpg")).await).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(app.audit_count().await, 1);
+    })
+    .await;
+}
+
+fn no_allow_list_config() -> AppConfig {
+    AppConfig {
+        allow_fetch_from: Vec::new(),
+        ..test_config()
+    }
+}
+
+/// With no allow-list, loopback targets in every spelling are refused before any connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssrf_loopback_refused_without_allow_list() {
+    on_each_backend(no_allow_list_config, |app| async move {
+        let port = app.images.addr.port();
+        let v6 = ImageServer::start_on("[::1]:0").await;
+        let mut urls = vec![
+            format!("http://127.0.0.1:{port}/img/image_T1.jpg"),
+            format!("http://127.1:{port}/img/image_T1.jpg"),
+            format!("http://2130706433:{port}/img/image_T1.jpg"),
+            format!("http://0x7f.0.0.1:{port}/img/image_T1.jpg"),
+            format!("http://0177.0.0.1:{port}/img/image_T1.jpg"),
+            format!("http://localhost:{port}/img/image_T1.jpg"),
+            format!("http://[::ffff:127.0.0.1]:{port}/img/image_T1.jpg"),
+            format!("http://user:pass@127.0.0.1:{port}/img/image_T1.jpg"),
+            format!("http://127.0.0.1:{port}/redirect?to=http://127.0.0.1:{port}/img/image_T1.jpg"),
+        ];
+        if let Some(v6) = &v6 {
+            urls.push(format!("http://[::1]:{}/img/image_T1.jpg", v6.addr.port()));
+        }
+        for url in &urls {
+            let (status, _, body) = read(app.check(url).await).await;
+            let msg = bad_request_message(status, &body);
+            assert!(msg.starts_with("Could not fetch image: "), "{url}: {msg}");
+        }
+        assert_eq!(app.images.hits(), 0, "a refused target was contacted");
+        if let Some(v6) = &v6 {
+            assert_eq!(v6.hits(), 0, "a refused [::1] target was contacted");
+        }
+        assert_eq!(app.audit_count().await, 0);
+    })
+    .await;
+}
+
+/// With 127.0.0.1/32 allowed, a redirector there cannot bounce the fetch to other loopback
+/// targets (127.0.0.2, [::1], localhost): every hop is checked again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssrf_redirects_are_revalidated_with_allow_list() {
+    on_each_backend(test_config, |app| async move {
+        let other = ImageServer::start_on("127.0.0.2:0").await;
+        let v6 = ImageServer::start_on("[::1]:0").await;
+        let redirect = |to: String| app.images.url(&format!("/redirect?to={to}"));
+        let mut targets = vec![format!(
+            "http://localhost:{}/img/image_T1.jpg",
+            app.images.addr.port()
+        )];
+        if let Some(o) = &other {
+            targets.push(o.url("/img/image_T1.jpg"));
+        }
+        if let Some(v6) = &v6 {
+            targets.push(v6.url("/img/image_T1.jpg"));
+        }
+        for target in &targets {
+            let (status, _, body) = read(app.check(&redirect(target.clone())).await).await;
+            let msg = bad_request_message(status, &body);
+            assert!(msg.contains("not allowed"), "{target}: {msg}");
+        }
+        // Directly, too.
+        if let Some(o) = &other {
+            let (status, _, body) = read(app.check(&o.url("/img/image_T1.jpg")).await).await;
+            bad_request_message(status, &body);
+            assert_eq!(
+                o.hits(),
+                0,
+                "127.0.0.2 is outside the allow-list but was contacted"
+            );
+        }
+        if let Some(v6) = &v6 {
+            assert_eq!(
+                v6.hits(),
+                0,
+                "[::1] is outside the allow-list but was contacted"
+            );
+        }
+        // Only the redirector (allowed) was contacted, once per redirect test.
+        assert_eq!(app.images.hits(), targets.len());
+        // A redirect that stays inside the allow-list is followed.
+        let (status, _, body) = read(
+            app.check(&redirect(app.images.url("/img/image_T1.jpg")))
+                .await,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_verdict(&body, true);
+        assert_eq!(app.audit_count().await, 1);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_readiness_metrics_and_openapi() {
+    on_each_backend(test_config, |app| async move {
+        let (status, _, body) = read(app.get("/healthz", None).await).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::OK, r#"{"status":"ok"}"#)
+        );
+        let (status, _, body) = read(app.get("/readyz", None).await).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["status"], "ready");
+        assert_eq!(v["database"], "ok");
+        assert_eq!(v["models"], "loaded");
+        assert_eq!(v["model"], helpers::model_hash());
+
+        // One verdict, one 401, then the counters.
+        let (status, _, _) = read(app.check(&app.images.url("/img/image_T1.jpg")).await).await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, _, _) = read(app.client.post(app.url(CHECK)).send().await.unwrap()).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let (status, h, text) = read(app.get("/metrics", None).await).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(h["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain"));
+        for line in [
+            format!(
+                r#"livecheck_http_requests_total{{method="POST",route="{CHECK}",status="200"}} 1"#
+            ),
+            format!(
+                r#"livecheck_http_requests_total{{method="POST",route="{CHECK}",status="401"}} 1"#
+            ),
+            r#"livecheck_http_requests_total{method="GET",route="/readyz",status="200"} 1"#
+                .to_owned(),
+            r#"livecheck_verdicts_total{live="true",reason="live"} 1"#.to_owned(),
+            r#"livecheck_stage_duration_seconds_count{stage="detect"} 1"#.to_owned(),
+            r#"livecheck_stage_duration_seconds_count{stage="classify"} 1"#.to_owned(),
+            r#"livecheck_stage_duration_seconds_count{stage="fetch"} 1"#.to_owned(),
+            r#"livecheck_stage_duration_seconds_count{stage="audit"} 1"#.to_owned(),
+            r#"livecheck_stage_duration_seconds_bucket{stage="detect",le="+Inf"} 1"#.to_owned(),
+            "livecheck_checks_in_flight 0".to_owned(),
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+        assert!(
+            text.contains(r#"livecheck_stage_duration_seconds_bucket{stage="detect",le="0.005"}"#)
+        );
+
+        let (status, _, body) = read(app.get("/openapi.json", None).await).await;
+        assert_eq!(status, StatusCode::OK);
+        let doc: Value = serde_json::from_str(&body).unwrap();
+        let paths = doc["paths"].as_object().unwrap();
+        for p in [
+            CHECK,
+            "/api/onboarding/biometrics/face/liveliness_check/{reference}/",
+            "/healthz",
+            "/readyz",
+            "/metrics",
+            "/openapi.json",
+        ] {
+            assert!(paths.contains_key(p), "openapi lacks {p}");
+        }
+        assert_eq!(
+            doc["components"]["securitySchemes"]["api_key"]["in"],
+            "header"
+        );
+
+        // Database gone: not ready.
+        app.store.close().await;
+        let (status, _, body) = read(app.get("/readyz", None).await).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["database"], "unreachable");
+    })
+    .await;
+}
+
+fn one_slot_config() -> AppConfig {
+    AppConfig {
+        max_concurrent_checks: 1,
+        max_queued_checks: 0,
+        ..test_config()
+    }
+}
+
+async fn wait_for_hits(server: &ImageServer, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.hits() < n {
+        assert!(Instant::now() < deadline, "image server never reached");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_fails_fast_with_503_and_retry_after() {
+    on_each_backend(one_slot_config, |app| async move {
+        let app = std::sync::Arc::new(app);
+        let slow = app.images.url("/slow/1500/image_T1.jpg");
+        let first = {
+            let app = app.clone();
+            tokio::spawn(async move { read(app.check(&slow).await).await })
+        };
+        wait_for_hits(&app.images, 1).await;
+        let (_, _, metrics) = read(app.get("/metrics", None).await).await;
+        assert!(
+            metrics.lines().any(|l| l == "livecheck_checks_in_flight 1"),
+            "{metrics}"
+        );
+
+        let b64 = STANDARD.encode(silentface("image_F1.jpg"));
+        let start = Instant::now();
+        let (status, h, body) = read(app.check(&b64).await).await;
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "did not fail fast"
+        );
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(h["retry-after"], "1");
+        assert_eq!(
+            body,
+            r#"{"status":"failed","data":[],"message":"Server is busy; retry after 1 s"}"#
+        );
+
+        let (status, _, body) = first.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{body}");
+        // The slot is free again.
+        let (status, _, body) = read(app.check(&b64).await).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(app.audit_count().await, 2);
+        let (_, _, metrics) = read(app.get("/metrics", None).await).await;
+        assert!(metrics.contains(r#"livecheck_rejections_total{cause="overloaded"} 1"#));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_finishes_in_flight_checks() {
+    on_each_backend(test_config, |mut app| async move {
+        let request = app
+            .client
+            .post(app.url(CHECK))
+            .header("x-access-token", &app.token)
+            .header("content-type", "application/json")
+            .body(
+                serde_json::json!({"image": app.images.url("/slow/800/image_T1.jpg")}).to_string(),
+            );
+        let in_flight = tokio::spawn(async move { read(request.send().await.unwrap()).await });
+        wait_for_hits(&app.images, 1).await;
+        app.begin_shutdown();
+        let (status, _, body) = in_flight.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_verdict(&body, true);
+        app.wait_stopped().await;
+        // Stopped: no new connections.
+        let fresh = reqwest::Client::builder().no_proxy().build().unwrap();
+        assert!(fresh.get(app.url("/healthz")).send().await.is_err());
+        assert_eq!(app.audit_count().await, 1);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_verdict_without_its_audit_row() {
+    on_each_backend(test_config, |app: TestApp| async move {
+        app.exec_sql("DROP TABLE audit").await;
+        let b64 = STANDARD.encode(silentface("image_T1.jpg"));
+        let (status, _, body) = read(app.check(&b64).await).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::INTERNAL_SERVER_ERROR, INTERNAL)
+        );
+    })
+    .await;
+}
+
+/// `livecheck serve` as a process: flags, key created with `livecheck keys`, a check, and a clean
+/// exit on SIGTERM.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_binary_answers_and_stops_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("serve.db").display());
+    let bin = env!("CARGO_BIN_EXE_livecheck");
+    let out = Command::new(bin)
+        .args([
+            "keys",
+            "create",
+            "--name",
+            "cli",
+            "--json",
+            "--database",
+            &db,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let token = key["token"].as_str().unwrap().to_owned();
+
+    let mut child = Command::new(bin)
+        .args(["serve", "--bind", "127.0.0.1:0", "--database", &db])
+        .arg("--models")
+        .arg(helpers::model_dir())
+        .args(["--rate-limit-per-minute", "5", "--log-json"])
+        .env_remove("LIVECHECK_ALLOW_FETCH_FROM")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(addr) = line.strip_prefix("livecheck listening on http://") {
+                let _ = tx.send(addr.to_owned());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("server did not start");
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let b64 = STANDARD.encode(silentface("image_T1.jpg"));
+    let resp = client
+        .post(format!("http://{addr}{CHECK}"))
+        .header("x-access-token", &token)
+        .header("content-type", "application/json")
+        .body(serde_json::json!({ "image": b64 }).to_string())
+        .send()
+        .await
+        .unwrap();
+    let (status, h, body) = read(resp).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_verdict(&body, true);
+    assert_eq!(h["x-ratelimit-limit"], "5");
+    // Without --allow-fetch-from, loopback URLs are refused.
+    let resp = client
+        .post(format!("http://{addr}{CHECK}"))
+        .header("x-access-token", &token)
+        .header("content-type", "application/json")
+        .body(serde_json::json!({ "image": format!("http://{addr}/healthz") }).to_string())
+        .send()
+        .await
+        .unwrap();
+    let (status, _, body) = read(resp).await;
+    bad_request_message(status, &body);
+
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+    let logs = reader.join().unwrap();
+    // JSON logs; the token and the image never appear in them.
+    assert!(logs.contains(r#""message":"verdict""#), "{logs}");
+    assert!(!logs.contains(&token));
+    assert!(!logs.contains(&b64[..100]));
+    let store = livecheck::store::Store::connect(&db).await.unwrap();
+    assert_eq!(store.count_audit().await.unwrap(), 1);
+    store.close().await;
+}

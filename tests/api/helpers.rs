@@ -1,0 +1,356 @@
+//! Test harness: the real server in-process on 127.0.0.1:0 with real models and a fresh database
+//! (a temporary SQLite file, and a fresh PostgreSQL schema when `LIVECHECK_TEST_POSTGRES_URL` is
+//! set), plus a real local image server on 127.0.0.1:0.
+//!
+//! Network safety: every server here binds loopback, and every URL a test hands the API points at
+//! loopback. Nothing is ever aimed at a private, link-local or public address.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::extract::{Path as UrlPath, Query, Request};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use livecheck::pipeline::{Pipeline, PipelineConfig};
+use livecheck::server::{AppConfig, Application};
+use livecheck::store::Store;
+use sqlx::Connection;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+pub const CHECK: &str = "/api/onboarding/biometrics/face/liveliness_check/";
+const PG_ENV: &str = "LIVECHECK_TEST_POSTGRES_URL";
+
+/// `shared/` beside the checkout (CI layout); helper worktrees sit one level deeper.
+pub fn shared_dir() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for rel in ["../shared", "../../shared"] {
+        let p = root.join(rel);
+        if p.join("testdata/silentface").is_dir() {
+            return p;
+        }
+    }
+    panic!("shared/ not found beside {}", root.display());
+}
+
+pub fn model_dir() -> PathBuf {
+    std::env::var_os("LIVECHECK_MODEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| shared_dir().join("models"))
+}
+
+pub fn silentface(name: &str) -> Vec<u8> {
+    std::fs::read(shared_dir().join("testdata/silentface").join(name)).unwrap()
+}
+
+/// The real pipeline, loaded once per test binary.
+pub fn pipeline() -> Arc<Pipeline> {
+    static PIPELINE: OnceLock<Arc<Pipeline>> = OnceLock::new();
+    PIPELINE
+        .get_or_init(|| {
+            Arc::new(
+                livecheck::load_pipeline(Some(&model_dir()), PipelineConfig::default())
+                    .expect("load the real models (set LIVECHECK_MODEL_DIR)"),
+            )
+        })
+        .clone()
+}
+
+pub fn model_hash() -> String {
+    livecheck::models::Manifest::builtin().unwrap().hash()
+}
+
+/// Which database a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A running server and everything a test needs to talk to it.
+pub struct TestApp {
+    pub backend: Backend,
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    pub store: Store,
+    pub db_url: String,
+    /// Token of the main test key.
+    pub token: String,
+    pub key_id: Uuid,
+    /// Token of a second, independent key.
+    pub other_token: String,
+    pub images: ImageServer,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<()>>,
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// POST `body` to the check endpoint with the main key and JSON content type.
+    pub async fn check_raw(&self, body: impl Into<reqwest::Body>) -> reqwest::Response {
+        self.client
+            .post(self.url(CHECK))
+            .header("x-access-token", &self.token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// POST `{"image": image}` with the main key.
+    pub async fn check(&self, image: &str) -> reqwest::Response {
+        self.check_raw(serde_json::json!({ "image": image }).to_string())
+            .await
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> reqwest::Response {
+        let mut req = self.client.get(self.url(path));
+        if let Some(t) = token {
+            req = req.header("x-access-token", t);
+        }
+        req.send().await.unwrap()
+    }
+
+    pub async fn audit_count(&self) -> i64 {
+        self.store.count_audit().await.unwrap()
+    }
+
+    /// Stop accepting connections, finish in-flight requests, wait for the server to exit.
+    pub async fn shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(handle) = self.server.take() {
+            tokio::time::timeout(Duration::from_secs(30), handle)
+                .await
+                .expect("server did not stop")
+                .unwrap();
+        }
+    }
+
+    /// Trigger shutdown without waiting; `wait_stopped` waits.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    pub async fn wait_stopped(&mut self) {
+        self.shutdown().await;
+    }
+
+    /// Run raw SQL on the test database (to break it on purpose).
+    pub async fn exec_sql(&self, sql: &str) {
+        match self.backend {
+            Backend::Sqlite => {
+                let mut c = sqlx::SqliteConnection::connect(&self.db_url).await.unwrap();
+                sqlx::query(sql).execute(&mut c).await.unwrap();
+                let _ = c.close().await;
+            }
+            Backend::Postgres => {
+                let mut c = sqlx::PgConnection::connect(&self.db_url).await.unwrap();
+                sqlx::query(sql).execute(&mut c).await.unwrap();
+                let _ = c.close().await;
+            }
+        }
+    }
+}
+
+/// The default test configuration: loopback image server allowed, modest limits.
+pub fn test_config() -> AppConfig {
+    AppConfig {
+        allow_fetch_from: vec!["127.0.0.1/32".parse().unwrap()],
+        fetch_timeout: Duration::from_secs(10),
+        fetch_connect_timeout: Duration::from_secs(2),
+        max_concurrent_checks: 2,
+        max_queued_checks: 16,
+        rate_limit_per_minute: None,
+        model_hash: model_hash(),
+        ..AppConfig::default()
+    }
+}
+
+async fn start(backend: Backend, db_url: String, config: AppConfig) -> TestApp {
+    let store = Store::connect(&db_url).await.unwrap();
+    let expected = match backend {
+        Backend::Sqlite => "sqlite",
+        Backend::Postgres => "postgres",
+    };
+    assert_eq!(store.backend(), expected);
+    let (_, token) = store.create_key("test").await.unwrap();
+    let key_id = store.authenticate(&token).await.unwrap().unwrap().id;
+    let (_, other_token) = store.create_key("other").await.unwrap();
+    let images = ImageServer::start().await;
+    let app = Application::build(config, pipeline(), store.clone()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        app.run(listener, async {
+            let _ = rx.await;
+        })
+        .await
+        .unwrap();
+    });
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    TestApp {
+        backend,
+        addr,
+        client,
+        store,
+        db_url,
+        token,
+        key_id,
+        other_token,
+        images,
+        shutdown: Some(tx),
+        server: Some(server),
+    }
+}
+
+/// Runs `body` against a fresh server on SQLite, then (when `LIVECHECK_TEST_POSTGRES_URL` is set)
+/// against a fresh server on a new PostgreSQL schema, dropped afterwards even if `body` panics.
+pub async fn on_each_backend<C, F, Fut>(config: C, body: F)
+where
+    C: Fn() -> AppConfig,
+    F: Fn(TestApp) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("livecheck.db").display());
+    let app = start(Backend::Sqlite, url, config()).await;
+    let outcome = tokio::spawn(body(app)).await;
+    drop(dir);
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+
+    let Ok(base) = std::env::var(PG_ENV) else {
+        eprintln!("note: {PG_ENV} is unset; PostgreSQL half of this test skipped");
+        return;
+    };
+    let schema = format!("lc_api_{}", Uuid::new_v4().simple());
+    let mut admin = sqlx::PgConnection::connect(&base).await.unwrap();
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let separator = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{separator}options[search_path]={schema}");
+    let app = start(Backend::Postgres, url, config()).await;
+    let outcome = tokio::spawn(body(app)).await;
+    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let _ = admin.close().await;
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+/// A local HTTP server for images, counting the requests it sees.
+#[derive(Clone)]
+pub struct ImageServer {
+    pub addr: SocketAddr,
+    hits: Arc<AtomicUsize>,
+}
+
+#[derive(serde::Deserialize)]
+struct To {
+    to: String,
+}
+
+impl ImageServer {
+    /// Routes: `/img/{name}` (silentface files), `/slow/{ms}/{name}` (delay, then the file),
+    /// `/text` (a text file), `/missing` (404), `/redirect?to=URL` (302 to URL).
+    pub async fn start() -> ImageServer {
+        Self::start_on("127.0.0.1:0").await.unwrap()
+    }
+
+    /// `None` when `bind` cannot be bound here (e.g. no IPv6 loopback).
+    pub async fn start_on(bind: &str) -> Option<ImageServer> {
+        let listener = match tokio::net::TcpListener::bind(bind).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("note: cannot bind {bind} ({e}); that part of the test is skipped");
+                return None;
+            }
+        };
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&hits);
+        let router = Router::new()
+            .route(
+                "/img/{name}",
+                get(|UrlPath(name): UrlPath<String>| async move { file(&name) }),
+            )
+            .route(
+                "/slow/{ms}/{name}",
+                get(|UrlPath((ms, name)): UrlPath<(u64, String)>| async move {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    file(&name)
+                }),
+            )
+            .route(
+                "/text",
+                get(|| async {
+                    (
+                        [(header::CONTENT_TYPE, "text/plain")],
+                        "hello, this is not an image at all",
+                    )
+                }),
+            )
+            .route(
+                "/redirect",
+                get(|Query(to): Query<To>| async move {
+                    (StatusCode::FOUND, [(header::LOCATION, to.to)]).into_response()
+                }),
+            )
+            .layer(middleware::from_fn(move |req: Request, next: Next| {
+                let counter = Arc::clone(&counter);
+                async move {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    next.run(req).await
+                }
+            }));
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        Some(ImageServer { addr, hits })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+fn file(name: &str) -> Response {
+    if name.contains('/') || name.contains("..") {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    match std::fs::read(shared_dir().join("testdata/silentface").join(name)) {
+        Ok(bytes) => ([(header::CONTENT_TYPE, "image/jpeg")], bytes).into_response(),
+        Err(_) => StatusCode::NOT_FOUND.into_response(),
+    }
+}
