@@ -57,7 +57,7 @@ fn main() -> anyhow::Result<()> {
         }
         let total = t0.elapsed() / rounds;
         let mut rows: Vec<_> = per_op.into_iter().collect();
-        rows.sort_by(|a, b| b.1 .0.cmp(&a.1 .0));
+        rows.sort_by_key(|r| std::cmp::Reverse(r.1 .0));
         println!(
             "\n{file} {shape:?}: {:.2} ms per run",
             total.as_secs_f64() * 1e3
