@@ -180,6 +180,9 @@ impl Verdict {
     }
 }
 
+/// Lowest detector confidence at which a second detection counts as another person.
+pub const MIN_SECOND_FACE_CONFIDENCE: f32 = 0.6;
+
 /// Reusable per-thread buffers: preprocessing allocates nothing once warm.
 #[derive(Default)]
 struct Scratch {
@@ -280,9 +283,14 @@ impl Pipeline {
             confidence: best.confidence,
         });
         let min_px = cfg.min_face_px.max(1) as i32;
+        // A second face must clear the floor *and* MIN_SECOND_FACE_CONFIDENCE: lowering the floor
+        // (down to upstream's "no floor") must not turn background clutter into faces.
+        let second_floor = cfg.min_face_confidence.max(MIN_SECOND_FACE_CONFIDENCE);
         let second = faces.kept.iter().skip(1).any(|d| {
             let b = d.bbox(w, h);
-            detect::is_separate_face(&best, d) && b[2].min(b[3]) >= min_px
+            d.confidence >= second_floor
+                && detect::is_separate_face(&best, d)
+                && b[2].min(b[3]) >= min_px
         });
         let quality = if second {
             Some(Reason::MultipleFaces)
