@@ -15,7 +15,7 @@ fi
 SAMPLES=(../shared/testdata/silentface/*.jpg)
 mapfile -t DEVSET < <(ls ../shared/testdata/devset/live/* ../shared/testdata/devset/spoof/* | sort)
 
-cargo build --release --quiet --bench throughput --bin livecheck
+[ -n "${LIVECHECK_BENCH_SKIP_BUILD:-}" ] || cargo build --release --quiet --bench throughput --bin livecheck
 BENCH_BIN=$(ls -t target/release/deps/throughput-* | grep -v '\.d$' | head -n1)
 
 echo "running Python baseline (1 thread) ..." >&2
