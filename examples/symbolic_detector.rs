@@ -35,7 +35,11 @@ fn main() -> anyhow::Result<()> {
                 out = Some(p.run(tvec!(tensor.clone()))?);
             }
             let out = out.ok_or_else(|| anyhow::anyhow!("no run"))?;
-            let conf: Vec<f32> = out[1].to_plain_array_view::<f32>()?.iter().copied().collect();
+            let conf: Vec<f32> = out[1]
+                .to_plain_array_view::<f32>()?
+                .iter()
+                .copied()
+                .collect();
             Ok((t.elapsed().as_secs_f64() * 1e3 / 20.0, conf))
         };
         let (c_ms, c_out) = time(&plan)?;
@@ -48,7 +52,11 @@ fn main() -> anyhow::Result<()> {
             .into_runnable()?;
         let tbuild = t.elapsed().as_secs_f64() * 1e3;
         let (s_ms, s_out) = time(&typed)?;
-        let diff = c_out.iter().zip(&s_out).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let diff = c_out
+            .iter()
+            .zip(&s_out)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
         println!(
             "{dw}x{dh}: concrete build {build:.0} ms, run {c_ms:.2} ms; decluttered-only build {tbuild:.0} ms, run {s_ms:.2} ms; max |diff| {diff:e}"
         );

@@ -10,6 +10,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use tract_onnx::prelude::*;
+use tract_onnx::tract_core;
+use tract_onnx::tract_hir::internal::*;
+use tract_onnx::tract_hir::ops::expandable::expand;
 
 use super::{Classifier, DetectorOutput, Engine, EngineError};
 use crate::models::{read_verified, Manifest, ModelError, Role};
@@ -45,9 +48,96 @@ fn load_err(file: &str, e: impl std::fmt::Display) -> EngineError {
 }
 
 fn parse(bytes: &[u8], file: &str) -> Result<InferenceModel, EngineError> {
-    tract_onnx::onnx()
-        .model_for_read(&mut std::io::Cursor::new(bytes))
+    let mut onnx = tract_onnx::onnx();
+    onnx.op_register
+        .insert("PRelu", |_, _| Ok((expand(FastPrelu), vec![])));
+    onnx.model_for_read(&mut std::io::Cursor::new(bytes))
         .map_err(|e| load_err(file, e))
+}
+
+/// ONNX `PRelu` as `max(x, slope * x)`, exact when every slope is at most 1 (for x >= 0,
+/// slope*x <= x; for x < 0, slope*x >= x — negative slopes included). Checked on the constant
+/// slopes (the MiniFASNets' lie in [-0.28, 0.59]); otherwise tract's own select formulation.
+///
+/// Why: tract lowers PRelu to three element-wise ops (compare, multiply, select), each writing a
+/// tensor; in the MiniFASNets that was two thirds of the inference time
+/// (`examples/profile_ops.rs`). `mul` + `max` fuse into tract's binary chains.
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+struct FastPrelu;
+
+fn slopes_at_most_one(model: &TypedModel, slope: OutletId) -> bool {
+    let Ok(fact) = model.outlet_fact(slope) else {
+        return false;
+    };
+    let Some(k) = fact.konst.as_ref() else {
+        return false;
+    };
+    let Ok(t) = k.cast_to::<f32>() else {
+        return false;
+    };
+    t.to_plain_array_view::<f32>()
+        .is_ok_and(|s| s.iter().all(|v| v.is_finite() && *v <= 1.0))
+}
+
+impl Expansion for FastPrelu {
+    fn name(&self) -> StaticName {
+        "FastPrelu".into()
+    }
+
+    fn rules<'r, 'p: 'r, 's: 'r>(
+        &'s self,
+        s: &mut Solver<'r>,
+        inputs: &'p [TensorProxy],
+        outputs: &'p [TensorProxy],
+    ) -> InferenceResult {
+        check_input_arity(inputs, 2)?;
+        check_output_arity(outputs, 1)?;
+        s.equals(&inputs[0].datum_type, &outputs[0].datum_type)?;
+        s.equals(&inputs[0].shape, &outputs[0].shape)?;
+        Ok(())
+    }
+
+    fn wire(
+        &self,
+        name: &str,
+        model: &mut TypedModel,
+        inputs: &[OutletId],
+    ) -> TractResult<TVec<OutletId>> {
+        let a = inputs[0];
+        let mut b = inputs[1];
+        let fast = slopes_at_most_one(model, b);
+        let rank = model.outlet_fact(a)?.rank();
+        while model.outlet_fact(b)?.rank() < rank {
+            b = model.wire_node(
+                format!("{}.add-axis-{}", name, model.outlet_fact(b)?.rank()),
+                AxisOp::Add(0),
+                &[b],
+            )?[0];
+        }
+        let ab = model.wire_node(format!("{name}.mul"), tract_core::ops::math::mul(), &[a, b])?[0];
+        if fast {
+            return model.wire_node(
+                format!("{name}.max"),
+                tract_core::ops::math::max(),
+                &[a, ab],
+            );
+        }
+        let zero = tensor0(0.0f32)
+            .cast_to_dt(model.outlet_fact(a)?.datum_type)?
+            .into_owned()
+            .broadcast_into_rank(rank)?;
+        let zero = model.add_const(format!("{name}.zero"), zero)?;
+        let test = model.wire_node(
+            format!("{name}.test"),
+            tract_core::ops::binary::TypedBinOp(tract_core::ops::logic::comp_gt(), None),
+            &[zero, a],
+        )?;
+        model.wire_node(
+            format!("{name}.iff"),
+            tract_core::ops::logic::Iff,
+            &[test[0], ab, a],
+        )
+    }
 }
 
 fn optimize(model: InferenceModel, shape: [usize; 4], file: &str) -> Result<Plan, EngineError> {
@@ -178,5 +268,35 @@ impl Engine for TractEngine {
 
     fn name(&self) -> &'static str {
         "tract"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prelu_becomes_mul_max_in_the_classifiers() {
+        let dir = std::env::var_os("LIVECHECK_MODEL_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models"));
+        for file in ["MiniFASNetV2.onnx", "MiniFASNetV1SE.onnx"] {
+            let bytes = std::fs::read(dir.join(file)).unwrap();
+            let typed = parse(&bytes, file)
+                .unwrap()
+                .with_input_fact(0, f32::fact([1, 3, 80, 80]).into())
+                .unwrap()
+                .into_typed()
+                .unwrap();
+            let names: Vec<String> = typed.nodes().iter().map(|n| n.name.clone()).collect();
+            assert!(
+                names.iter().any(|n| n.ends_with(".max")),
+                "{file}: no fused PReLU"
+            );
+            assert!(
+                !names.iter().any(|n| n.ends_with(".iff")),
+                "{file}: PReLU fell back to Iff"
+            );
+        }
     }
 }
