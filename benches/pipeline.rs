@@ -38,11 +38,9 @@ fn stages(c: &mut Criterion) {
         b.iter(|| engine.detect(&det_in, dw, dh).unwrap())
     });
     let out = engine.detect(&det_in, dw, dh).unwrap();
-    let priors = detect::priors(dw, dh);
     g.bench_function("priors_and_select", |b| {
         b.iter(|| detect::select_faces(&out, &detect::priors(dw, dh), 0.6).unwrap())
     });
-    let _ = priors;
     g.bench_function("crop_resize_80", |b| {
         b.iter(|| {
             pipeline::crop_to_input(&img.view(), bbox, crop::SCALE_V2, &mut crop_px, &mut cls_in)

@@ -190,6 +190,9 @@ struct Scratch {
     det_input: Vec<f32>,
     crop: Vec<u8>,
     cls_input: Vec<f32>,
+    /// Priors of the last detector input size (they depend on the size only).
+    priors: Vec<detect::Prior>,
+    priors_size: (usize, usize),
 }
 
 thread_local! {
@@ -254,12 +257,19 @@ impl Pipeline {
         let faces = SCRATCH.with(|s| -> Result<detect::Faces, PipelineError> {
             let mut s = s.borrow_mut();
             let Scratch {
-                resized, det_input, ..
+                resized,
+                det_input,
+                priors,
+                priors_size,
+                ..
             } = &mut *s;
             detect::detector_input(&view, dw, dh, resized, det_input);
             let out = self.engine.detect(det_input, dw, dh)?;
-            let priors = detect::priors(dw, dh);
-            detect::select_faces(&out, &priors, cfg.min_face_confidence).map_err(|message| {
+            if *priors_size != (dw, dh) || priors.is_empty() {
+                *priors = detect::priors(dw, dh);
+                *priors_size = (dw, dh);
+            }
+            detect::select_faces(&out, priors, cfg.min_face_confidence).map_err(|message| {
                 EngineError::Output {
                     model: "detector",
                     message,
