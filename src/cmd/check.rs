@@ -1,21 +1,28 @@
 //! `livecheck check PATH...`: one JSON line per image (or a table with `--pretty`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use rayon::prelude::*;
 use serde::Serialize;
 
+use ipnet::IpNet;
+use livecheck::fetch::{FetchConfig, Fetcher};
 use livecheck::pipeline::{Pipeline, PipelineError, Scores, Timings, Verdict};
+use url::Url;
 
 use super::common::PipelineArgs;
+use super::serve::{parse_cidr, parse_seconds};
 
 #[derive(clap::Args)]
 pub struct CheckArgs {
-    /// Image files or directories (walked recursively for .jpg .jpeg .png .webp .bmp .gif .tif .tiff).
-    #[arg(required = true, value_name = "PATH")]
-    pub paths: Vec<PathBuf>,
+    /// Image files, directories (walked recursively for .jpg .jpeg .png .webp .bmp .gif .tif
+    /// .tiff) or http(s) URLs. URLs are fetched under the service's address policy: only public
+    /// addresses unless --allow-fetch-from opens a range.
+    #[arg(required = true, value_name = "PATH|URL")]
+    pub paths: Vec<String>,
 
     /// Images checked in parallel (default: all cores).
     #[arg(long, env = "LIVECHECK_THREADS")]
@@ -25,8 +32,40 @@ pub struct CheckArgs {
     #[arg(long)]
     pub pretty: bool,
 
+    /// Address ranges (CIDR or IP, comma-separated) that URLs may be fetched from even though they
+    /// are not public, e.g. 127.0.0.1/32. Cloud metadata addresses are always refused.
+    #[arg(
+        long,
+        env = "LIVECHECK_ALLOW_FETCH_FROM",
+        value_delimiter = ',',
+        value_name = "CIDR,...",
+        value_parser = parse_cidr
+    )]
+    pub allow_fetch_from: Vec<IpNet>,
+
+    /// Total time allowed for fetching one image URL (all redirects and the body), in seconds.
+    #[arg(long, env = "LIVECHECK_FETCH_TIMEOUT", default_value_t = 15.0, value_name = "SECONDS",
+        value_parser = parse_seconds)]
+    pub fetch_timeout: f64,
+
     #[command(flatten)]
     pub pipeline: PipelineArgs,
+}
+
+/// One thing to check: a file on disk or an image URL.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    File(PathBuf),
+    Url(Url),
+}
+
+impl Input {
+    fn name(&self) -> String {
+        match self {
+            Input::File(p) => p.display().to_string(),
+            Input::Url(u) => u.to_string(),
+        }
+    }
 }
 
 /// One output line. Field names are stable: see README "check output".
@@ -59,10 +98,25 @@ enum Outcome {
 
 const EXTENSIONS: [&str; 8] = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"];
 
-/// Expand directories into their image files (sorted); explicit files are kept as given.
-pub fn collect_inputs(paths: &[PathBuf]) -> Vec<PathBuf> {
+/// Whether a command-line argument names a URL rather than a path (`http://` or `https://`,
+/// any case). Other schemes are paths: a file may well be called `ftp:x.jpg`.
+fn looks_like_url(s: &str) -> bool {
+    let lower = s.get(..8).unwrap_or(s).to_ascii_lowercase();
+    lower.starts_with("http://") || lower.starts_with("https://")
+}
+
+/// Expand arguments into inputs: URLs as they are, directories into their image files (sorted),
+/// explicit files as given. A malformed URL is an error.
+pub fn collect_inputs(args: &[String]) -> anyhow::Result<Vec<Input>> {
     let mut out = Vec::new();
-    for p in paths {
+    for a in args {
+        if looks_like_url(a) {
+            let url =
+                Url::parse(a).map_err(|e| anyhow::anyhow!("{a:?} is not a valid URL: {e}"))?;
+            out.push(Input::Url(url));
+            continue;
+        }
+        let p = PathBuf::from(a);
         if p.is_dir() {
             let mut found: Vec<PathBuf> = walkdir::WalkDir::new(p)
                 .follow_links(false)
@@ -77,12 +131,61 @@ pub fn collect_inputs(paths: &[PathBuf]) -> Vec<PathBuf> {
                 })
                 .collect();
             found.sort();
-            out.extend(found);
+            out.extend(found.into_iter().map(Input::File));
         } else {
-            out.push(p.clone());
+            out.push(Input::File(p));
         }
     }
-    out
+    Ok(out)
+}
+
+/// Reads files and fetches URLs. The fetcher (and its runtime) exist only when a URL was given.
+struct Loader {
+    fetch: Option<(tokio::runtime::Runtime, Fetcher)>,
+}
+
+impl Loader {
+    fn new(args: &CheckArgs, inputs: &[Input], max_bytes: usize) -> anyhow::Result<Loader> {
+        if !inputs.iter().any(|i| matches!(i, Input::Url(_))) {
+            return Ok(Loader { fetch: None });
+        }
+        let total = Duration::from_secs_f64(args.fetch_timeout);
+        let cfg = FetchConfig {
+            allow: args.allow_fetch_from.clone(),
+            connect_timeout: total.min(FetchConfig::default().connect_timeout),
+            total_timeout: total,
+            max_bytes,
+            ..FetchConfig::default()
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        // reqwest's client must be built inside a runtime context.
+        let fetcher = {
+            let _guard = runtime.enter();
+            Fetcher::new(cfg)?
+        };
+        Ok(Loader {
+            fetch: Some((runtime, fetcher)),
+        })
+    }
+
+    fn load(&self, input: &Input) -> Result<Vec<u8>, String> {
+        match input {
+            Input::File(p) => std::fs::read(p).map_err(|e| format!("cannot read file: {e}")),
+            Input::Url(u) => {
+                let Some((runtime, fetcher)) = &self.fetch else {
+                    return Err("no fetcher configured".into());
+                };
+                runtime
+                    .handle()
+                    .block_on(fetcher.fetch(u))
+                    .map(|f| f.bytes.to_vec())
+                    .map_err(|e| format!("cannot fetch image: {}", e.client_message()))
+            }
+        }
+    }
 }
 
 fn line(file: String, v: Verdict) -> CheckLine {
@@ -101,16 +204,11 @@ fn line(file: String, v: Verdict) -> CheckLine {
     }
 }
 
-fn check_one(pipeline: &Pipeline, path: &Path) -> Outcome {
-    let file = path.display().to_string();
-    let bytes = match std::fs::read(path) {
+fn check_one(pipeline: &Pipeline, loader: &Loader, input: &Input) -> Outcome {
+    let file = input.name();
+    let bytes = match loader.load(input) {
         Ok(b) => b,
-        Err(e) => {
-            return Outcome::Error(ErrorLine {
-                file,
-                error: format!("cannot read file: {e}"),
-            })
-        }
+        Err(error) => return Outcome::Error(ErrorLine { file, error }),
     };
     match pipeline.check(&bytes) {
         Ok(v) => Outcome::Line(line(file, v)),
@@ -130,12 +228,13 @@ fn check_one(pipeline: &Pipeline, path: &Path) -> Outcome {
 }
 
 pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
-    let inputs = collect_inputs(&args.paths);
+    let inputs = collect_inputs(&args.paths)?;
     anyhow::ensure!(
         !inputs.is_empty(),
         "no image files found in the given paths"
     );
     let pipeline = args.pipeline.build()?;
+    let loader = Loader::new(&args, &inputs, pipeline.config().limits.max_bytes)?;
     let threads = args.threads.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -158,8 +257,12 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     ]);
     // Chunks keep the output in input order while streaming large directories.
     for chunk in inputs.chunks(256) {
-        let outcomes: Vec<Outcome> =
-            pool.install(|| chunk.par_iter().map(|p| check_one(&pipeline, p)).collect());
+        let outcomes: Vec<Outcome> = pool.install(|| {
+            chunk
+                .par_iter()
+                .map(|i| check_one(&pipeline, &loader, i))
+                .collect()
+        });
         for o in outcomes {
             match o {
                 Outcome::Line(l) if args.pretty => {
