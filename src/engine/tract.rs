@@ -184,7 +184,7 @@ fn headless_detector(model: InferenceModel) -> TractResult<(TypedModel, Symbol, 
 /// (the model's Transpose + Flatten), levels concatenated, and a softmax over each prior's two
 /// scores.
 pub fn assemble_head(heads: &[(&[usize], &[f32])]) -> Result<DetectorOutput, String> {
-    if heads.len() % 2 != 0 {
+    if !heads.len().is_multiple_of(2) {
         return Err(format!("{} head outputs", heads.len()));
     }
     let mut out = DetectorOutput::default();
@@ -196,7 +196,7 @@ pub fn assemble_head(heads: &[(&[usize], &[f32])]) -> Result<DetectorOutput, Str
             return Err(format!("head shapes {ls:?} / {cs:?}"));
         };
         let anchors = lc / 4;
-        if lc % 4 != 0 || cc != anchors * 2 || (lh, lw) != (ch, cw) {
+        if !lc.is_multiple_of(4) || cc != anchors * 2 || (lh, lw) != (ch, cw) {
             return Err(format!("head shapes {ls:?} / {cs:?}"));
         }
         let plane = lh * lw;
