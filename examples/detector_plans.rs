@@ -13,19 +13,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use livecheck::engine::{tract::TractEngine, Engine};
+use livecheck::engine::tract::{TractEngine, DETECTOR_HEADS as HEADS};
+use livecheck::engine::Engine;
 use livecheck::models::Manifest;
 use livecheck::pipeline::{decode, detect};
 use tract_onnx::prelude::*;
-
-const HEADS: [&str; 6] = [
-    "conv_blob48__243",
-    "conv_blob49__244",
-    "conv_blob50__245",
-    "conv_blob51__246",
-    "conv_blob52__247",
-    "conv_blob53__248",
-];
 
 fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3

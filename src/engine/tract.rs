@@ -153,7 +153,7 @@ impl Expansion for FastPrelu {
 
 /// The detector's six head convolutions, in the order of its output concatenation: box deltas
 /// and face scores at strides 8, 16 and 32 (ONNX output names of the pinned model file).
-const DETECTOR_HEADS: [&str; 6] = [
+pub const DETECTOR_HEADS: [&str; 6] = [
     "conv_blob48__243",
     "conv_blob49__244",
     "conv_blob50__245",
