@@ -2,19 +2,16 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use ipnet::IpNet;
-use livecheck::fetch::{FetchConfig, Fetcher};
+use livecheck::fetch::Fetcher;
 use livecheck::pipeline::{Pipeline, PipelineError, Scores, Timings, Verdict};
 use url::Url;
 
-use super::common::PipelineArgs;
-use super::serve::{parse_cidr, parse_seconds};
+use super::common::{FetchArgs, PipelineArgs};
 
 #[derive(clap::Args)]
 pub struct CheckArgs {
@@ -32,21 +29,8 @@ pub struct CheckArgs {
     #[arg(long)]
     pub pretty: bool,
 
-    /// Address ranges (CIDR or IP, comma-separated) that URLs may be fetched from even though they
-    /// are not public, e.g. 127.0.0.1/32. Cloud metadata addresses are always refused.
-    #[arg(
-        long,
-        env = "LIVECHECK_ALLOW_FETCH_FROM",
-        value_delimiter = ',',
-        value_name = "CIDR,...",
-        value_parser = parse_cidr
-    )]
-    pub allow_fetch_from: Vec<IpNet>,
-
-    /// Total time allowed for fetching one image URL (all redirects and the body), in seconds.
-    #[arg(long, env = "LIVECHECK_FETCH_TIMEOUT", default_value_t = 15.0, value_name = "SECONDS",
-        value_parser = parse_seconds)]
-    pub fetch_timeout: f64,
+    #[command(flatten)]
+    pub fetch: FetchArgs,
 
     #[command(flatten)]
     pub pipeline: PipelineArgs,
@@ -149,14 +133,7 @@ impl Loader {
         if !inputs.iter().any(|i| matches!(i, Input::Url(_))) {
             return Ok(Loader { fetch: None });
         }
-        let total = Duration::from_secs_f64(args.fetch_timeout);
-        let cfg = FetchConfig {
-            allow: args.allow_fetch_from.clone(),
-            connect_timeout: total.min(FetchConfig::default().connect_timeout),
-            total_timeout: total,
-            max_bytes,
-            ..FetchConfig::default()
-        };
+        let cfg = args.fetch.fetch_config(max_bytes);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()

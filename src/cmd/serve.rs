@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use ipnet::IpNet;
 use livecheck::server::{AppConfig, Application};
 use livecheck::store::Store;
 
@@ -35,17 +34,8 @@ pub struct ServeArgs {
     )]
     pub database: String,
 
-    /// Networks image URLs may point into although they are not public (loopback, private,
-    /// link-local...), comma-separated CIDRs; a bare address means that one host. Without it, only
-    /// public addresses are fetched. Cloud metadata addresses are always refused.
-    #[arg(
-        long,
-        env = "LIVECHECK_ALLOW_FETCH_FROM",
-        value_delimiter = ',',
-        value_name = "CIDR,...",
-        value_parser = parse_cidr
-    )]
-    pub allow_fetch_from: Vec<IpNet>,
+    #[command(flatten)]
+    pub fetch: super::common::FetchArgs,
 
     /// Largest image accepted, in bytes, whether fetched from a URL or sent as base64.
     #[arg(long, env = "LIVECHECK_MAX_IMAGE_BYTES", default_value_t = 10 * 1024 * 1024, value_name = "BYTES")]
@@ -55,25 +45,6 @@ pub struct ServeArgs {
     /// image: at least 4/3 of --max-image-bytes plus a few hundred bytes.
     #[arg(long, env = "LIVECHECK_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024, value_name = "BYTES")]
     pub max_body_bytes: usize,
-
-    /// Total time allowed for fetching one image URL (all redirects and the body), in seconds.
-    #[arg(long, env = "LIVECHECK_FETCH_TIMEOUT", default_value_t = 15.0, value_name = "SECONDS",
-        value_parser = parse_seconds)]
-    pub fetch_timeout: f64,
-
-    /// Time allowed for connecting to an image host, in seconds.
-    #[arg(long, env = "LIVECHECK_FETCH_CONNECT_TIMEOUT", default_value_t = 5.0, value_name = "SECONDS",
-        value_parser = parse_seconds)]
-    pub fetch_connect_timeout: f64,
-
-    /// Redirects followed when fetching an image (each target is checked again).
-    #[arg(
-        long,
-        env = "LIVECHECK_MAX_REDIRECTS",
-        default_value_t = 3,
-        value_name = "N"
-    )]
-    pub max_redirects: usize,
 
     /// Checks running at once on the CPU. Default: the number of CPU cores.
     #[arg(long, env = "LIVECHECK_MAX_CONCURRENT_CHECKS", value_name = "N",
@@ -104,23 +75,6 @@ pub struct ServeArgs {
     pub pipeline: super::common::PipelineArgs,
 }
 
-pub(crate) fn parse_cidr(s: &str) -> Result<IpNet, String> {
-    let s = s.trim();
-    if let Ok(net) = s.parse::<IpNet>() {
-        return Ok(net.trunc());
-    }
-    s.parse::<std::net::IpAddr>()
-        .map(IpNet::from)
-        .map_err(|_| format!("{s:?} is not a CIDR (e.g. 10.0.0.0/8) or an IP address"))
-}
-
-pub(crate) fn parse_seconds(s: &str) -> Result<f64, String> {
-    match s.trim().parse::<f64>() {
-        Ok(v) if v.is_finite() && v > 0.0 && v <= 3600.0 => Ok(v),
-        _ => Err(format!("{s:?} is not a number of seconds in (0, 3600]")),
-    }
-}
-
 impl ServeArgs {
     /// The server configuration these flags describe (`model_hash` is filled in by the caller).
     pub fn app_config(&self, model_hash: String) -> AppConfig {
@@ -132,10 +86,10 @@ impl ServeArgs {
         AppConfig {
             max_body_bytes: self.max_body_bytes,
             max_image_bytes: self.max_image_bytes,
-            allow_fetch_from: self.allow_fetch_from.clone(),
-            fetch_connect_timeout: Duration::from_secs_f64(self.fetch_connect_timeout),
-            fetch_timeout: Duration::from_secs_f64(self.fetch_timeout),
-            max_redirects: self.max_redirects,
+            allow_fetch_from: self.fetch.allow_fetch_from.clone(),
+            fetch_connect_timeout: Duration::from_secs_f64(self.fetch.fetch_connect_timeout),
+            fetch_timeout: Duration::from_secs_f64(self.fetch.fetch_timeout),
+            max_redirects: self.fetch.max_redirects,
             max_concurrent_checks: concurrent,
             max_queued_checks: self.max_queued_checks.unwrap_or(concurrent * 4),
             rate_limit_per_minute: NonZeroU32::new(self.rate_limit_per_minute),
@@ -255,7 +209,9 @@ fn init_tracing(json: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cmd::common::{parse_cidr, parse_seconds};
     use clap::Parser;
+    use ipnet::IpNet;
 
     #[derive(Parser)]
     struct Cli {
