@@ -1,5 +1,8 @@
 //! Per-operator profile of the three models in tract, on the live sample's real inputs:
-//! where inference time goes. `cargo run --release --example profile_ops`
+//! where inference time goes. `cargo run --release --example profile_ops` profiles the plans as
+//! the engine builds them (PReLU as mul + max, depthwise convolutions replaced by
+//! `Depthwise3x3`; the detector whole, at its exact size, without canvas masks);
+//! `-- --stock` profiles tract's own import of the ONNX files.
 //!
 //! Uses tract's `run_plan_with_eval` hook to time every node, then sums by operator kind.
 
@@ -7,6 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use livecheck::engine::tract::optimized_plan;
 use livecheck::pipeline::{self, crop, decode, detect};
 use tract_onnx::prelude::*;
 
@@ -30,17 +34,22 @@ fn main() -> anyhow::Result<()> {
     )
     .ok_or_else(|| anyhow::anyhow!("crop"))?;
 
+    let stock = std::env::args().any(|a| a == "--stock");
     let rounds = 50;
     for (file, shape, input) in [
         ("retinaface_silentface.onnx", [1, 3, dh, dw], &det_in),
         ("MiniFASNetV2.onnx", [1, 3, 80, 80], &cls_in),
         ("MiniFASNetV1SE.onnx", [1, 3, 80, 80], &cls_in),
     ] {
-        let plan = tract_onnx::onnx()
-            .model_for_path(dir.join(file))?
-            .with_input_fact(0, f32::fact(shape).into())?
-            .into_optimized()?
-            .into_runnable()?;
+        let plan = if stock {
+            tract_onnx::onnx()
+                .model_for_path(dir.join(file))?
+                .with_input_fact(0, f32::fact(shape).into())?
+                .into_optimized()?
+                .into_runnable()?
+        } else {
+            optimized_plan(&std::fs::read(dir.join(file))?, file, shape)?
+        };
         let tensor: TValue = Tensor::from_shape(&shape, input)?.into();
         let mut state = tract_onnx::tract_core::plan::SimpleState::new(&plan)?;
         let mut per_op: BTreeMap<String, (Duration, usize)> = BTreeMap::new();

@@ -3,6 +3,7 @@
 //! The only engine today is [`tract::TractEngine`] (pure Rust). A second backend (ONNX Runtime)
 //! implements [`Engine`] and nothing in `pipeline` changes.
 
+pub mod depthwise;
 pub mod tract;
 
 /// Which anti-spoofing classifier to run.

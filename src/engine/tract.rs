@@ -4,7 +4,7 @@
 //!
 //! The detector's input size follows the image's aspect ratio, and tract's fast kernels need
 //! concrete shapes, so optimized detector plans are built per input size and kept in a bounded
-//! LRU cache. To make a new size cheap, the detector is cut before its output head
+//! LRU cache, keyed by a *canvas* size (below). To make a new size cheap, the detector is cut before its output head
 //! (Transpose/Flatten/Concat/Reshape/Softmax, which cannot be typed with symbolic H/W: tract
 //! cannot divide a sum of symbol products), typed and decluttered **once** with symbolic H and W,
 //! and a new size only substitutes the symbols and runs the codegen passes (~40 ms instead of
@@ -12,6 +12,21 @@
 //! prior, done here in Rust ([`assemble_head`]); tract's softmax over an axis of length 2 was
 //! 9% of the detector's time. Plans are `Send + Sync` and shared by all threads without locks;
 //! only the cache lookup takes a short mutex.
+//!
+//! **Canvases.** Image aspect ratios vary freely (the devset has 214 detector sizes in 312
+//! images), and even a cheap plan build (~40 ms) costs more than running it (~7 ms). So an
+//! input of a size without a plan is placed at the top-left of a zero canvas whose sides are
+//! rounded up to [`DETECTOR_CANVAS_STEP`], and one plan serves every size that rounds to that
+//! canvas. That is exact, not an approximation: the detector is convolutions (3x3, stride 1 or
+//! 2, zero padding 1; 1x1), element-wise ops and 2x2/stride-2 transposed convolutions cropped to
+//! the lateral map. A valid output cell only reads valid cells, except that a 3x3 convolution at
+//! the valid border reads one cell past it, which the real network sees as zero padding. So at
+//! load time a multiplication by a 0/1 mask (an extra model input per feature-map resolution) is
+//! inserted in front of every convolution wider than 1x1: cells past the valid region are zero
+//! exactly where the real network pads, and the valid region of every map, heads included,
+//! holds the values the network computes at the exact size. The heads are cropped to the valid
+//! region in [`assemble_head`]. `headless_detector_matches_the_full_model` checks it against the
+//! full ONNX model at sizes that do and do not land on a canvas.
 
 use std::num::NonZeroUsize;
 use std::path::Path;
@@ -22,22 +37,49 @@ use tract_onnx::tract_core;
 use tract_onnx::tract_hir::internal::*;
 use tract_onnx::tract_hir::ops::expandable::expand;
 
+use super::depthwise::fuse_depthwise;
 use super::{Classifier, DetectorOutput, Engine, EngineError};
 use crate::models::{read_verified, Manifest, ModelError, Role};
 
 type Plan = Arc<TypedRunnableModel>;
 
-/// How many detector plans (input sizes) are kept. Each optimized plan holds its own packed
-/// weights (several MB): with 32 plans `check` over the devset (214 distinct detector sizes)
-/// peaked at 251 MB RSS. Phone cameras produce a handful of aspect ratios, so 8 covers real
-/// traffic; an image of a new size costs one plan build (~0.1-0.2 s).
-pub const DETECTOR_PLAN_CACHE: usize = 8;
+/// How many detector plans (canvas sizes) are kept. The devset's 312 images need 20 canvases at
+/// step 32; `livecheck check` over it peaks at about 160-170 MB RSS with all of them cached
+/// (`scripts/bench.sh`), so 24 leaves room for other aspect ratios without evictions.
+pub const DETECTOR_PLAN_CACHE: usize = 24;
+
+/// Canvas sides are multiples of this (see the module documentation), except for the sizes in
+/// [`EXACT_DETECTOR_SIZES`]. A coarser step means fewer plans to build but more padding to run:
+/// measured on the devset (throughput bench, 1 thread), step 16 gave 38 canvases and 25.4 ms per
+/// image (detect 13.3, with a 16-plan cache), step 32 gave 20 canvases, 19% more area on
+/// average, and 19.2 ms (detect 8.0).
+pub const DETECTOR_CANVAS_STEP: usize = 32;
+
+/// Detector input sizes (w, h) that run on a plan of their own size instead of a rounded-up
+/// canvas, built at load time: 3:4 (e.g. 480x640) and 9:16 (e.g. 1080x1920) photos, portrait
+/// and landscape, the common phone geometries.
+pub const EXACT_DETECTOR_SIZES: [(usize, usize); 4] =
+    [(166, 221), (221, 166), (144, 256), (256, 144)];
+
+/// The canvas a detector input of `w` x `h` runs on.
+pub fn detector_canvas(w: usize, h: usize) -> (usize, usize) {
+    if EXACT_DETECTOR_SIZES.contains(&(w, h)) {
+        return (w, h);
+    }
+    let up = |v: usize| v.div_ceil(DETECTOR_CANVAS_STEP) * DETECTOR_CANVAS_STEP;
+    (up(w), up(h))
+}
 
 pub struct TractEngine {
-    /// The detector up to its six head convolutions, typed and decluttered with symbolic H/W.
+    /// The detector up to its six head convolutions, typed and decluttered with symbolic H/W,
+    /// with canvas masks as extra inputs.
     detector: TypedModel,
     height: Symbol,
     width: Symbol,
+    /// Rank and symbolic (H, W) of each mask input, in input order after the image.
+    masks: Vec<MaskDims>,
+    /// Symbolic (H, W) of each head output.
+    heads: Vec<(TDim, TDim)>,
     plans: Mutex<lru::LruCache<(usize, usize), Plan>>,
     v2: Plan,
     v1se: Plan,
@@ -162,11 +204,93 @@ pub const DETECTOR_HEADS: [&str; 6] = [
     "conv_blob53__248",
 ];
 
-/// Cut the detector after its head convolutions and type it with symbolic height and width.
-fn headless_detector(model: InferenceModel) -> TractResult<(TypedModel, Symbol, Symbol)> {
+/// Rank and symbolic spatial size of one canvas mask input.
+#[derive(Debug, Clone)]
+struct MaskDims {
+    rank: usize,
+    h: TDim,
+    w: TDim,
+}
+
+/// The decluttered, cut detector with its symbols and the symbolic (H, W) of its mask inputs
+/// and head outputs.
+struct Headless {
+    model: TypedModel,
+    h: Symbol,
+    w: Symbol,
+    masks: Vec<MaskDims>,
+    heads: Vec<(TDim, TDim)>,
+}
+
+/// (H, W) of an NCHW or CHW tensor (tract's declutter drops the unit batch axis inside the
+/// network).
+fn spatial(fact: &TypedFact) -> TractResult<(TDim, TDim)> {
+    match fact.shape.dims() {
+        [_, _, h, w] | [_, h, w] => Ok((h.clone(), w.clone())),
+        dims => bail!("expected an NCHW or CHW tensor, got {dims:?}"),
+    }
+}
+
+/// Put a multiplication by a 0/1 mask (a new model input, one per distinct feature-map size) in
+/// front of every convolution with a kernel wider than 1x1, so that cells past the valid region
+/// of a canvas read as the zero padding of the exact-size network (see the module docs).
+fn insert_canvas_masks(model: &mut TypedModel) -> TractResult<Vec<MaskDims>> {
+    use tract_core::ops::cnn::Conv;
+    // One mask input per (rank, H, W): [1, 1, H, W] for NCHW maps, [1, H, W] for CHW ones.
+    let mut masks: Vec<((usize, TDim, TDim), OutletId)> = Vec::new();
+    let mut masked: Vec<(OutletId, OutletId)> = Vec::new();
+    let convs: Vec<usize> = model
+        .nodes()
+        .iter()
+        .filter(|n| {
+            n.op_as::<Conv>()
+                .is_some_and(|c| c.pool_spec.kernel_shape.iter().any(|&k| k > 1))
+        })
+        .map(|n| n.id)
+        .collect();
+    for conv in convs {
+        let input = model.node(conv).inputs[0];
+        if model.input_outlets()?.contains(&input) {
+            // The image itself: the canvas is zero past the valid region already.
+            continue;
+        }
+        let outlet = if let Some((_, m)) = masked.iter().find(|(i, _)| *i == input) {
+            *m
+        } else {
+            let fact = model.outlet_fact(input)?;
+            let (h, w) = spatial(fact)?;
+            let key = (fact.rank(), h, w);
+            let mask = match masks.iter().find(|(k, _)| *k == key) {
+                Some((_, m)) => *m,
+                None => {
+                    let mut shape: TVec<TDim> = tvec![1.to_dim(); key.0 - 2];
+                    shape.push(key.1.clone());
+                    shape.push(key.2.clone());
+                    let name = format!("canvas_mask_{}", masks.len());
+                    let m = model.add_source(name, f32::fact(shape))?;
+                    masks.push((key, m));
+                    m
+                }
+            };
+            let name = format!("{}.canvas_mask", model.node(conv).name);
+            let m = model.wire_node(name, tract_core::ops::math::mul(), &[input, mask])?[0];
+            masked.push((input, m));
+            m
+        };
+        model.add_edge(outlet, InletId::new(conv, 0))?;
+    }
+    Ok(masks
+        .into_iter()
+        .map(|((rank, h, w), _)| MaskDims { rank, h, w })
+        .collect())
+}
+
+/// Cut the detector after its head convolutions, type it with symbolic height and width, and
+/// give it canvas masks.
+fn headless_detector(model: InferenceModel) -> TractResult<Headless> {
     let h = model.symbols.sym("h");
     let w = model.symbols.sym("w");
-    let typed = model
+    let mut typed = model
         .with_input_fact(
             0,
             f32::fact([1.to_dim(), 3.to_dim(), h.to_dim(), w.to_dim()]).into(),
@@ -176,19 +300,40 @@ fn headless_detector(model: InferenceModel) -> TractResult<(TypedModel, Symbol, 
         .into_compact()?
         .into_typed()?
         .into_decluttered()?;
-    Ok((typed, h, w))
+    let masks = insert_canvas_masks(&mut typed)?;
+    let typed = typed.into_compact()?;
+    let heads = typed
+        .output_outlets()?
+        .iter()
+        .map(|o| spatial(typed.outlet_fact(*o)?))
+        .collect::<TractResult<Vec<_>>>()?;
+    Ok(Headless {
+        model: typed,
+        h,
+        w,
+        masks,
+        heads,
+    })
 }
 
 /// Rebuild the detector's `loc` `[P,4]` and softmaxed `conf` `[P,2]` outputs from its six head
 /// convolutions (NCHW, pairs of (loc, conf) per level): per level, NCHW → NHWC and flatten
 /// (the model's Transpose + Flatten), levels concatenated, and a softmax over each prior's two
-/// scores.
-pub fn assemble_head(heads: &[(&[usize], &[f32])]) -> Result<DetectorOutput, String> {
-    if !heads.len().is_multiple_of(2) {
-        return Err(format!("{} head outputs", heads.len()));
+/// scores. `valid[i]` is the (H, W) of level i's valid region (the top-left corner of a canvas
+/// map); cells outside it are skipped.
+pub fn assemble_head(
+    heads: &[(&[usize], &[f32])],
+    valid: &[(usize, usize)],
+) -> Result<DetectorOutput, String> {
+    if !heads.len().is_multiple_of(2) || valid.len() * 2 != heads.len() {
+        return Err(format!(
+            "{} head outputs for {} levels",
+            heads.len(),
+            valid.len()
+        ));
     }
     let mut out = DetectorOutput::default();
-    for pair in heads.chunks_exact(2) {
+    for (pair, &(vh, vw)) in heads.chunks_exact(2).zip(valid) {
         let [(ls, loc), (cs, conf)] = pair else {
             continue;
         };
@@ -203,9 +348,12 @@ pub fn assemble_head(heads: &[(&[usize], &[f32])]) -> Result<DetectorOutput, Str
         if loc.len() != lc * plane || conf.len() != cc * plane {
             return Err("head output sizes do not match their shapes".into());
         }
-        out.loc.reserve(lc * plane);
-        out.conf.reserve(cc * plane);
-        for p in 0..plane {
+        if vh > lh || vw > lw {
+            return Err(format!("valid region {vh}x{vw} outside a {lh}x{lw} map"));
+        }
+        out.loc.reserve(lc * vh * vw);
+        out.conf.reserve(cc * vh * vw);
+        for p in (0..vh).flat_map(|y| (0..vw).map(move |x| y * lw + x)) {
             for c in 0..lc {
                 out.loc.push(loc[c * plane + p]);
             }
@@ -223,11 +371,21 @@ pub fn assemble_head(heads: &[(&[usize], &[f32])]) -> Result<DetectorOutput, Str
 }
 
 fn optimize(model: InferenceModel, shape: [usize; 4], file: &str) -> Result<Plan, EngineError> {
-    model
-        .with_input_fact(0, f32::fact(shape).into())
-        .and_then(|m| m.into_optimized())
-        .and_then(|m| m.into_runnable())
-        .map_err(|e| load_err(file, e))
+    let build = || -> TractResult<Plan> {
+        let mut typed = model
+            .with_input_fact(0, f32::fact(shape).into())?
+            .into_typed()?
+            .into_decluttered()?;
+        fuse_depthwise(&mut typed)?;
+        typed.into_optimized()?.into_runnable()
+    };
+    build().map_err(|e| load_err(file, e))
+}
+
+/// An optimized plan for one model file as the engine builds its classifier plans (PReLU as
+/// mul + max, [`fuse_depthwise`]) at a fixed input shape; for profiling (`examples/profile_ops.rs`).
+pub fn optimized_plan(bytes: &[u8], file: &str, shape: [usize; 4]) -> Result<Plan, EngineError> {
+    optimize(parse(bytes, file)?, shape, file)
 }
 
 impl TractEngine {
@@ -236,9 +394,8 @@ impl TractEngine {
         let det = manifest.file(Role::Detector)?;
         let v2 = manifest.file(Role::ClassifierV2)?;
         let v1se = manifest.file(Role::ClassifierV1se)?;
-        let (detector, height, width) =
-            headless_detector(parse(&read_verified(dir, det)?, &det.file)?)
-                .map_err(|e| load_err(&det.file, e))?;
+        let headless = headless_detector(parse(&read_verified(dir, det)?, &det.file)?)
+            .map_err(|e| load_err(&det.file, e))?;
         let v2_plan = optimize(
             parse(&read_verified(dir, v2)?, &v2.file)?,
             [1, 3, 80, 80],
@@ -251,17 +408,18 @@ impl TractEngine {
         )?;
         let cap = NonZeroUsize::new(DETECTOR_PLAN_CACHE).unwrap_or(NonZeroUsize::MIN);
         let engine = TractEngine {
-            detector,
-            height,
-            width,
+            detector: headless.model,
+            height: headless.h,
+            width: headless.w,
+            masks: headless.masks,
+            heads: headless.heads,
             plans: Mutex::new(lru::LruCache::new(cap)),
             v2: v2_plan,
             v1se: v1se_plan,
         };
-        // The sample geometry (480x640 portrait and its landscape twin) is by far the most common
-        // phone shape; build those plans now rather than on the first request.
-        engine.detector_plan(166, 221)?;
-        engine.detector_plan(221, 166)?;
+        for (w, h) in EXACT_DETECTOR_SIZES {
+            engine.detector_plan(w, h)?;
+        }
         Ok(engine)
     }
 
@@ -296,8 +454,71 @@ impl TractEngine {
         // Substituting the symbols leaves the Shape/Slice crops of the upsampling path constant;
         // declutter folds them before codegen.
         model.declutter()?;
+        fuse_depthwise(&mut model)?;
         model.optimize()?;
         model.into_runnable()
+    }
+
+    /// Evaluate symbolic (H, W) pairs at a detector input size.
+    fn eval_dims(
+        &self,
+        dims: &[(TDim, TDim)],
+        w: usize,
+        h: usize,
+    ) -> TractResult<Vec<(usize, usize)>> {
+        let values = SymbolValues::default()
+            .with(&self.height, h as i64)
+            .with(&self.width, w as i64);
+        dims.iter()
+            .map(|(dh, dw)| {
+                let eval = |d: &TDim| -> TractResult<usize> {
+                    Ok(usize::try_from(d.eval_to_i64(&values)?)?)
+                };
+                Ok((eval(dh)?, eval(dw)?))
+            })
+            .collect()
+    }
+
+    /// The detector's inputs for an image of `w` x `h` on a `cw` x `ch` canvas: the image at
+    /// the canvas's top-left corner, zeros elsewhere, and the 0/1 masks of every map's valid region.
+    fn canvas_inputs(
+        &self,
+        input: &[f32],
+        (w, h): (usize, usize),
+        (cw, ch): (usize, usize),
+    ) -> TractResult<TVec<TValue>> {
+        let image = if (cw, ch) == (w, h) {
+            Tensor::from_shape(&[1, 3, h, w], input)?
+        } else {
+            let mut canvas = vec![0f32; 3 * ch * cw];
+            for (src, dst) in input
+                .chunks_exact(h * w)
+                .zip(canvas.chunks_exact_mut(ch * cw))
+            {
+                for (s, d) in src.chunks_exact(w).zip(dst.chunks_exact_mut(cw)) {
+                    d[..w].copy_from_slice(s);
+                }
+            }
+            Tensor::from_shape(&[1, 3, ch, cw], &canvas)?
+        };
+        let mut inputs: TVec<TValue> = tvec!(image.into());
+        let hw: Vec<(TDim, TDim)> = self
+            .masks
+            .iter()
+            .map(|m| (m.h.clone(), m.w.clone()))
+            .collect();
+        let full = self.eval_dims(&hw, cw, ch)?;
+        let valid = self.eval_dims(&hw, w, h)?;
+        for ((&(mh, mw), &(vh, vw)), m) in full.iter().zip(&valid).zip(&self.masks) {
+            let mut mask = vec![0f32; mh * mw];
+            for row in mask.chunks_exact_mut(mw).take(vh) {
+                row[..vw].fill(1.0);
+            }
+            let mut shape = vec![1usize; m.rank - 2];
+            shape.extend([mh, mw]);
+            inputs.push(Tensor::from_shape(&shape, &mask)?.into());
+        }
+        Ok(inputs)
     }
 
     /// Number of detector plans currently cached.
@@ -330,12 +551,18 @@ impl Engine for TractEngine {
         width: usize,
         height: usize,
     ) -> Result<DetectorOutput, EngineError> {
-        let plan = self.detector_plan(width, height)?;
-        let t = Tensor::from_shape(&[1, 3, height, width], input)
+        if input.len() != 3 * width * height || width == 0 || height == 0 {
+            return Err(run_err(
+                "detector",
+                format!("{} values for a {width}x{height} input", input.len()),
+            ));
+        }
+        let canvas = detector_canvas(width, height);
+        let plan = self.detector_plan(canvas.0, canvas.1)?;
+        let inputs = self
+            .canvas_inputs(input, (width, height), canvas)
             .map_err(|e| run_err("detector", e))?;
-        let out = plan
-            .run(tvec!(t.into()))
-            .map_err(|e| run_err("detector", e))?;
+        let out = plan.run(inputs).map_err(|e| run_err("detector", e))?;
         let output_err = |message: String| EngineError::Output {
             model: "detector",
             message,
@@ -353,7 +580,11 @@ impl Engine for TractEngine {
                     .ok_or_else(|| output_err("non-contiguous head output".into()))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        assemble_head(&heads).map_err(output_err)
+        let valid = self
+            .eval_dims(&self.heads, width, height)
+            .map_err(|e| output_err(e.to_string()))?;
+        let levels: Vec<(usize, usize)> = valid.iter().step_by(2).copied().collect();
+        assemble_head(&heads, &levels).map_err(output_err)
     }
 
     fn classify(&self, model: Classifier, input: &[f32]) -> Result<[f32; 3], EngineError> {
@@ -397,7 +628,8 @@ mod tests {
         // One level, 1x2 cells, 1 anchor: loc channels 4, conf channels 2 (NCHW).
         let loc: Vec<f32> = vec![0., 10., 1., 11., 2., 12., 3., 13.];
         let conf: Vec<f32> = vec![0.0, 1.0, 0.0, -1.0];
-        let out = assemble_head(&[(&[1, 4, 1, 2], &loc), (&[1, 2, 1, 2], &conf)]).unwrap();
+        let out =
+            assemble_head(&[(&[1, 4, 1, 2], &loc), (&[1, 2, 1, 2], &conf)], &[(1, 2)]).unwrap();
         assert_eq!(out.loc, vec![0., 1., 2., 3., 10., 11., 12., 13.]);
         assert_eq!(out.len(), 2);
         assert!((out.conf[0] - 0.5).abs() < 1e-7 && (out.conf[1] - 0.5).abs() < 1e-7);
@@ -405,27 +637,73 @@ mod tests {
         let e2 = 2.0f32.exp();
         assert!((out.conf[3] - 1.0 / (1.0 + e2)).abs() < 1e-7);
         assert!((out.conf[2] + out.conf[3] - 1.0).abs() < 1e-7);
+        // A valid region of one cell (a canvas map): only the first cell is kept.
+        let one =
+            assemble_head(&[(&[1, 4, 1, 2], &loc), (&[1, 2, 1, 2], &conf)], &[(1, 1)]).unwrap();
+        assert_eq!(one.loc, vec![0., 1., 2., 3.]);
+        assert_eq!(one.len(), 1);
         // Mismatched shapes are an error, not a panic.
-        assert!(assemble_head(&[(&[1, 4, 1, 2], &loc)]).is_err());
-        assert!(assemble_head(&[(&[1, 4, 1, 2], &loc), (&[1, 4, 1, 2], &loc)]).is_err());
-        assert!(assemble_head(&[(&[1, 4, 2, 2], &loc), (&[1, 2, 2, 2], &conf)]).is_err());
+        assert!(assemble_head(&[(&[1, 4, 1, 2], &loc)], &[(1, 2)]).is_err());
+        assert!(assemble_head(&[(&[1, 4, 1, 2], &loc), (&[1, 4, 1, 2], &loc)], &[(1, 2)]).is_err());
+        assert!(
+            assemble_head(&[(&[1, 4, 2, 2], &loc), (&[1, 2, 2, 2], &conf)], &[(2, 2)]).is_err()
+        );
+        assert!(
+            assemble_head(&[(&[1, 4, 1, 2], &loc), (&[1, 2, 1, 2], &conf)], &[(2, 2)]).is_err()
+        );
+        assert!(assemble_head(&[(&[1, 4, 1, 2], &loc), (&[1, 2, 1, 2], &conf)], &[]).is_err());
+    }
+
+    #[test]
+    fn canvases_cover_the_input_on_the_step_grid() {
+        for (w, h) in EXACT_DETECTOR_SIZES {
+            assert_eq!(detector_canvas(w, h), (w, h));
+        }
+        for (w, h) in [(1, 1), (32, 32), (33, 31), (150, 200), (301, 40), (5000, 7)] {
+            let (cw, ch) = detector_canvas(w, h);
+            assert!(
+                cw >= w
+                    && ch >= h
+                    && cw - w < DETECTOR_CANVAS_STEP
+                    && ch - h < DETECTOR_CANVAS_STEP
+            );
+            assert!(cw % DETECTOR_CANVAS_STEP == 0 && ch % DETECTOR_CANVAS_STEP == 0);
+        }
     }
 
     /// The cut detector with the head rebuilt in Rust gives the full ONNX model's outputs, at
-    /// the sample geometry and at odd, tiny and extreme sizes (the upsampling crops differ).
+    /// the sample geometry (its own plan) and at odd, tiny and extreme sizes that run on a
+    /// larger canvas (the upsampling crops differ), and at a size that is its own canvas.
     #[test]
     fn headless_detector_matches_the_full_model() {
         let manifest = Manifest::builtin().unwrap();
         let engine = TractEngine::load(&model_dir(), &manifest).unwrap();
         let bytes = std::fs::read(model_dir().join("retinaface_silentface.onnx")).unwrap();
         let full = parse(&bytes, "detector").unwrap();
-        for (w, h) in [(166usize, 221usize), (97, 131), (13, 9), (1, 1), (301, 40)] {
+        let sizes = [
+            (166usize, 221usize),
+            (97, 131),
+            (13, 9),
+            (1, 1),
+            (301, 40),
+            (160, 240),
+            (150, 200),
+        ];
+        for (w, h) in sizes {
             // Deterministic pseudo-image around the mean-subtracted range.
             let input: Vec<f32> = (0..3 * w * h)
                 .map(|i| ((i * 7919 % 255) as f32) - 117.0)
                 .collect();
             let ours = engine.detect(&input, w, h).unwrap();
-            let plan = optimize(full.clone(), [1, 3, h, w], "detector").unwrap();
+            // tract's own plan: stock depthwise convolutions, exact size, full head.
+            let plan = full
+                .clone()
+                .with_input_fact(0, f32::fact([1, 3, h, w]).into())
+                .unwrap()
+                .into_optimized()
+                .unwrap()
+                .into_runnable()
+                .unwrap();
             let t = Tensor::from_shape(&[1, 3, h, w], &input).unwrap();
             let out = plan.run(tvec!(t.into())).unwrap();
             let loc = to_vec(&out[0], "detector").unwrap();
@@ -442,6 +720,61 @@ mod tests {
             assert!(max_diff(&ours.conf, &conf) < 1e-5, "{w}x{h} conf");
         }
         assert!(engine.cached_detector_plans() <= DETECTOR_PLAN_CACHE);
+    }
+
+    /// The classifiers with [`fuse_depthwise`] give tract's own logits; every 3x3 depthwise
+    /// convolution is replaced (the 5x5 global one at the end stays with tract).
+    #[test]
+    fn fused_depthwise_classifiers_match_tract() {
+        let engine = TractEngine::load(&model_dir(), &Manifest::builtin().unwrap()).unwrap();
+        for (file, which) in [
+            ("MiniFASNetV2.onnx", Classifier::V2),
+            ("MiniFASNetV1SE.onnx", Classifier::V1Se),
+        ] {
+            let bytes = std::fs::read(model_dir().join(file)).unwrap();
+            let mut typed = parse(&bytes, file)
+                .unwrap()
+                .with_input_fact(0, f32::fact([1, 3, 80, 80]).into())
+                .unwrap()
+                .into_typed()
+                .unwrap()
+                .into_decluttered()
+                .unwrap();
+            let stock = typed
+                .clone()
+                .into_optimized()
+                .unwrap()
+                .into_runnable()
+                .unwrap();
+            let convs = |m: &TypedModel| {
+                m.nodes()
+                    .iter()
+                    .filter(|n| {
+                        n.op_as::<tract_core::ops::cnn::Conv>().is_some_and(|c| {
+                            c.group > 1 && c.pool_spec.kernel_shape.as_slice() == [3, 3]
+                        })
+                    })
+                    .count()
+            };
+            let before = convs(&typed);
+            let replaced = fuse_depthwise(&mut typed).unwrap();
+            assert!(
+                before > 0 && replaced == before,
+                "{file}: {replaced} of {before}"
+            );
+            assert_eq!(convs(&typed), 0, "{file}");
+            for seed in 0..3usize {
+                let input: Vec<f32> = (0..3 * 80 * 80)
+                    .map(|i| ((i * 7919 + seed * 104729) % 256) as f32)
+                    .collect();
+                let t = Tensor::from_shape(&[1, 3, 80, 80], &input).unwrap();
+                let want = to_vec(&stock.run(tvec!(t.into())).unwrap()[0], "stock").unwrap();
+                let got = engine.classify(which, &input).unwrap();
+                for (a, b) in got.iter().zip(&want) {
+                    assert!((a - b).abs() < 1e-4, "{file}: {got:?} vs {want:?}");
+                }
+            }
+        }
     }
 
     #[test]
