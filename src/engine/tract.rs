@@ -667,7 +667,9 @@ mod tests {
                     && cw - w < DETECTOR_CANVAS_STEP
                     && ch - h < DETECTOR_CANVAS_STEP
             );
-            assert!(cw % DETECTOR_CANVAS_STEP == 0 && ch % DETECTOR_CANVAS_STEP == 0);
+            assert!(
+                cw.is_multiple_of(DETECTOR_CANVAS_STEP) && ch.is_multiple_of(DETECTOR_CANVAS_STEP)
+            );
         }
     }
 
