@@ -54,12 +54,29 @@ fn bad_request_message(status: StatusCode, body: &str) -> String {
     msg
 }
 
+/// The JSON text of the first number under `key` in `body`.
+fn raw_number<'a>(body: &'a str, key: &str) -> &'a str {
+    let pat = format!("\"{key}\":");
+    let start = body
+        .find(&pat)
+        .map(|i| i + pat.len())
+        .unwrap_or_else(|| panic!("no {key}: {body}"));
+    let rest = &body[start..];
+    &rest[..rest.find([',', '}']).unwrap_or(rest.len())]
+}
+
 /// Asserts that `body` is the seed's verdict envelope, keys in the seed's order, and returns it.
 fn assert_verdict(body: &str, live: bool) -> Value {
     let v: Value = serde_json::from_str(body).unwrap();
     let d = &v["data"];
-    let confidence = d["confidence"].as_f64().unwrap();
-    let pct = d["confidence_in_percentage"].as_f64().unwrap();
+    // The numbers as sent, parsed with Rust's correctly rounded parser (serde_json's default
+    // float parser can be one ulp off, which made this comparison depend on the value).
+    let (confidence_text, pct_text) = (
+        raw_number(body, "confidence"),
+        raw_number(body, "confidence_in_percentage"),
+    );
+    let confidence: f64 = confidence_text.parse().unwrap();
+    let pct: f64 = pct_text.parse().unwrap();
     assert!((0.0..=1.0).contains(&confidence), "{body}");
     assert_eq!(pct, confidence * 100.0, "{body}");
     let reference = d["verification"]["reference"].as_str().unwrap();
@@ -85,8 +102,8 @@ fn assert_verdict(body: &str, live: bool) -> Value {
         ),
         live,
         serde_json::to_string(detail).unwrap(),
-        serde_json::to_string(&d["confidence"]).unwrap(),
-        serde_json::to_string(&d["confidence_in_percentage"]).unwrap(),
+        confidence_text,
+        pct_text,
         verification,
         reference,
     );
@@ -550,6 +567,52 @@ async fn oversized_body_is_413() {
         // Just under the cap is read and judged normally.
         let b64 = STANDARD.encode(silentface("image_F1.jpg"));
         assert!(b64.len() < 96 * 1024 - 20, "{}", b64.len());
+        let (status, _, body) = read(app.check(&b64).await).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(app.audit_count().await, 1);
+    })
+    .await;
+}
+
+fn short_body_timeout_config() -> AppConfig {
+    AppConfig {
+        body_timeout: Duration::from_millis(800),
+        ..test_config()
+    }
+}
+
+/// A client that announces a body and stalls gets 408 in the envelope once the body timeout
+/// has passed, no check runs, and the server goes on answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_request_body_is_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    on_each_backend(short_body_timeout_config, |app| async move {
+        let mut conn = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+        let head = format!(
+            "POST {CHECK} HTTP/1.1\r\nhost: {}\r\nx-access-token: {}\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{{\"image\": \"",
+            app.addr, app.token
+        );
+        let start = Instant::now();
+        conn.write_all(head.as_bytes()).await.unwrap();
+        let want = r#"{"status":"failed","data":[],"message":"Request body was not received within 0.8 s"}"#;
+        let mut got = Vec::new();
+        while !String::from_utf8_lossy(&got).ends_with(want) {
+            let mut buf = [0u8; 4096];
+            let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf))
+                .await
+                .expect("no response to a stalled body")
+                .unwrap();
+            assert!(n > 0, "closed without the envelope: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        let elapsed = start.elapsed();
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+        assert!(elapsed >= Duration::from_millis(750), "{elapsed:?}");
+        assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+        assert_eq!(app.audit_count().await, 0);
+        // A body sent in time is checked as usual.
+        let b64 = STANDARD.encode(silentface("image_F1.jpg"));
         let (status, _, body) = read(app.check(&b64).await).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         assert_eq!(app.audit_count().await, 1);

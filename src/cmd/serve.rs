@@ -46,6 +46,11 @@ pub struct ServeArgs {
     #[arg(long, env = "LIVECHECK_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024, value_name = "BYTES")]
     pub max_body_bytes: usize,
 
+    /// Seconds allowed to receive a check's whole request body; a slower client gets 408.
+    #[arg(long, env = "LIVECHECK_BODY_TIMEOUT", default_value_t = 60.0, value_name = "SECONDS",
+        value_parser = super::common::parse_seconds)]
+    pub body_timeout: f64,
+
     /// Checks running at once on the CPU. Default: the number of CPU cores.
     #[arg(long, env = "LIVECHECK_MAX_CONCURRENT_CHECKS", value_name = "N",
         value_parser = clap::value_parser!(u32).range(1..))]
@@ -86,6 +91,7 @@ impl ServeArgs {
         AppConfig {
             max_body_bytes: self.max_body_bytes,
             max_image_bytes: self.max_image_bytes,
+            body_timeout: Duration::from_secs_f64(self.body_timeout),
             allow_fetch_from: self.fetch.allow_fetch_from.clone(),
             fetch_connect_timeout: Duration::from_secs_f64(self.fetch.fetch_connect_timeout),
             fetch_timeout: Duration::from_secs_f64(self.fetch.fetch_timeout),

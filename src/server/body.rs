@@ -13,6 +13,10 @@ use super::error::ApiError;
 #[derive(Debug, Clone, Copy)]
 pub struct BodyLimit(pub usize);
 
+/// The time allowed to receive the whole request body, read from the router state.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyTimeout(pub std::time::Duration);
+
 /// A validated check request: `image` is a non-empty string (not yet interpreted).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageBody {
@@ -32,6 +36,7 @@ impl<S> FromRequest<S> for ImageBody
 where
     S: Send + Sync,
     BodyLimit: FromRef<S>,
+    BodyTimeout: FromRef<S>,
 {
     type Rejection = ApiError;
 
@@ -47,13 +52,20 @@ where
                 "Content-Type must be application/json".to_owned(),
             ));
         }
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::BodyTooLarge { limit }
-            } else {
-                ApiError::BadRequest(format!("Could not read the request body: {rejection}"))
-            }
-        })?;
+        let BodyTimeout(deadline) = BodyTimeout::from_ref(state);
+        let read = tokio::time::timeout(deadline, Bytes::from_request(req, state));
+        let bytes = read
+            .await
+            .map_err(|_| ApiError::BodyTimeout {
+                secs: deadline.as_secs_f64(),
+            })?
+            .map_err(|rejection| {
+                if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::BodyTooLarge { limit }
+                } else {
+                    ApiError::BadRequest(format!("Could not read the request body: {rejection}"))
+                }
+            })?;
         parse_image_body(&bytes)
     }
 }

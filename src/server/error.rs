@@ -49,6 +49,9 @@ pub enum ApiError {
     /// The request body exceeds the configured cap.
     #[error("Request body is larger than the limit of {limit} bytes")]
     BodyTooLarge { limit: usize },
+    /// The request body did not arrive in time.
+    #[error("Request body was not received within {secs} s")]
+    BodyTimeout { secs: f64 },
     /// No route at this path.
     #[error("Not found.")]
     NotFound,
@@ -78,6 +81,7 @@ impl ApiError {
                 StatusCode::BAD_REQUEST
             }
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,

@@ -49,7 +49,7 @@ use crate::fetch::{FetchConfig, Fetcher};
 use crate::pipeline::Pipeline;
 use crate::store::Store;
 
-pub use body::{BodyLimit, CheckRequest, ImageBody};
+pub use body::{BodyLimit, BodyTimeout, CheckRequest, ImageBody};
 pub use envelope::{CheckData, CheckEnvelope, CheckOutcome, FaceInfo, Verification};
 pub use error::{ApiError, ErrorEnvelope};
 pub use metrics::Metrics;
@@ -68,6 +68,9 @@ pub struct AppConfig {
     pub max_body_bytes: usize,
     /// Largest image accepted, fetched or inline (400 above).
     pub max_image_bytes: usize,
+    /// Time allowed to receive a check's whole request body (408 after it), so that a client
+    /// sending slowly cannot hold a request open indefinitely.
+    pub body_timeout: Duration,
     /// Networks the image fetcher may reach although they are private/loopback/...
     pub allow_fetch_from: Vec<IpNet>,
     /// Connect timeout of image fetches.
@@ -97,6 +100,7 @@ impl Default for AppConfig {
         AppConfig {
             max_body_bytes: 16 * 1024 * 1024,
             max_image_bytes: 10 * 1024 * 1024,
+            body_timeout: Duration::from_secs(60),
             allow_fetch_from: Vec::new(),
             fetch_connect_timeout: Duration::from_secs(5),
             fetch_timeout: Duration::from_secs(15),
@@ -148,6 +152,12 @@ impl FromRef<AppState> for BodyLimit {
     }
 }
 
+impl FromRef<AppState> for BodyTimeout {
+    fn from_ref(state: &AppState) -> Self {
+        BodyTimeout(state.inner.config.body_timeout)
+    }
+}
+
 /// A built application, ready to serve.
 pub struct Application {
     state: AppState,
@@ -165,6 +175,9 @@ impl Application {
             return Err(ServerError::Config(
                 "max_concurrent_checks must be at least 1".into(),
             ));
+        }
+        if config.body_timeout.is_zero() {
+            return Err(ServerError::Config("body_timeout must be positive".into()));
         }
         if config.max_image_bytes == 0 || config.max_body_bytes == 0 {
             return Err(ServerError::Config(

@@ -83,7 +83,7 @@ mod tests {
             assert!(paths.contains_key(p), "missing {p}");
         }
         let post = &paths["/api/onboarding/biometrics/face/liveliness_check/"]["post"];
-        for status in ["200", "400", "401", "413", "429", "500", "503"] {
+        for status in ["200", "400", "401", "408", "413", "429", "500", "503"] {
             let r = &post["responses"][status];
             assert!(r.is_object(), "POST lacks {status}");
             let content = &r["content"]["application/json"];

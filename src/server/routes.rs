@@ -108,6 +108,8 @@ struct Image {
             ("invalid" = (summary = "Unknown or revoked token",
                 value = json!({"status": "failed", "message": "Invalid token."}))),
         )),
+        (status = 408, description = "The request body was not received within the body timeout (`--body-timeout`, default 60 s)", body = ErrorEnvelope,
+            example = json!({"status": "failed", "data": [], "message": "Request body was not received within 60 s"})),
         (status = 413, description = "Request body too large", body = ErrorEnvelope,
             example = json!({"status": "failed", "data": [], "message": "Request body is larger than the limit of 16777216 bytes"})),
         (status = 429, description = "Per-key rate limit exceeded", body = ErrorEnvelope,
