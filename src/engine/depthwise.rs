@@ -353,14 +353,9 @@ impl TypedOp for Depthwise3x3 {
 /// Constant per-channel values of `outlet` broadcast against a `[(1,) C, H, W]` tensor
 /// (shapes `[C, 1, 1]`, `[1, C, 1, 1]`, or one value), or None.
 fn per_channel(model: &TypedModel, outlet: OutletId, c: usize) -> Option<Vec<f32>> {
-    let fact = model.outlet_fact(outlet).ok()?;
-    let k = fact.konst.as_ref()?;
-    let t = k.cast_to::<f32>().ok()?;
-    let v = t.to_plain_array_view::<f32>().ok()?;
-    let dims = v.shape();
-    if dims.iter().product::<usize>() == 1 {
-        let x = *v.iter().next()?;
-        return Some(vec![x; c]);
+    let (dims, v) = const_f32(model, outlet)?;
+    if v.len() == 1 {
+        return Some(vec![v[0]; c]);
     }
     // Aligned from the right, the channel axis is third from last; every other axis is 1.
     let channel_axis = dims.len().checked_sub(3)?;
@@ -368,18 +363,23 @@ fn per_channel(model: &TypedModel, outlet: OutletId, c: usize) -> Option<Vec<f32
         .iter()
         .enumerate()
         .all(|(i, &d)| d == if i == channel_axis { c } else { 1 });
-    ok.then(|| v.iter().copied().collect())
+    ok.then_some(v)
+}
+
+/// The shape and values (as f32) of a constant outlet, or None when it is not a constant.
+fn const_f32(model: &TypedModel, outlet: OutletId) -> Option<(Vec<usize>, Vec<f32>)> {
+    let k = model.outlet_fact(outlet).ok()?.konst.as_ref()?;
+    let t = k.cast_to::<f32>().ok()?;
+    let v = t.to_plain_array_view::<f32>().ok()?;
+    Some((v.shape().to_vec(), v.iter().copied().collect()))
 }
 
 /// A convolution bias: `[C]` or one value.
 fn bias_values(model: &TypedModel, outlet: OutletId, c: usize) -> Option<Vec<f32>> {
-    let fact = model.outlet_fact(outlet).ok()?;
-    let k = fact.konst.as_ref()?;
-    let t = k.cast_to::<f32>().ok()?;
-    let v = t.to_plain_array_view::<f32>().ok()?;
+    let (_, v) = const_f32(model, outlet)?;
     match v.len() {
-        1 => Some(vec![*v.iter().next()?; c]),
-        n if n == c => Some(v.iter().copied().collect()),
+        1 => Some(vec![v[0]; c]),
+        n if n == c => Some(v),
         _ => None,
     }
 }
@@ -454,22 +454,14 @@ fn match_conv(model: &TypedModel, n: usize) -> Option<(usize, Vec<f32>, Vec<f32>
     if x.datum_type != f32::datum_type() || !channels_first {
         return None;
     }
-    let kernel = model.outlet_fact(node.inputs[1]).ok()?.konst.clone()?;
+    let (shape, weights) = const_f32(model, node.inputs[1])?;
     let expected: &[usize] = match conv.kernel_fmt {
         KernelFormat::OIHW => &[c, 1, 3, 3],
         _ => return None,
     };
-    if kernel.shape() != expected {
+    if shape != expected {
         return None;
     }
-    let weights: Vec<f32> = kernel
-        .cast_to::<f32>()
-        .ok()?
-        .to_plain_array_view::<f32>()
-        .ok()?
-        .iter()
-        .copied()
-        .collect();
     let bias = bias_values(model, node.inputs[2], c)?;
     Some((stride, weights, bias, c))
 }

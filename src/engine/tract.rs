@@ -208,8 +208,7 @@ pub const DETECTOR_HEADS: [&str; 6] = [
 #[derive(Debug, Clone)]
 struct MaskDims {
     rank: usize,
-    h: TDim,
-    w: TDim,
+    hw: (TDim, TDim),
 }
 
 /// The decluttered, cut detector with its symbols and the symbolic (H, W) of its mask inputs
@@ -281,7 +280,7 @@ fn insert_canvas_masks(model: &mut TypedModel) -> TractResult<Vec<MaskDims>> {
     }
     Ok(masks
         .into_iter()
-        .map(|((rank, h, w), _)| MaskDims { rank, h, w })
+        .map(|((rank, h, w), _)| MaskDims { rank, hw: (h, w) })
         .collect())
 }
 
@@ -460,16 +459,16 @@ impl TractEngine {
     }
 
     /// Evaluate symbolic (H, W) pairs at a detector input size.
-    fn eval_dims(
+    fn eval_dims<'a>(
         &self,
-        dims: &[(TDim, TDim)],
+        dims: impl IntoIterator<Item = &'a (TDim, TDim)>,
         w: usize,
         h: usize,
     ) -> TractResult<Vec<(usize, usize)>> {
         let values = SymbolValues::default()
             .with(&self.height, h as i64)
             .with(&self.width, w as i64);
-        dims.iter()
+        dims.into_iter()
             .map(|(dh, dw)| {
                 let eval = |d: &TDim| -> TractResult<usize> {
                     Ok(usize::try_from(d.eval_to_i64(&values)?)?)
@@ -502,13 +501,9 @@ impl TractEngine {
             Tensor::from_shape(&[1, 3, ch, cw], &canvas)?
         };
         let mut inputs: TVec<TValue> = tvec!(image.into());
-        let hw: Vec<(TDim, TDim)> = self
-            .masks
-            .iter()
-            .map(|m| (m.h.clone(), m.w.clone()))
-            .collect();
-        let full = self.eval_dims(&hw, cw, ch)?;
-        let valid = self.eval_dims(&hw, w, h)?;
+        let hw = || self.masks.iter().map(|m| &m.hw);
+        let full = self.eval_dims(hw(), cw, ch)?;
+        let valid = self.eval_dims(hw(), w, h)?;
         for ((&(mh, mw), &(vh, vw)), m) in full.iter().zip(&valid).zip(&self.masks) {
             let mut mask = vec![0f32; mh * mw];
             for row in mask.chunks_exact_mut(mw).take(vh) {
