@@ -323,13 +323,18 @@ impl EvalOp for Depthwise3x3 {
             Some(m) => Some(m.as_slice().context("Depthwise3x3: non-contiguous mask")?),
             None => None,
         };
-        let mut out = vec![0f32; c * ho * wo];
-        self.run(x, mask, h, w, &mut out).map_err(|e| anyhow!(e))?;
-        let t = if batch {
-            Tensor::from_shape(&[1, c, ho, wo], &out)?
+        let mut t = if batch {
+            Tensor::zero::<f32>(&[1, c, ho, wo])?
         } else {
-            Tensor::from_shape(&[c, ho, wo], &out)?
+            Tensor::zero::<f32>(&[c, ho, wo])?
         };
+        {
+            let mut view = t.to_plain_array_view_mut::<f32>()?;
+            let out = view
+                .as_slice_mut()
+                .context("Depthwise3x3: non-contiguous output")?;
+            self.run(x, mask, h, w, out).map_err(|e| anyhow!(e))?;
+        }
         Ok(tvec!(t.into_tvalue()))
     }
 }
@@ -367,7 +372,7 @@ fn per_channel(model: &TypedModel, outlet: OutletId, c: usize) -> Option<Vec<f32
 }
 
 /// The shape and values (as f32) of a constant outlet, or None when it is not a constant.
-fn const_f32(model: &TypedModel, outlet: OutletId) -> Option<(Vec<usize>, Vec<f32>)> {
+pub(super) fn const_f32(model: &TypedModel, outlet: OutletId) -> Option<(Vec<usize>, Vec<f32>)> {
     let k = model.outlet_fact(outlet).ok()?.konst.as_ref()?;
     let t = k.cast_to::<f32>().ok()?;
     let v = t.to_plain_array_view::<f32>().ok()?;
@@ -385,14 +390,14 @@ fn bias_values(model: &TypedModel, outlet: OutletId, c: usize) -> Option<Vec<f32
 }
 
 /// The only successor of `outlet` when `outlet` has exactly one, with the node id.
-fn single_successor(model: &TypedModel, outlet: OutletId) -> Option<usize> {
+pub(super) fn single_successor(model: &TypedModel, outlet: OutletId) -> Option<usize> {
     let succ = model.outlet_successors(outlet);
     (succ.len() == 1 && !model.output_outlets().ok()?.contains(&outlet)).then(|| succ[0].node)
 }
 
 /// If node `n` is a binary op of kind `name` between `from` and a per-channel constant, that
 /// constant.
-fn affine_step(
+pub(super) fn affine_step(
     model: &TypedModel,
     n: usize,
     from: OutletId,
@@ -468,7 +473,11 @@ fn match_conv(model: &TypedModel, n: usize) -> Option<(usize, Vec<f32>, Vec<f32>
 
 /// If `x` feeds exactly `m = x * slope` (per-channel constant) and `max(x, m)` (the engine's
 /// PReLU wiring, `FastPrelu` in `tract.rs`), the slopes and the max's output.
-fn prelu_after(model: &TypedModel, x: OutletId, c: usize) -> Option<(Vec<f32>, OutletId)> {
+pub(super) fn prelu_after(
+    model: &TypedModel,
+    x: OutletId,
+    c: usize,
+) -> Option<(Vec<f32>, OutletId)> {
     if model.output_outlets().ok()?.contains(&x) {
         return None;
     }

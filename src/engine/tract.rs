@@ -38,6 +38,7 @@ use tract_onnx::tract_hir::internal::*;
 use tract_onnx::tract_hir::ops::expandable::expand;
 
 use super::depthwise::fuse_depthwise;
+use super::pointwise::fuse_pointwise;
 use super::{Classifier, DetectorOutput, Engine, EngineError};
 use crate::models::{read_verified, Manifest, ModelError, Role};
 
@@ -369,13 +370,22 @@ pub fn assemble_head(
     Ok(out)
 }
 
+/// The engine's own kernels in place of tract's before codegen: 3x3 depthwise convolutions
+/// ([`fuse_depthwise`]) and 1x1 convolutions ([`fuse_pointwise`]), each with the per-channel
+/// affine and activation after it folded in.
+fn fuse(model: &mut TypedModel) -> TractResult<()> {
+    fuse_depthwise(model)?;
+    fuse_pointwise(model)?;
+    Ok(())
+}
+
 fn optimize(model: InferenceModel, shape: [usize; 4], file: &str) -> Result<Plan, EngineError> {
     let build = || -> TractResult<Plan> {
         let mut typed = model
             .with_input_fact(0, f32::fact(shape).into())?
             .into_typed()?
             .into_decluttered()?;
-        fuse_depthwise(&mut typed)?;
+        fuse(&mut typed)?;
         typed.into_optimized()?.into_runnable()
     };
     build().map_err(|e| load_err(file, e))
@@ -453,7 +463,7 @@ impl TractEngine {
         // Substituting the symbols leaves the Shape/Slice crops of the upsampling path constant;
         // declutter folds them before codegen.
         model.declutter()?;
-        fuse_depthwise(&mut model)?;
+        fuse(&mut model)?;
         model.optimize()?;
         model.into_runnable()
     }
@@ -719,10 +729,11 @@ mod tests {
         assert!(engine.cached_detector_plans() <= DETECTOR_PLAN_CACHE);
     }
 
-    /// The classifiers with [`fuse_depthwise`] give tract's own logits; every 3x3 depthwise
-    /// convolution is replaced (the 5x5 global one at the end stays with tract).
+    /// The classifiers with the engine's kernels ([`fuse`]) give tract's own logits; every 3x3
+    /// depthwise convolution (the 5x5 global one at the end stays with tract) and every 1x1
+    /// convolution (an `EinSum` after declutter) is replaced.
     #[test]
-    fn fused_depthwise_classifiers_match_tract() {
+    fn fused_classifiers_match_tract() {
         let engine = TractEngine::load(&model_dir(), &Manifest::builtin().unwrap()).unwrap();
         for (file, which) in [
             ("MiniFASNetV2.onnx", Classifier::V2),
@@ -743,7 +754,7 @@ mod tests {
                 .unwrap()
                 .into_runnable()
                 .unwrap();
-            let convs = |m: &TypedModel| {
+            let depthwise = |m: &TypedModel| {
                 m.nodes()
                     .iter()
                     .filter(|n| {
@@ -753,13 +764,25 @@ mod tests {
                     })
                     .count()
             };
-            let before = convs(&typed);
+            // 1x1 convolutions: einsums from and to a (C, H, W) activation (not the final
+            // fully connected layers, whose output is flat).
+            let pointwise = |m: &TypedModel| {
+                m.nodes()
+                    .iter()
+                    .filter(|n| {
+                        let spatial = |o: OutletId| m.outlet_fact(o).is_ok_and(|f| f.rank() >= 3);
+                        n.op_as::<tract_core::ops::einsum::EinSum>().is_some()
+                            && spatial(n.inputs[0])
+                            && spatial(OutletId::new(n.id, 0))
+                    })
+                    .count()
+            };
+            let (dw, pw) = (depthwise(&typed), pointwise(&typed));
             let replaced = fuse_depthwise(&mut typed).unwrap();
-            assert!(
-                before > 0 && replaced == before,
-                "{file}: {replaced} of {before}"
-            );
-            assert_eq!(convs(&typed), 0, "{file}");
+            assert!(dw > 0 && replaced == dw, "{file}: {replaced} of {dw}");
+            let replaced = fuse_pointwise(&mut typed).unwrap();
+            assert!(pw > 0 && replaced == pw, "{file}: {replaced} of {pw}");
+            assert_eq!((depthwise(&typed), pointwise(&typed)), (0, 0), "{file}");
             for seed in 0..3usize {
                 let input: Vec<f32> = (0..3 * 80 * 80)
                     .map(|i| ((i * 7919 + seed * 104729) % 256) as f32)
