@@ -2,7 +2,8 @@
 //! where inference time goes. `cargo run --release --example profile_ops` profiles the plans as
 //! the engine builds them (PReLU as mul + max, depthwise convolutions replaced by
 //! `Depthwise3x3`; the detector whole, at its exact size, without canvas masks);
-//! `-- --stock` profiles tract's own import of the ONNX files.
+//! `-- --stock` profiles tract's own import of the ONNX files; `-- --nodes` also lists the
+//! slowest nodes with their input shapes.
 //!
 //! Uses tract's `run_plan_with_eval` hook to time every node, then sums by operator kind.
 
@@ -35,6 +36,7 @@ fn main() -> anyhow::Result<()> {
     .ok_or_else(|| anyhow::anyhow!("crop"))?;
 
     let stock = std::env::args().any(|a| a == "--stock");
+    let nodes = std::env::args().any(|a| a == "--nodes");
     let rounds = 50;
     for (file, shape, input) in [
         ("retinaface_silentface.onnx", [1, 3, dh, dw], &det_in),
@@ -53,14 +55,22 @@ fn main() -> anyhow::Result<()> {
         let tensor: TValue = Tensor::from_shape(&shape, input)?.into();
         let mut state = tract_onnx::tract_core::plan::SimpleState::new(&plan)?;
         let mut per_op: BTreeMap<String, (Duration, usize)> = BTreeMap::new();
+        let mut per_node: BTreeMap<usize, (Duration, String)> = BTreeMap::new();
         let t0 = Instant::now();
         for _ in 0..rounds {
             state.run_plan_with_eval(tvec!(tensor.clone()), |ctx, op_state, node, inputs| {
+                let shapes: Vec<String> =
+                    inputs.iter().map(|i| format!("{:?}", i.shape())).collect();
                 let t = Instant::now();
                 let r = tract_onnx::tract_core::plan::eval(ctx, op_state, node, inputs);
                 let e = per_op.entry(node.op().name().to_string()).or_default();
                 e.0 += t.elapsed();
                 e.1 += 1;
+                let n = per_node.entry(node.id).or_default();
+                n.0 += t.elapsed();
+                if n.1.is_empty() {
+                    n.1 = format!("{} {} <- {}", node.op().name(), node.name, shapes.join(" "));
+                }
                 r
             })?;
         }
@@ -78,6 +88,17 @@ fn main() -> anyhow::Result<()> {
                 100.0 * ms / (total.as_secs_f64() * 1e3),
                 n / rounds as usize
             );
+        }
+        if nodes {
+            let mut rows: Vec<_> = per_node.into_values().collect();
+            rows.sort_by_key(|r| std::cmp::Reverse(r.0));
+            println!("  slowest nodes:");
+            for (d, what) in rows.iter().take(15) {
+                println!(
+                    "    {:>7.3} ms  {what}",
+                    d.as_secs_f64() * 1e3 / rounds as f64
+                );
+            }
         }
     }
     Ok(())

@@ -419,13 +419,14 @@ pub(super) fn affine_step(
     per_channel(model, other, c)
 }
 
-/// The depthwise convolution at node `n`, if it is one [`Depthwise3x3`] can run: (stride,
-/// weights, bias, channels).
-fn match_conv(model: &TypedModel, n: usize) -> Option<(usize, Vec<f32>, Vec<f32>, usize)> {
+/// A 3x3 convolution at node `n` with stride 1 or 2, zero padding 1, constant OIHW weights and
+/// bias over a channels-first f32 activation (`[1, C, H, W]` or `[C, H, W]`): depthwise (one
+/// group per channel) when `depthwise`, else dense (one group).
+pub(super) fn match_conv3x3(model: &TypedModel, n: usize, depthwise: bool) -> Option<Conv3x3> {
     let node = model.node(n);
     let conv = node.op_as::<Conv>()?;
     let spec = &conv.pool_spec;
-    let c = spec.input_channels;
+    let (ci, co) = (spec.input_channels, spec.output_channels);
     let stride = match spec.strides.as_deref() {
         None => 1,
         Some([1, 1]) => 1,
@@ -436,9 +437,13 @@ fn match_conv(model: &TypedModel, n: usize) -> Option<(usize, Vec<f32>, Vec<f32>
         PaddingSpec::Explicit(b, a) => b.as_slice() == [1, 1] && a.as_slice() == [1, 1],
         _ => false,
     };
+    let grouping = if depthwise {
+        conv.group == ci && co == ci
+    } else {
+        conv.group == 1
+    };
     let plain = conv.q_params.is_none()
-        && conv.group == c
-        && spec.output_channels == c
+        && grouping
         && spec.kernel_shape.as_slice() == [3, 3]
         && matches!(spec.data_format, DataFormat::NCHW | DataFormat::CHW)
         && spec
@@ -452,32 +457,98 @@ fn match_conv(model: &TypedModel, n: usize) -> Option<(usize, Vec<f32>, Vec<f32>
     }
     let x = model.outlet_fact(node.inputs[0]).ok()?;
     let channels_first = match x.shape.as_concrete()? {
-        [1, ch, _, _] => spec.data_format == DataFormat::NCHW && *ch == c,
-        [ch, _, _] => spec.data_format == DataFormat::CHW && *ch == c,
+        [1, ch, _, _] => spec.data_format == DataFormat::NCHW && *ch == ci,
+        [ch, _, _] => spec.data_format == DataFormat::CHW && *ch == ci,
         _ => false,
     };
     if x.datum_type != f32::datum_type() || !channels_first {
         return None;
     }
     let (shape, weights) = const_f32(model, node.inputs[1])?;
-    let expected: &[usize] = match conv.kernel_fmt {
-        KernelFormat::OIHW => &[c, 1, 3, 3],
-        _ => return None,
-    };
-    if shape != expected {
+    let per_group = if depthwise { 1 } else { ci };
+    if conv.kernel_fmt != KernelFormat::OIHW || shape != [co, per_group, 3, 3] {
         return None;
     }
-    let bias = bias_values(model, node.inputs[2], c)?;
-    Some((stride, weights, bias, c))
+    let bias = bias_values(model, node.inputs[2], co)?;
+    Some(Conv3x3 {
+        stride,
+        weights,
+        bias,
+        ci,
+        co,
+    })
+}
+
+/// A 3x3 convolution found by [`match_conv3x3`]: weights `[co][ci / group][3][3]`, bias `[co]`.
+pub(super) struct Conv3x3 {
+    pub stride: usize,
+    pub weights: Vec<f32>,
+    pub bias: Vec<f32>,
+    pub ci: usize,
+    pub co: usize,
+}
+
+/// What [`fold_tail`] folded into a convolution: the outlet that the fused op replaces, and the
+/// activation found after the per-channel affine steps.
+pub(super) struct Tail {
+    pub last: OutletId,
+    pub relu: bool,
+    pub slopes: Option<Vec<f32>>,
+}
+
+/// Fold what follows the convolution output `out` into its `weights` (one row per output
+/// channel) and `bias`: per-channel `* scale` and `+ shift` steps (bias, batch norm, Caffe's
+/// Scale layer) while each is the only consumer of the previous one, then `max(., 0)` or the
+/// engine's PReLU wiring.
+pub(super) fn fold_tail(
+    model: &TypedModel,
+    out: OutletId,
+    weights: &mut [f32],
+    bias: &mut [f32],
+) -> Tail {
+    let c = bias.len();
+    let k = weights.len() / c.max(1);
+    let mut last = out;
+    while let Some(next) = single_successor(model, last) {
+        if let Some(scale) = affine_step(model, next, last, "Mul", c) {
+            for ((row, s), b) in weights.chunks_exact_mut(k).zip(&scale).zip(bias.iter_mut()) {
+                row.iter_mut().for_each(|w| *w *= s);
+                *b *= s;
+            }
+        } else if let Some(shift) = affine_step(model, next, last, "Add", c) {
+            bias.iter_mut().zip(&shift).for_each(|(b, s)| *b += s);
+        } else {
+            break;
+        }
+        last = OutletId::new(next, 0);
+    }
+    if let Some(r) = single_successor(model, last) {
+        if affine_step(model, r, last, "Max", c).is_some_and(|z| z.iter().all(|v| *v == 0.0)) {
+            let last = OutletId::new(r, 0);
+            return Tail {
+                last,
+                relu: true,
+                slopes: None,
+            };
+        }
+    }
+    match prelu_after(model, last, c) {
+        Some((slopes, last)) => Tail {
+            last,
+            relu: false,
+            slopes: Some(slopes),
+        },
+        None => Tail {
+            last,
+            relu: false,
+            slopes: None,
+        },
+    }
 }
 
 /// If `x` feeds exactly `m = x * slope` (per-channel constant) and `max(x, m)` (the engine's
 /// PReLU wiring, `FastPrelu` in `tract.rs`), the slopes and the max's output.
-pub(super) fn prelu_after(
-    model: &TypedModel,
-    x: OutletId,
-    c: usize,
-) -> Option<(Vec<f32>, OutletId)> {
+fn prelu_after(model: &TypedModel, x: OutletId, c: usize) -> Option<(Vec<f32>, OutletId)> {
     if model.output_outlets().ok()?.contains(&x) {
         return None;
     }
@@ -504,7 +575,10 @@ pub(super) fn prelu_after(
 
 /// If `outlet` is `x * mask` with `mask` a model input of shape `[(1,) 1, H, W]` over an `x` of
 /// `[(1,) C, H, W]` (the detector's canvas masks), `(x, mask)`.
-fn masked_input(model: &TypedModel, outlet: OutletId) -> TractResult<Option<(OutletId, OutletId)>> {
+pub(super) fn masked_input(
+    model: &TypedModel,
+    outlet: OutletId,
+) -> TractResult<Option<(OutletId, OutletId)>> {
     let node = model.node(outlet.node);
     let is_mul = node
         .op_as::<TypedBinOp>()
@@ -541,39 +615,20 @@ fn masked_input(model: &TypedModel, outlet: OutletId) -> TractResult<Option<(Out
 pub fn fuse_depthwise(model: &mut TypedModel) -> TractResult<usize> {
     let mut replaced = 0;
     for n in model.eval_order()? {
-        let Some((stride, mut weights, mut bias, c)) = match_conv(model, n) else {
+        let Some(mut conv) = match_conv3x3(model, n, true) else {
             continue;
         };
-        let mut last = OutletId::new(n, 0);
-        let mut relu = false;
-        // Fold per-channel `* scale` and `+ shift` steps (batch norm, then Caffe's Scale layer),
-        // then `max(., 0)`, while each is the only consumer of the previous one.
-        while let Some(next) = single_successor(model, last) {
-            if let Some(scale) = affine_step(model, next, last, "Mul", c) {
-                for (ch, s) in scale.iter().enumerate() {
-                    weights[9 * ch..9 * ch + 9].iter_mut().for_each(|w| *w *= s);
-                    bias[ch] *= s;
-                }
-            } else if let Some(shift) = affine_step(model, next, last, "Add", c) {
-                bias.iter_mut().zip(&shift).for_each(|(b, s)| *b += s);
-            } else {
-                break;
-            }
-            last = OutletId::new(next, 0);
+        let tail = fold_tail(
+            model,
+            OutletId::new(n, 0),
+            &mut conv.weights,
+            &mut conv.bias,
+        );
+        let mut op = Depthwise3x3::new(conv.stride, conv.weights, conv.bias, tail.relu);
+        if let Some(slopes) = tail.slopes {
+            op = op.with_prelu(slopes);
         }
-        if let Some(r) = single_successor(model, last) {
-            if affine_step(model, r, last, "Max", c).is_some_and(|z| z.iter().all(|v| *v == 0.0)) {
-                relu = true;
-                last = OutletId::new(r, 0);
-            }
-        }
-        let mut op = Depthwise3x3::new(stride, weights, bias, relu);
-        if !relu {
-            if let Some((slopes, out)) = prelu_after(model, last, c) {
-                op = op.with_prelu(slopes);
-                last = out;
-            }
-        }
+        let last = tail.last;
         let mut patch = TypedModelPatch::default();
         let input = model.node(n).inputs[0];
         let inputs = match masked_input(model, input)? {

@@ -4,7 +4,7 @@
 //! implements [`Engine`] and nothing in `pipeline` changes.
 
 pub mod depthwise;
-pub mod pointwise;
+pub mod direct;
 pub mod tract;
 
 /// Which anti-spoofing classifier to run.

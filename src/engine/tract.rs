@@ -38,7 +38,7 @@ use tract_onnx::tract_hir::internal::*;
 use tract_onnx::tract_hir::ops::expandable::expand;
 
 use super::depthwise::fuse_depthwise;
-use super::pointwise::fuse_pointwise;
+use super::direct::{fuse_dense3x3, fuse_pointwise};
 use super::{Classifier, DetectorOutput, Engine, EngineError};
 use crate::models::{read_verified, Manifest, ModelError, Role};
 
@@ -371,11 +371,12 @@ pub fn assemble_head(
 }
 
 /// The engine's own kernels in place of tract's before codegen: 3x3 depthwise convolutions
-/// ([`fuse_depthwise`]) and 1x1 convolutions ([`fuse_pointwise`]), each with the per-channel
-/// affine and activation after it folded in.
+/// ([`fuse_depthwise`]), 1x1 convolutions ([`fuse_pointwise`]) and dense 3x3 convolutions
+/// ([`fuse_dense3x3`]), each with the per-channel affine and activation after it folded in.
 fn fuse(model: &mut TypedModel) -> TractResult<()> {
     fuse_depthwise(model)?;
     fuse_pointwise(model)?;
+    fuse_dense3x3(model)?;
     Ok(())
 }
 
@@ -730,8 +731,8 @@ mod tests {
     }
 
     /// The classifiers with the engine's kernels ([`fuse`]) give tract's own logits; every 3x3
-    /// depthwise convolution (the 5x5 global one at the end stays with tract) and every 1x1
-    /// convolution (an `EinSum` after declutter) is replaced.
+    /// depthwise convolution (the 5x5 global one at the end stays with tract), every 1x1
+    /// convolution (an `EinSum` after declutter) and the dense 3x3 stem is replaced.
     #[test]
     fn fused_classifiers_match_tract() {
         let engine = TractEngine::load(&model_dir(), &Manifest::builtin().unwrap()).unwrap();
@@ -754,16 +755,19 @@ mod tests {
                 .unwrap()
                 .into_runnable()
                 .unwrap();
-            let depthwise = |m: &TypedModel| {
+            let conv3x3 = |m: &TypedModel, depthwise: bool| {
                 m.nodes()
                     .iter()
                     .filter(|n| {
                         n.op_as::<tract_core::ops::cnn::Conv>().is_some_and(|c| {
-                            c.group > 1 && c.pool_spec.kernel_shape.as_slice() == [3, 3]
+                            (c.group > 1) == depthwise
+                                && c.pool_spec.kernel_shape.as_slice() == [3, 3]
                         })
                     })
                     .count()
             };
+            let depthwise = |m: &TypedModel| conv3x3(m, true);
+            let dense = |m: &TypedModel| conv3x3(m, false);
             // 1x1 convolutions: einsums from and to a (C, H, W) activation (not the final
             // fully connected layers, whose output is flat).
             let pointwise = |m: &TypedModel| {
@@ -777,12 +781,15 @@ mod tests {
                     })
                     .count()
             };
-            let (dw, pw) = (depthwise(&typed), pointwise(&typed));
+            let (dw, pw, dn) = (depthwise(&typed), pointwise(&typed), dense(&typed));
             let replaced = fuse_depthwise(&mut typed).unwrap();
             assert!(dw > 0 && replaced == dw, "{file}: {replaced} of {dw}");
             let replaced = fuse_pointwise(&mut typed).unwrap();
             assert!(pw > 0 && replaced == pw, "{file}: {replaced} of {pw}");
-            assert_eq!((depthwise(&typed), pointwise(&typed)), (0, 0), "{file}");
+            let replaced = fuse_dense3x3(&mut typed).unwrap();
+            assert!(dn > 0 && replaced == dn, "{file}: {replaced} of {dn}");
+            let left = (depthwise(&typed), pointwise(&typed), dense(&typed));
+            assert_eq!(left, (0, 0, 0), "{file}");
             for seed in 0..3usize {
                 let input: Vec<f32> = (0..3 * 80 * 80)
                     .map(|i| ((i * 7919 + seed * 104729) % 256) as f32)

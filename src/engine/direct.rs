@@ -1,0 +1,875 @@
+//! Direct convolutions for tract plans: 1x1 ([`Pointwise`]) and dense 3x3 ([`Dense3x3`]), both
+//! as one outer-product kernel over rows of a channels-first tensor, with the per-channel affine
+//! that follows them (bias, batch norm, Caffe's Scale) folded into the weights and ReLU or
+//! PReLU in the kernel's epilogue.
+//!
+//! Why hand-written: tract 0.23 runs these convolutions as matrix products that first pack
+//! their activations into panels (im2col for the 3x3 ones: 0.27 ms of each classifier's first
+//! convolution, 1.4 MMAC), and leaves a PReLU after them as separate element-wise passes
+//! (about 0.4 ms per classifier); its matrix kernels fuse per-row additions and `max(x, 0)`,
+//! not a per-row slope. A channels-first tensor already has what an outer-product kernel wants:
+//!
+//! - `out[o][q] = act(bias[o] + sum_k w[o][k] * src[offset[k] + q])`, computed in blocks of
+//!   [`MR`] output channels by [`NR`] consecutive `q`: for every `k`, two vector loads of `src`
+//!   times [`MR`] broadcast weights, all accumulated in registers, then one masked store.
+//! - For a 1x1 convolution, `k` is the input channel, `offset[k] = k * pixels` and `q` the
+//!   pixel: the activation is read in place.
+//! - For a 3x3 convolution with zero padding 1, the input is copied once into zero-padded planes
+//!   of width `Wq` (split by row and column parity for stride 2, so that each tap is again a
+//!   constant shift), `k = (channel, ky, kx)` with `offset[k]` the tap's shift, and
+//!   `q = y * Wq + x`: the kernel computes `Wq - Wo` junk columns per row, dropped when the
+//!   result is compacted into the output. No im2col matrix is ever built.
+//!
+//! The weights are packed once, at load. The AVX-512 path (runtime detection) uses masked loads
+//! and stores for the tails; the portable path is the same loops in plain Rust.
+//!
+//! [`fuse_pointwise`] and [`fuse_dense3x3`] rewrite a concrete, decluttered model before codegen.
+
+use std::sync::Arc;
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::einsum::EinSum;
+
+use super::depthwise::{const_f32, fold_tail, masked_input, match_conv3x3};
+
+/// Output channels per block (rows of the outer product).
+pub const MR: usize = 8;
+/// Outputs per block along `q`: two 16-lane vectors.
+pub const NR: usize = 32;
+
+/// Packed weights and epilogue of `out[o][q] = act(bias[o] + sum_k w[o][k] * src[offset[k] + q])`.
+#[derive(Debug, Clone)]
+pub struct Product {
+    co: usize,
+    k: usize,
+    /// Weights in blocks of [`MR`] output channels, `[co / MR][k][MR]`, rows past `co` zero.
+    packed: Arc<Vec<f32>>,
+    /// `[co]` padded with zeros to a whole number of blocks, like `slopes`.
+    bias: Arc<Vec<f32>>,
+    relu: bool,
+    /// Per-channel PReLU slopes, applied as `max(x, slope * x)` (the engine's PReLU wiring).
+    slopes: Option<Arc<Vec<f32>>>,
+}
+
+impl PartialEq for Product {
+    fn eq(&self, other: &Self) -> bool {
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        self.co == other.co
+            && self.k == other.k
+            && self.relu == other.relu
+            && self.slopes.as_deref().map(|v| bits(v)) == other.slopes.as_deref().map(|v| bits(v))
+            && bits(&self.packed) == bits(&other.packed)
+            && bits(&self.bias) == bits(&other.bias)
+    }
+}
+
+impl Eq for Product {}
+
+/// `v` padded with zeros to `n` values.
+fn padded(mut v: Vec<f32>, n: usize) -> Vec<f32> {
+    v.resize(n, 0.0);
+    v
+}
+
+impl Product {
+    /// From row-major `[co][k]` weights and a `[co]` bias; `None` when the sizes disagree.
+    pub fn new(co: usize, k: usize, weights: &[f32], bias: Vec<f32>) -> Option<Self> {
+        if co == 0 || k == 0 || weights.len() != co * k || bias.len() != co {
+            return None;
+        }
+        let blocks = co.div_ceil(MR);
+        let mut packed = vec![0f32; blocks * k * MR];
+        for (o, row) in weights.chunks_exact(k).enumerate() {
+            let (b, r) = (o / MR, o % MR);
+            for (i, &w) in row.iter().enumerate() {
+                packed[(b * k + i) * MR + r] = w;
+            }
+        }
+        Some(Product {
+            co,
+            k,
+            packed: Arc::new(packed),
+            bias: Arc::new(padded(bias, blocks * MR)),
+            relu: false,
+            slopes: None,
+        })
+    }
+
+    /// Follow the product by `max(x, 0)`, or by `max(x, slope * x)` with one slope per output
+    /// channel; `None` when there are not `co` slopes.
+    pub fn with_activation(mut self, relu: bool, slopes: Option<Vec<f32>>) -> Option<Self> {
+        self.relu = relu;
+        self.slopes = match slopes {
+            Some(s) if s.len() != self.co => return None,
+            Some(s) => Some(Arc::new(padded(s, self.bias.len()))),
+            None => None,
+        };
+        Some(self)
+    }
+
+    /// `out[o * out_stride + q]` for `q < len`, from `src[offsets[k] + q]`.
+    pub fn run(
+        &self,
+        src: &[f32],
+        offsets: &[usize],
+        len: usize,
+        out: &mut [f32],
+        out_stride: usize,
+    ) -> Result<(), String> {
+        let reach = offsets.iter().max().map(|m| m + len);
+        let out_reach = (self.co - 1) * out_stride + len;
+        if len == 0
+            || offsets.len() != self.k
+            || reach.is_none_or(|r| r > src.len())
+            || out_stride < len
+            || out_reach > out.len()
+        {
+            return Err(format!(
+                "direct convolution: {} offsets for {} taps reaching {reach:?} of {} inputs, \
+                 {len} x {} outputs of stride {out_stride} in {}",
+                offsets.len(),
+                self.k,
+                src.len(),
+                self.co,
+                out.len()
+            ));
+        }
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F (checked just above), and every read
+            // `src[offsets[k] + q]` and write `out[o * out_stride + q]` (`q < len`, `o < co`)
+            // was checked in bounds above, which is all `avx512::run` relies on.
+            unsafe { avx512::run(self, src, offsets, len, out, out_stride) };
+            return Ok(());
+        }
+        self.run_portable(src, offsets, len, out, out_stride);
+        Ok(())
+    }
+
+    /// The same product in plain Rust (any CPU; the reference for the AVX-512 path's tests).
+    fn run_portable(
+        &self,
+        src: &[f32],
+        offsets: &[usize],
+        len: usize,
+        out: &mut [f32],
+        out_stride: usize,
+    ) {
+        for q0 in (0..len).step_by(NR) {
+            let lanes = NR.min(len - q0);
+            for (b, w) in self.packed.chunks_exact(self.k * MR).enumerate() {
+                let mut acc = [[0f32; NR]; MR];
+                for (wk, &off) in w.chunks_exact(MR).zip(offsets) {
+                    let row = &src[off + q0..][..lanes];
+                    for (a, &wr) in acc.iter_mut().zip(wk) {
+                        for (a, &v) in a.iter_mut().zip(row) {
+                            *a += wr * v;
+                        }
+                    }
+                }
+                for (r, a) in acc.iter().enumerate() {
+                    let o = b * MR + r;
+                    if o >= self.co {
+                        break;
+                    }
+                    let dst = &mut out[o * out_stride + q0..][..lanes];
+                    for (d, &a) in dst.iter_mut().zip(a) {
+                        let v = a + self.bias[o];
+                        *d = if self.relu {
+                            v.max(0.0)
+                        } else if let Some(s) = &self.slopes {
+                            v.max(s[o] * v)
+                        } else {
+                            v
+                        };
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{Product, MR, NR};
+    use std::arch::x86_64::*;
+
+    /// Lane masks of the two 16-lane halves of a block of `lanes` (1 to [`NR`]) outputs.
+    fn masks(lanes: usize) -> (__mmask16, __mmask16) {
+        let bits = |n: usize| -> __mmask16 {
+            if n >= 16 {
+                0xFFFF
+            } else {
+                ((1u32 << n) - 1) as __mmask16
+            }
+        };
+        (bits(lanes), bits(lanes.saturating_sub(16)))
+    }
+
+    /// # Safety
+    /// The CPU must have AVX-512F; `offsets.len() == op.k`, `src[offsets[k] + q]` must be in
+    /// bounds for every `k` and `q < len`, and `out[o * out_stride + q]` for `o < op.co`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn run(
+        op: &Product,
+        src: &[f32],
+        offsets: &[usize],
+        len: usize,
+        out: &mut [f32],
+        out_stride: usize,
+    ) {
+        let zero = _mm512_setzero_ps();
+        for q0 in (0..len).step_by(NR) {
+            let (m0, m1) = masks(NR.min(len - q0));
+            let base = src.as_ptr().wrapping_add(q0);
+            for (b, w) in op.packed.chunks_exact(op.k * MR).enumerate() {
+                let mut acc = [zero; 2 * MR];
+                for (wk, &off) in w.chunks_exact(MR).zip(offsets) {
+                    let Ok(wk) = <&[f32; MR]>::try_from(wk) else {
+                        continue;
+                    };
+                    let row = base.wrapping_add(off);
+                    // SAFETY: src[off + q0 + lane] is in bounds for the lanes the masks keep
+                    // (the caller's contract); masked-off lanes are not read, so the second
+                    // half may point past the data when it is empty.
+                    let (lo, hi) = unsafe {
+                        (
+                            _mm512_maskz_loadu_ps(m0, row),
+                            _mm512_maskz_loadu_ps(m1, row.wrapping_add(16)),
+                        )
+                    };
+                    for r in 0..MR {
+                        let s = _mm512_set1_ps(wk[r]);
+                        acc[2 * r] = _mm512_fmadd_ps(s, lo, acc[2 * r]);
+                        acc[2 * r + 1] = _mm512_fmadd_ps(s, hi, acc[2 * r + 1]);
+                    }
+                }
+                for r in 0..MR {
+                    let o = b * MR + r;
+                    if o >= op.co {
+                        break;
+                    }
+                    let bias = _mm512_set1_ps(op.bias[o]);
+                    let mut lo = _mm512_add_ps(acc[2 * r], bias);
+                    let mut hi = _mm512_add_ps(acc[2 * r + 1], bias);
+                    if op.relu {
+                        lo = _mm512_max_ps(lo, zero);
+                        hi = _mm512_max_ps(hi, zero);
+                    } else if let Some(s) = &op.slopes {
+                        let s = _mm512_set1_ps(s[o]);
+                        lo = _mm512_max_ps(lo, _mm512_mul_ps(s, lo));
+                        hi = _mm512_max_ps(hi, _mm512_mul_ps(s, hi));
+                    }
+                    let dst = out.as_mut_ptr().wrapping_add(o * out_stride + q0);
+                    // SAFETY: as for the loads, out[o * out_stride + q0 + lane] is in bounds
+                    // for the lanes the masks keep.
+                    unsafe {
+                        _mm512_mask_storeu_ps(dst, m0, lo);
+                        _mm512_mask_storeu_ps(dst.wrapping_add(16), m1, hi);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A 1x1 convolution: `out[o, p] = act(bias[o] + sum_i w[o, i] * x[i, p])`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pointwise {
+    product: Product,
+    /// Unit axes before the channel axis in the input and in the output (tract's einsums drop
+    /// or add the batch axis of 1 on either side: `NIHW,OI->OHW`, `IHW,OI->NOHW`).
+    lead_in: usize,
+    lead_out: usize,
+}
+
+impl Pointwise {
+    /// Run on `[ci, pixels]` into `out` (`[co, pixels]`).
+    pub fn run(&self, x: &[f32], pixels: usize, out: &mut [f32]) -> Result<(), String> {
+        let offsets: Vec<usize> = (0..self.product.k).map(|i| i * pixels).collect();
+        if x.len() != self.product.k * pixels || out.len() != self.product.co * pixels {
+            return Err(format!(
+                "pointwise: {} inputs, {} outputs",
+                x.len(),
+                out.len()
+            ));
+        }
+        self.product.run(x, &offsets, pixels, out, pixels)
+    }
+
+    /// The output shape for an input of `dims` (`[1 x lead_in, ci, rest...]`):
+    /// `[1 x lead_out, co, rest...]`, or None when the input does not have that form.
+    fn output_dims(&self, dims: &[usize]) -> Option<TVec<usize>> {
+        let (lead, rest) = dims.split_at_checked(self.lead_in)?;
+        let (&c, rest) = rest.split_first()?;
+        (c == self.product.k && lead.iter().all(|&d| d == 1)).then(|| {
+            let mut out: TVec<usize> = tvec![1; self.lead_out];
+            out.push(self.product.co);
+            out.extend_from_slice(rest);
+            out
+        })
+    }
+}
+
+impl Op for Pointwise {
+    fn name(&self) -> StaticName {
+        "Pointwise".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        let p = &self.product;
+        Ok(vec![format!(
+            "{} -> {} channels, relu {}, prelu {}",
+            p.k,
+            p.co,
+            p.relu,
+            p.slopes.is_some()
+        )])
+    }
+
+    fn validation(&self) -> Validation {
+        Validation::Rounding
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for Pointwise {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let input = args_1!(inputs);
+        let dims = self
+            .output_dims(input.shape())
+            .with_context(|| format!("Pointwise: input shape {:?}", input.shape()))?;
+        let pixels = input.len() / self.product.k;
+        let x = input.to_plain_array_view::<f32>()?;
+        let x = x.as_slice().context("Pointwise: non-contiguous input")?;
+        let mut t = Tensor::zero::<f32>(&dims)?;
+        {
+            let mut view = t.to_plain_array_view_mut::<f32>()?;
+            let out = view
+                .as_slice_mut()
+                .context("Pointwise: non-contiguous output")?;
+            self.run(x, pixels, out).map_err(|e| anyhow!(e))?;
+        }
+        Ok(tvec!(t.into_tvalue()))
+    }
+}
+
+impl TypedOp for Pointwise {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let dims = inputs[0]
+            .shape
+            .as_concrete()
+            .context("Pointwise needs concrete shapes")?;
+        let out = self
+            .output_dims(dims)
+            .with_context(|| format!("Pointwise: input shape {dims:?}"))?;
+        Ok(tvec!(f32::fact(&*out)))
+    }
+
+    as_op!();
+}
+
+/// A dense 3x3 convolution, stride 1 or 2, zero padding 1, over `[(1,) ci, H, W]`, with an
+/// optional `[.., H, W]` 0/1 mask input multiplied into the input first (the detector's canvas
+/// masks).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dense3x3 {
+    product: Product,
+    ci: usize,
+    stride: usize,
+}
+
+/// The zero-padded planes a [`Dense3x3`] reads: per input channel `stride * stride` planes (row
+/// parity, column parity) of `rows x width` values plus `width + 2` of slack for the junk
+/// columns of the last row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Geometry {
+    stride: usize,
+    rows: usize,
+    width: usize,
+    /// Values per plane, slack included.
+    plane: usize,
+    /// Output size.
+    ho: usize,
+    wo: usize,
+}
+
+impl Geometry {
+    fn new(stride: usize, h: usize, w: usize) -> Self {
+        let (rows, width) = ((h + 2).div_ceil(stride), (w + 2).div_ceil(stride));
+        Geometry {
+            stride,
+            rows,
+            width,
+            plane: rows * width + width + 2,
+            ho: (h - 1) / stride + 1,
+            wo: (w - 1) / stride + 1,
+        }
+    }
+
+    /// Where tap `(ky, kx)` of input channel `c` starts: output `q = y * width + x` reads
+    /// `offset + q`.
+    fn offset(&self, c: usize, ky: usize, kx: usize) -> usize {
+        let s = self.stride;
+        let plane = (c * s + ky % s) * s + kx % s;
+        plane * self.plane + (ky / s) * self.width + kx / s
+    }
+
+    /// Index of padded position `(r, c)` (input `(r - 1, c - 1)`) of channel `ch`.
+    fn index(&self, ch: usize, r: usize, c: usize) -> usize {
+        let s = self.stride;
+        let plane = (ch * s + r % s) * s + c % s;
+        plane * self.plane + (r / s) * self.width + c / s
+    }
+}
+
+thread_local! {
+    /// Padded input planes and the product before compaction, reused across calls.
+    static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+impl Dense3x3 {
+    /// Output side for an input side `v`.
+    pub fn out_side(&self, v: usize) -> usize {
+        v.saturating_sub(1) / self.stride + 1
+    }
+
+    /// Run on `[ci, h, w]` (times `mask`, `[h, w]`, when given) into `out` (`[co, ho, wo]`).
+    pub fn run(
+        &self,
+        x: &[f32],
+        mask: Option<&[f32]>,
+        h: usize,
+        w: usize,
+        out: &mut [f32],
+    ) -> Result<(), String> {
+        let co = self.product.co;
+        if h == 0 || w == 0 || x.len() != self.ci * h * w || mask.is_some_and(|m| m.len() != h * w)
+        {
+            return Err(format!(
+                "dense 3x3: {} inputs for {}x{h}x{w}",
+                x.len(),
+                self.ci
+            ));
+        }
+        let g = Geometry::new(self.stride, h, w);
+        if out.len() != co * g.ho * g.wo {
+            return Err(format!(
+                "dense 3x3: {} outputs for {co}x{}x{}",
+                out.len(),
+                g.ho,
+                g.wo
+            ));
+        }
+        let offsets: Vec<usize> = (0..self.ci)
+            .flat_map(|c| (0..9).map(move |t| g.offset(c, t / 3, t % 3)))
+            .collect();
+        let len = g.ho * g.width;
+        SCRATCH.with(|s| {
+            let (padded, wide) = &mut *s.borrow_mut();
+            padded.clear();
+            padded.resize(self.ci * self.stride * self.stride * g.plane, 0.0);
+            for (c, plane) in x.chunks_exact(h * w).enumerate() {
+                for (y, row) in plane.chunks_exact(w).enumerate() {
+                    let m = mask.map(|m| &m[y * w..][..w]);
+                    if self.stride == 1 {
+                        let start = g.index(c, y + 1, 1);
+                        let dst = &mut padded[start..start + w];
+                        match m {
+                            Some(m) => dst
+                                .iter_mut()
+                                .zip(row.iter().zip(m))
+                                .for_each(|(d, (v, m))| *d = v * m),
+                            None => dst.copy_from_slice(row),
+                        }
+                    } else {
+                        // Input column xx is padded column xx + 1: even input columns land in
+                        // the odd-column plane at xx / 2 (from padded column 1), odd ones in the
+                        // even-column plane at xx / 2 (from padded column 2).
+                        let starts = [g.index(c, y + 1, 1), g.index(c, y + 1, 2)];
+                        for (parity, start) in starts.into_iter().enumerate() {
+                            let n = (w - parity).div_ceil(2);
+                            let dst = &mut padded[start..start + n];
+                            let src = row.iter().skip(parity).step_by(2);
+                            match m {
+                                Some(m) => {
+                                    let m = m.iter().skip(parity).step_by(2);
+                                    for (d, (v, m)) in dst.iter_mut().zip(src.zip(m)) {
+                                        *d = v * m;
+                                    }
+                                }
+                                None => dst.iter_mut().zip(src).for_each(|(d, v)| *d = *v),
+                            }
+                        }
+                    }
+                }
+            }
+            wide.clear();
+            wide.resize(co * len, 0.0);
+            self.product.run(padded, &offsets, len, wide, len)?;
+            for (dst, src) in out
+                .chunks_exact_mut(g.ho * g.wo)
+                .zip(wide.chunks_exact(len))
+            {
+                for (d, s) in dst.chunks_exact_mut(g.wo).zip(src.chunks_exact(g.width)) {
+                    d.copy_from_slice(&s[..g.wo]);
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+impl Op for Dense3x3 {
+    fn name(&self) -> StaticName {
+        "Dense3x3".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        let p = &self.product;
+        Ok(vec![format!(
+            "{} -> {} channels, stride {}, relu {}, prelu {}",
+            self.ci,
+            p.co,
+            self.stride,
+            p.relu,
+            p.slopes.is_some()
+        )])
+    }
+
+    fn validation(&self) -> Validation {
+        Validation::Rounding
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for Dense3x3 {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let (input, mask) = match inputs.len() {
+            1 => (inputs[0].clone(), None),
+            2 => (inputs[0].clone(), Some(inputs[1].clone())),
+            n => bail!("Dense3x3 takes 1 or 2 inputs, got {n}"),
+        };
+        let (batch, h, w) = match *input.shape() {
+            [1, c, h, w] if c == self.ci => (true, h, w),
+            [c, h, w] if c == self.ci => (false, h, w),
+            ref other => bail!("Dense3x3 input shape {other:?}"),
+        };
+        let co = self.product.co;
+        let (ho, wo) = (self.out_side(h), self.out_side(w));
+        let x = input.to_plain_array_view::<f32>()?;
+        let x = x.as_slice().context("Dense3x3: non-contiguous input")?;
+        let mask = mask
+            .as_ref()
+            .map(|m| m.to_plain_array_view::<f32>())
+            .transpose()?;
+        let mask = match &mask {
+            Some(m) => Some(m.as_slice().context("Dense3x3: non-contiguous mask")?),
+            None => None,
+        };
+        let mut t = if batch {
+            Tensor::zero::<f32>(&[1, co, ho, wo])?
+        } else {
+            Tensor::zero::<f32>(&[co, ho, wo])?
+        };
+        {
+            let mut view = t.to_plain_array_view_mut::<f32>()?;
+            let out = view
+                .as_slice_mut()
+                .context("Dense3x3: non-contiguous output")?;
+            self.run(x, mask, h, w, out).map_err(|e| anyhow!(e))?;
+        }
+        Ok(tvec!(t.into_tvalue()))
+    }
+}
+
+impl TypedOp for Dense3x3 {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let dims = inputs[0]
+            .shape
+            .as_concrete()
+            .context("Dense3x3 needs concrete shapes")?;
+        let co = self.product.co;
+        Ok(tvec!(match *dims {
+            [1, _, h, w] => f32::fact([1, co, self.out_side(h), self.out_side(w)]),
+            [_, h, w] => f32::fact([co, self.out_side(h), self.out_side(w)]),
+            ref other => bail!("Dense3x3 input shape {other:?}"),
+        }))
+    }
+
+    as_op!();
+}
+
+/// The 1x1 convolution at node `n`, if it is one [`Pointwise`] can run: an f32 `EinSum` of a
+/// channels-first activation `[1.., ci, H, W]` (letters `..I H W`) with constant weights (`OI`
+/// or `IO`) into `[1.., co, H, W]` (letters `..O H W`), where only unit axes come before the
+/// channel axis on either side. Returns `[co][ci]` weights, `co`, `ci` and the number of unit
+/// axes before the channel axis in the input and in the output.
+fn match_einsum(model: &TypedModel, n: usize) -> Option<(Vec<f32>, usize, usize, usize, usize)> {
+    let node = model.node(n);
+    let op = node.op_as::<EinSum>()?;
+    if op.q_params.is_some() || op.operating_dt != f32::datum_type() || node.inputs.len() != 2 {
+        return None;
+    }
+    let (ins, outs) = op.axes.to_strs();
+    let [x, w] = [&ins[0], &ins[1]].map(|s| s.chars().collect::<Vec<_>>());
+    let y = outs.first()?.chars().collect::<Vec<_>>();
+    // I: summed (in x and w, not y); O: output channels (in w and y, not x).
+    let i = *w.iter().find(|c| x.contains(c) && !y.contains(c))?;
+    let o = *w.iter().find(|c| y.contains(c) && !x.contains(c))?;
+    let (xi, yo) = (
+        x.iter().position(|&c| c == i)?,
+        y.iter().position(|&c| c == o)?,
+    );
+    let fact = model.outlet_fact(node.inputs[0]).ok()?;
+    let out = model.outlet_fact(OutletId::new(n, 0)).ok()?;
+    let (dims, odims) = (fact.shape.as_concrete()?, out.shape.as_concrete()?);
+    let channels_first = dims.len() == x.len()
+        && odims.len() == y.len()
+        && dims[..xi].iter().all(|&d| d == 1)
+        && odims[..yo].iter().all(|&d| d == 1)
+        && x[xi + 1..] == y[yo + 1..]
+        // Exactly (H, W) after the channel: what the per-channel folding after it assumes.
+        && x.len() == xi + 3;
+    if fact.datum_type != f32::datum_type() || !channels_first || w.len() != 2 {
+        return None;
+    }
+    let (wdims, wv) = const_f32(model, node.inputs[1])?;
+    let (ci, co) = (dims[xi], odims[yo]);
+    if wdims.len() != 2 || wdims.iter().product::<usize>() != co * ci || co * ci == 0 {
+        return None;
+    }
+    let weights = if w == [i, o] {
+        (0..co * ci).map(|k| wv[(k % ci) * co + k / ci]).collect()
+    } else {
+        wv
+    };
+    Some((weights, co, ci, xi, yo))
+}
+
+/// Replace every 1x1 convolution (as tract's declutter leaves it, an `EinSum`) of a concrete,
+/// decluttered model by [`Pointwise`], folding the per-channel additions and multiplications
+/// after it, then `max(x, 0)` or PReLU. Returns how many were replaced.
+pub fn fuse_pointwise(model: &mut TypedModel) -> TractResult<usize> {
+    let mut replaced = 0;
+    for n in model.eval_order()? {
+        let Some((mut weights, co, ci, lead_in, lead_out)) = match_einsum(model, n) else {
+            continue;
+        };
+        let mut bias = vec![0f32; co];
+        let tail = fold_tail(model, OutletId::new(n, 0), &mut weights, &mut bias);
+        let Some(product) = Product::new(co, ci, &weights, bias)
+            .and_then(|p| p.with_activation(tail.relu, tail.slopes))
+        else {
+            continue;
+        };
+        let op = Pointwise {
+            product,
+            lead_in,
+            lead_out,
+        };
+        let mut patch = TypedModelPatch::default();
+        let input = patch.tap_model(model, model.node(n).inputs[0])?;
+        let y = patch.wire_node(format!("{}.pointwise", model.node(n).name), op, &[input])?[0];
+        patch.shunt_outside(model, tail.last, y)?;
+        patch.apply(model)?;
+        replaced += 1;
+    }
+    model.compact()?;
+    Ok(replaced)
+}
+
+/// Replace every dense 3x3 convolution (stride 1 or 2, zero padding 1) of a concrete,
+/// decluttered model by [`Dense3x3`], folding the per-channel steps and activation after it and
+/// a canvas mask before it. Returns how many were replaced.
+pub fn fuse_dense3x3(model: &mut TypedModel) -> TractResult<usize> {
+    let mut replaced = 0;
+    for n in model.eval_order()? {
+        let Some(mut conv) = match_conv3x3(model, n, false) else {
+            continue;
+        };
+        let tail = fold_tail(
+            model,
+            OutletId::new(n, 0),
+            &mut conv.weights,
+            &mut conv.bias,
+        );
+        let Some(product) = Product::new(conv.co, 9 * conv.ci, &conv.weights, conv.bias)
+            .and_then(|p| p.with_activation(tail.relu, tail.slopes))
+        else {
+            continue;
+        };
+        let op = Dense3x3 {
+            product,
+            ci: conv.ci,
+            stride: conv.stride,
+        };
+        let mut patch = TypedModelPatch::default();
+        let input = model.node(n).inputs[0];
+        let inputs = match masked_input(model, input)? {
+            Some((x, mask)) => tvec![patch.tap_model(model, x)?, patch.tap_model(model, mask)?],
+            None => tvec![patch.tap_model(model, input)?],
+        };
+        let y = patch.wire_node(format!("{}.dense3x3", model.node(n).name), op, &inputs)?[0];
+        patch.shunt_outside(model, tail.last, y)?;
+        patch.apply(model)?;
+        replaced += 1;
+    }
+    model.compact()?;
+    Ok(replaced)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        (0..n)
+            .map(|k| {
+                let v = (k as u64 + 1)
+                    .wrapping_mul(seed | 1)
+                    .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                ((v >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// `act` 0: none, 1: ReLU, 2: PReLU with these slopes.
+    fn activate(v: f32, act: u8, slope: f32) -> f32 {
+        match act {
+            0 => v,
+            1 => v.max(0.0),
+            _ => v.max(slope * v),
+        }
+    }
+
+    fn make_product(
+        co: usize,
+        k: usize,
+        seed: u64,
+        act: u8,
+    ) -> (Product, Vec<f32>, Vec<f32>, Vec<f32>) {
+        let w = values(co * k, seed);
+        let bias = values(co, seed + 1);
+        let slopes: Vec<f32> = values(co, seed + 3).iter().map(|s| s.abs() * 0.5).collect();
+        let p = Product::new(co, k, &w, bias.clone())
+            .unwrap()
+            .with_activation(act == 1, (act == 2).then(|| slopes.clone()))
+            .unwrap();
+        (p, w, bias, slopes)
+    }
+
+    fn close(a: &[f32], b: &[f32], k: usize) -> bool {
+        a.len() == b.len()
+            && a.iter()
+                .zip(b)
+                .all(|(a, b)| (a - b).abs() <= 1e-5 * (1.0 + k as f32))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn pointwise_matches_the_direct_definition(
+            co in 1usize..40, ci in 1usize..40, pixels in 1usize..100, seed in 0u64..1000,
+            act in 0u8..3,
+        ) {
+            let (product, w, bias, slopes) = make_product(co, ci, seed, act);
+            let x = values(ci * pixels, seed + 2);
+            let mut want = vec![0f32; co * pixels];
+            for o in 0..co {
+                for p in 0..pixels {
+                    let s: f64 = (0..ci)
+                        .map(|i| f64::from(w[o * ci + i]) * f64::from(x[i * pixels + p]))
+                        .sum();
+                    want[o * pixels + p] = activate((s + f64::from(bias[o])) as f32, act, slopes[o]);
+                }
+            }
+            let op = Pointwise { product, lead_in: 0, lead_out: 0 };
+            let mut fast = vec![f32::NAN; co * pixels];
+            op.run(&x, pixels, &mut fast).unwrap();
+            let offsets: Vec<usize> = (0..ci).map(|i| i * pixels).collect();
+            let mut portable = vec![f32::NAN; co * pixels];
+            op.product.run_portable(&x, &offsets, pixels, &mut portable, pixels);
+            prop_assert!(close(&fast, &want, ci), "{fast:?} vs {want:?}");
+            prop_assert!(close(&portable, &want, ci));
+        }
+
+        #[test]
+        fn dense3x3_matches_the_direct_definition(
+            co in 1usize..20, ci in 1usize..6, h in 1usize..24, w in 1usize..24,
+            stride in 1usize..3, masked: bool, seed in 0u64..1000, act in 0u8..3,
+        ) {
+            let (product, wt, bias, slopes) = make_product(co, 9 * ci, seed, act);
+            let x = values(ci * h * w, seed + 2);
+            let mask: Vec<f32> = (0..h * w).map(|i| f32::from(u8::from(i % 3 != 1))).collect();
+            let op = Dense3x3 { product, ci, stride };
+            let (ho, wo) = (op.out_side(h), op.out_side(w));
+            let mut want = vec![0f32; co * ho * wo];
+            for o in 0..co {
+                for y in 0..ho {
+                    for xx in 0..wo {
+                        let mut s = f64::from(bias[o]);
+                        for c in 0..ci {
+                            for ky in 0..3 {
+                                for kx in 0..3 {
+                                    let (r, col) = (stride * y + ky, stride * xx + kx);
+                                    if r == 0 || col == 0 || r > h || col > w {
+                                        continue;
+                                    }
+                                    let at = (r - 1) * w + col - 1;
+                                    let m = if masked { mask[at] } else { 1.0 };
+                                    s += f64::from(wt[o * 9 * ci + c * 9 + ky * 3 + kx])
+                                        * f64::from(x[c * h * w + at] * m);
+                                }
+                            }
+                        }
+                        want[(o * ho + y) * wo + xx] = activate(s as f32, act, slopes[o]);
+                    }
+                }
+            }
+            let mut got = vec![f32::NAN; co * ho * wo];
+            op.run(&x, masked.then_some(&mask[..]), h, w, &mut got).unwrap();
+            prop_assert!(close(&got, &want, 9 * ci), "{got:?} vs {want:?}");
+        }
+    }
+
+    #[test]
+    fn wrong_sizes_are_errors() {
+        let (product, ..) = make_product(2, 3, 1, 0);
+        let op = Pointwise {
+            product: product.clone(),
+            lead_in: 0,
+            lead_out: 0,
+        };
+        assert!(op.run(&[0.0; 5], 2, &mut [0.0; 4]).is_err());
+        assert!(op.run(&[0.0; 6], 2, &mut [0.0; 3]).is_err());
+        assert!(op.run(&[], 0, &mut []).is_err());
+        // An offset that would read past the input.
+        assert!(product
+            .run(&[0.0; 6], &[0, 2, 5], 2, &mut [0.0; 4], 2)
+            .is_err());
+        assert!(Product::new(2, 3, &[0.0; 5], vec![0.0; 2]).is_none());
+        assert!(product.with_activation(false, Some(vec![0.5])).is_none());
+        let (product, ..) = make_product(2, 9, 1, 0);
+        let dense = Dense3x3 {
+            product,
+            ci: 1,
+            stride: 2,
+        };
+        assert!(dense.run(&[0.0; 12], None, 3, 4, &mut [0.0; 8]).is_ok());
+        assert!(dense.run(&[0.0; 12], None, 3, 4, &mut [0.0; 7]).is_err());
+        assert!(dense
+            .run(&[0.0; 12], Some(&[1.0; 11]), 3, 4, &mut [0.0; 8])
+            .is_err());
+        assert!(dense.run(&[], None, 0, 4, &mut []).is_err());
+    }
+}
