@@ -235,8 +235,11 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     // Chunks keep the output in input order while streaming large directories.
     for chunk in inputs.chunks(256) {
         let outcomes: Vec<Outcome> = pool.install(|| {
+            // One image per task (see eval::run_dataset: whole runs of images per task unbalance
+            // the threads).
             chunk
                 .par_iter()
+                .with_max_len(1)
                 .map(|i| check_one(&pipeline, &loader, i))
                 .collect()
         });

@@ -33,6 +33,17 @@ use tract_onnx::tract_core::ops::einsum::EinSum;
 
 use super::depthwise::{const_f32, fold_tail, masked_input, match_conv3x3};
 
+/// Whether this CPU runs [`Product`]'s AVX-512 kernel. Without it the portable path is correct
+/// but built for the baseline target (SSE2 on x86-64), against tract's AVX2/FMA matrix kernels,
+/// so the engine leaves these convolutions to tract there. (Not measured on such a CPU: the
+/// development machine has AVX-512.)
+pub fn fast_kernels() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("avx512f");
+    #[cfg(not(target_arch = "x86_64"))]
+    return false;
+}
+
 /// Output channels per block (rows of the outer product).
 pub const MR: usize = 8;
 /// Outputs per block along `q`: two 16-lane vectors.

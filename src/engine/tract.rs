@@ -38,7 +38,7 @@ use tract_onnx::tract_hir::internal::*;
 use tract_onnx::tract_hir::ops::expandable::expand;
 
 use super::depthwise::fuse_depthwise;
-use super::direct::{fuse_dense3x3, fuse_pointwise};
+use super::direct::{self, fuse_dense3x3, fuse_pointwise};
 use super::{Classifier, DetectorOutput, Engine, EngineError};
 use crate::models::{read_verified, Manifest, ModelError, Role};
 
@@ -373,10 +373,14 @@ pub fn assemble_head(
 /// The engine's own kernels in place of tract's before codegen: 3x3 depthwise convolutions
 /// ([`fuse_depthwise`]), 1x1 convolutions ([`fuse_pointwise`]) and dense 3x3 convolutions
 /// ([`fuse_dense3x3`]), each with the per-channel affine and activation after it folded in.
+/// The last two only where their AVX-512 kernel runs ([`direct::fast_kernels`]): elsewhere
+/// tract's own AVX2/FMA matrix kernels keep them.
 fn fuse(model: &mut TypedModel) -> TractResult<()> {
     fuse_depthwise(model)?;
-    fuse_pointwise(model)?;
-    fuse_dense3x3(model)?;
+    if direct::fast_kernels() {
+        fuse_pointwise(model)?;
+        fuse_dense3x3(model)?;
+    }
     Ok(())
 }
 

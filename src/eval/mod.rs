@@ -167,8 +167,12 @@ pub fn run_dataset(
 ) -> Vec<ScoredSample> {
     let done = AtomicUsize::new(0);
     let work = || {
+        // One image per task: rayon's default splitting hands out runs of images, and a run
+        // of large ones left one thread working alone at the end (1.57x on 2 cores on the
+        // devset, against 2.0x with one image per task; benches/throughput.rs).
         ds.items
             .par_iter()
+            .with_max_len(1)
             .map(|item| {
                 let s = run_one(pipeline, item);
                 progress(done.fetch_add(1, Ordering::Relaxed) + 1);
