@@ -297,62 +297,115 @@ impl EvalOp for Depthwise3x3 {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let (input, mask) = match inputs.len() {
-            1 => (inputs[0].clone(), None),
-            2 => (inputs[0].clone(), Some(inputs[1].clone())),
-            n => bail!("Depthwise3x3 takes 1 or 2 inputs, got {n}"),
-        };
-        let (batch, c, h, w) = match *input.shape() {
-            [1, c, h, w] => (true, c, h, w),
-            [c, h, w] => (false, c, h, w),
-            ref other => bail!("Depthwise3x3 input shape {other:?}"),
-        };
+        let x = SpatialInput::of(&inputs, "Depthwise3x3")?;
         ensure!(
-            c == self.channels(),
-            "Depthwise3x3: {c} channels, {} expected",
+            x.c == self.channels(),
+            "Depthwise3x3: {} channels, {} expected",
+            x.c,
             self.channels()
         );
-        let (ho, wo) = (self.out_side(h), self.out_side(w));
-        let x = input.to_plain_array_view::<f32>()?;
-        let x = x.as_slice().context("Depthwise3x3: non-contiguous input")?;
-        let mask = mask
-            .as_ref()
-            .map(|m| m.to_plain_array_view::<f32>())
-            .transpose()?;
-        let mask = match &mask {
-            Some(m) => Some(m.as_slice().context("Depthwise3x3: non-contiguous mask")?),
-            None => None,
-        };
-        let mut t = if batch {
-            Tensor::zero::<f32>(&[1, c, ho, wo])?
-        } else {
-            Tensor::zero::<f32>(&[c, ho, wo])?
-        };
-        {
-            let mut view = t.to_plain_array_view_mut::<f32>()?;
-            let out = view
-                .as_slice_mut()
-                .context("Depthwise3x3: non-contiguous output")?;
-            self.run(x, mask, h, w, out).map_err(|e| anyhow!(e))?;
-        }
-        Ok(tvec!(t.into_tvalue()))
+        let dims = x.output_dims(x.c, self.out_side(x.h), self.out_side(x.w));
+        let y = output_f32(&dims, "Depthwise3x3", |out| {
+            self.run(x.values, x.mask, x.h, x.w, out)
+        })?;
+        Ok(tvec!(y))
     }
 }
 
 impl TypedOp for Depthwise3x3 {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let dims = inputs[0]
-            .shape
-            .as_concrete()
-            .context("Depthwise3x3 needs concrete shapes")?;
-        Ok(tvec!(match *dims {
-            [1, c, h, w] => f32::fact([1, c, self.out_side(h), self.out_side(w)]),
-            [c, h, w] => f32::fact([c, self.out_side(h), self.out_side(w)]),
-            ref other => bail!("Depthwise3x3 input shape {other:?}"),
-        }))
+        let fact = conv_output_fact(inputs[0], None, |v| self.out_side(v), "Depthwise3x3")?;
+        Ok(tvec!(fact))
     }
 
     as_op!();
+}
+
+/// The inputs of a 3x3 op: a contiguous f32 `[1, C, H, W]` or `[C, H, W]` activation and an
+/// optional `[.., H, W]` mask, as slices.
+pub(super) struct SpatialInput<'a> {
+    /// Whether the activation has the unit batch axis (the output keeps the same form).
+    pub batch: bool,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub values: &'a [f32],
+    pub mask: Option<&'a [f32]>,
+}
+
+/// The values of a contiguous f32 tensor.
+pub(super) fn plain_f32<'a>(t: &'a TValue, op: &str) -> TractResult<&'a [f32]> {
+    t.to_plain_array_view::<f32>()?
+        .to_slice()
+        .with_context(|| format!("{op}: non-contiguous input"))
+}
+
+impl<'a> SpatialInput<'a> {
+    pub fn of(inputs: &'a [TValue], op: &str) -> TractResult<Self> {
+        let (x, mask) = match inputs {
+            [x] => (x, None),
+            [x, m] => (x, Some(plain_f32(m, op)?)),
+            _ => bail!("{op} takes 1 or 2 inputs, got {}", inputs.len()),
+        };
+        let (batch, c, h, w) = match *x.shape() {
+            [1, c, h, w] => (true, c, h, w),
+            [c, h, w] => (false, c, h, w),
+            ref other => bail!("{op} input shape {other:?}"),
+        };
+        Ok(SpatialInput {
+            batch,
+            c,
+            h,
+            w,
+            values: plain_f32(x, op)?,
+            mask,
+        })
+    }
+
+    /// `[(1,) c, h, w]`, with the batch axis when the input has one.
+    pub fn output_dims(&self, c: usize, h: usize, w: usize) -> TVec<usize> {
+        if self.batch {
+            tvec![1, c, h, w]
+        } else {
+            tvec![c, h, w]
+        }
+    }
+}
+
+/// A zeroed f32 tensor of `dims`, filled by `fill`.
+pub(super) fn output_f32(
+    dims: &[usize],
+    op: &str,
+    fill: impl FnOnce(&mut [f32]) -> Result<(), String>,
+) -> TractResult<TValue> {
+    let mut t = Tensor::zero::<f32>(dims)?;
+    {
+        let mut view = t.to_plain_array_view_mut::<f32>()?;
+        let out = view
+            .as_slice_mut()
+            .with_context(|| format!("{op}: non-contiguous output"))?;
+        fill(out).map_err(|e| anyhow!(e))?;
+    }
+    Ok(t.into_tvalue())
+}
+
+/// The output fact of a 3x3 op over a concrete `[(1,) C, H, W]` input: `co` channels (the
+/// input's when None) and sides mapped by `side`.
+pub(super) fn conv_output_fact(
+    input: &TypedFact,
+    co: Option<usize>,
+    side: impl Fn(usize) -> usize,
+    op: &str,
+) -> TractResult<TypedFact> {
+    let dims = input
+        .shape
+        .as_concrete()
+        .with_context(|| format!("{op} needs concrete shapes"))?;
+    Ok(match *dims {
+        [1, c, h, w] => f32::fact([1, co.unwrap_or(c), side(h), side(w)]),
+        [c, h, w] => f32::fact([co.unwrap_or(c), side(h), side(w)]),
+        ref other => bail!("{op} input shape {other:?}"),
+    })
 }
 
 /// Constant per-channel values of `outlet` broadcast against a `[(1,) C, H, W]` tensor

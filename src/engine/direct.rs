@@ -31,7 +31,10 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::einsum::EinSum;
 
-use super::depthwise::{const_f32, fold_tail, masked_input, match_conv3x3};
+use super::depthwise::{
+    const_f32, conv_output_fact, fold_tail, masked_input, match_conv3x3, output_f32, plain_f32,
+    SpatialInput,
+};
 
 /// Whether this CPU runs [`Product`]'s AVX-512 kernel. Without it the portable path is correct
 /// but built for the baseline target (SSE2 on x86-64), against tract's AVX2/FMA matrix kernels,
@@ -355,17 +358,9 @@ impl EvalOp for Pointwise {
             .output_dims(input.shape())
             .with_context(|| format!("Pointwise: input shape {:?}", input.shape()))?;
         let pixels = input.len() / self.product.k;
-        let x = input.to_plain_array_view::<f32>()?;
-        let x = x.as_slice().context("Pointwise: non-contiguous input")?;
-        let mut t = Tensor::zero::<f32>(&dims)?;
-        {
-            let mut view = t.to_plain_array_view_mut::<f32>()?;
-            let out = view
-                .as_slice_mut()
-                .context("Pointwise: non-contiguous output")?;
-            self.run(x, pixels, out).map_err(|e| anyhow!(e))?;
-        }
-        Ok(tvec!(t.into_tvalue()))
+        let x = plain_f32(&input, "Pointwise")?;
+        let y = output_f32(&dims, "Pointwise", |out| self.run(x, pixels, out))?;
+        Ok(tvec!(y))
     }
 }
 
@@ -564,56 +559,26 @@ impl EvalOp for Dense3x3 {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let (input, mask) = match inputs.len() {
-            1 => (inputs[0].clone(), None),
-            2 => (inputs[0].clone(), Some(inputs[1].clone())),
-            n => bail!("Dense3x3 takes 1 or 2 inputs, got {n}"),
-        };
-        let (batch, h, w) = match *input.shape() {
-            [1, c, h, w] if c == self.ci => (true, h, w),
-            [c, h, w] if c == self.ci => (false, h, w),
-            ref other => bail!("Dense3x3 input shape {other:?}"),
-        };
-        let co = self.product.co;
-        let (ho, wo) = (self.out_side(h), self.out_side(w));
-        let x = input.to_plain_array_view::<f32>()?;
-        let x = x.as_slice().context("Dense3x3: non-contiguous input")?;
-        let mask = mask
-            .as_ref()
-            .map(|m| m.to_plain_array_view::<f32>())
-            .transpose()?;
-        let mask = match &mask {
-            Some(m) => Some(m.as_slice().context("Dense3x3: non-contiguous mask")?),
-            None => None,
-        };
-        let mut t = if batch {
-            Tensor::zero::<f32>(&[1, co, ho, wo])?
-        } else {
-            Tensor::zero::<f32>(&[co, ho, wo])?
-        };
-        {
-            let mut view = t.to_plain_array_view_mut::<f32>()?;
-            let out = view
-                .as_slice_mut()
-                .context("Dense3x3: non-contiguous output")?;
-            self.run(x, mask, h, w, out).map_err(|e| anyhow!(e))?;
-        }
-        Ok(tvec!(t.into_tvalue()))
+        let x = SpatialInput::of(&inputs, "Dense3x3")?;
+        ensure!(
+            x.c == self.ci,
+            "Dense3x3: {} channels, {} expected",
+            x.c,
+            self.ci
+        );
+        let dims = x.output_dims(self.product.co, self.out_side(x.h), self.out_side(x.w));
+        let y = output_f32(&dims, "Dense3x3", |out| {
+            self.run(x.values, x.mask, x.h, x.w, out)
+        })?;
+        Ok(tvec!(y))
     }
 }
 
 impl TypedOp for Dense3x3 {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let dims = inputs[0]
-            .shape
-            .as_concrete()
-            .context("Dense3x3 needs concrete shapes")?;
-        let co = self.product.co;
-        Ok(tvec!(match *dims {
-            [1, _, h, w] => f32::fact([1, co, self.out_side(h), self.out_side(w)]),
-            [_, h, w] => f32::fact([co, self.out_side(h), self.out_side(w)]),
-            ref other => bail!("Dense3x3 input shape {other:?}"),
-        }))
+        let co = Some(self.product.co);
+        let fact = conv_output_fact(inputs[0], co, |v| self.out_side(v), "Dense3x3")?;
+        Ok(tvec!(fact))
     }
 
     as_op!();
