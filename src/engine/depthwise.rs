@@ -628,10 +628,7 @@ fn prelu_after(model: &TypedModel, x: OutletId, c: usize) -> Option<(Vec<f32>, O
 
 /// If `outlet` is `x * mask` with `mask` a model input of shape `[(1,) 1, H, W]` over an `x` of
 /// `[(1,) C, H, W]` (the detector's canvas masks), `(x, mask)`.
-pub(super) fn masked_input(
-    model: &TypedModel,
-    outlet: OutletId,
-) -> TractResult<Option<(OutletId, OutletId)>> {
+fn masked_input(model: &TypedModel, outlet: OutletId) -> TractResult<Option<(OutletId, OutletId)>> {
     let node = model.node(outlet.node);
     let is_mul = node
         .op_as::<TypedBinOp>()
@@ -662,6 +659,27 @@ pub(super) fn masked_input(
     Ok(None)
 }
 
+/// Put `op` in place of the 3x3 convolution node `n` and of what was folded after it (up to
+/// `last`). `op` reads the convolution's input, or `x` and the mask when that input is a canvas
+/// mask's `x * mask` ([`masked_input`]).
+pub(super) fn replace_conv3x3(
+    model: &mut TypedModel,
+    n: usize,
+    last: OutletId,
+    op: impl Into<Box<dyn TypedOp>>,
+    suffix: &str,
+) -> TractResult<()> {
+    let mut patch = TypedModelPatch::default();
+    let input = model.node(n).inputs[0];
+    let inputs = match masked_input(model, input)? {
+        Some((x, mask)) => tvec![patch.tap_model(model, x)?, patch.tap_model(model, mask)?],
+        None => tvec![patch.tap_model(model, input)?],
+    };
+    let y = patch.wire_node(format!("{}.{suffix}", model.node(n).name), op, &inputs)?[0];
+    patch.shunt_outside(model, last, y)?;
+    patch.apply(model)
+}
+
 /// Replace every depthwise 3x3 convolution of a concrete, decluttered model by
 /// [`Depthwise3x3`], folding a following per-channel `mul`, `add` and `max(x, 0)` into it.
 /// Returns how many convolutions were replaced.
@@ -681,16 +699,7 @@ pub fn fuse_depthwise(model: &mut TypedModel) -> TractResult<usize> {
         if let Some(slopes) = tail.slopes {
             op = op.with_prelu(slopes);
         }
-        let last = tail.last;
-        let mut patch = TypedModelPatch::default();
-        let input = model.node(n).inputs[0];
-        let inputs = match masked_input(model, input)? {
-            Some((x, mask)) => tvec![patch.tap_model(model, x)?, patch.tap_model(model, mask)?],
-            None => tvec![patch.tap_model(model, input)?],
-        };
-        let y = patch.wire_node(format!("{}.depthwise3x3", model.node(n).name), op, &inputs)?[0];
-        patch.shunt_outside(model, last, y)?;
-        patch.apply(model)?;
+        replace_conv3x3(model, n, tail.last, op, "depthwise3x3")?;
         replaced += 1;
     }
     model.compact()?;

@@ -32,7 +32,7 @@ use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::einsum::EinSum;
 
 use super::depthwise::{
-    const_f32, conv_output_fact, fold_tail, masked_input, match_conv3x3, output_f32, plain_f32,
+    const_f32, conv_output_fact, fold_tail, match_conv3x3, output_f32, plain_f32, replace_conv3x3,
     SpatialInput,
 };
 
@@ -688,15 +688,7 @@ pub fn fuse_dense3x3(model: &mut TypedModel) -> TractResult<usize> {
             ci: conv.ci,
             stride: conv.stride,
         };
-        let mut patch = TypedModelPatch::default();
-        let input = model.node(n).inputs[0];
-        let inputs = match masked_input(model, input)? {
-            Some((x, mask)) => tvec![patch.tap_model(model, x)?, patch.tap_model(model, mask)?],
-            None => tvec![patch.tap_model(model, input)?],
-        };
-        let y = patch.wire_node(format!("{}.dense3x3", model.node(n).name), op, &inputs)?[0];
-        patch.shunt_outside(model, tail.last, y)?;
-        patch.apply(model)?;
+        replace_conv3x3(model, n, tail.last, op, "dense3x3")?;
         replaced += 1;
     }
     model.compact()?;
