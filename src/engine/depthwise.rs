@@ -68,9 +68,9 @@ impl Depthwise3x3 {
         self.bias.len()
     }
 
-    /// Output side for an input side `v`: `(v + 2 - 3) / stride + 1`.
+    /// Output side for an input side `v`.
     pub fn out_side(&self, v: usize) -> usize {
-        v.saturating_sub(1) / self.stride + 1
+        out_side(v, self.stride)
     }
 
     /// Run on one `[C, H, W]` plane stack into `out` (`[C, Ho, Wo]`). With `mask` (`[H, W]`),
@@ -319,6 +319,12 @@ impl TypedOp for Depthwise3x3 {
     }
 
     as_op!();
+}
+
+/// Output side of a 3x3 convolution with zero padding 1 for an input side `v`:
+/// `(v + 2 - 3) / stride + 1`.
+pub(super) fn out_side(v: usize, stride: usize) -> usize {
+    v.saturating_sub(1) / stride + 1
 }
 
 /// The inputs of a 3x3 op: a contiguous f32 `[1, C, H, W]` or `[C, H, W]` activation and an

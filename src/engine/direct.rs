@@ -32,8 +32,8 @@ use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::einsum::EinSum;
 
 use super::depthwise::{
-    const_f32, conv_output_fact, fold_tail, match_conv3x3, output_f32, plain_f32, replace_conv3x3,
-    SpatialInput,
+    const_f32, conv_output_fact, fold_tail, match_conv3x3, out_side, output_f32, plain_f32,
+    replace_conv3x3, SpatialInput,
 };
 
 /// Whether this CPU runs [`Product`]'s AVX-512 kernel. Without it the portable path is correct
@@ -412,20 +412,14 @@ impl Geometry {
             rows,
             width,
             plane: rows * width + width + 2,
-            ho: (h - 1) / stride + 1,
-            wo: (w - 1) / stride + 1,
+            ho: out_side(h, stride),
+            wo: out_side(w, stride),
         }
     }
 
-    /// Where tap `(ky, kx)` of input channel `c` starts: output `q = y * width + x` reads
-    /// `offset + q`.
-    fn offset(&self, c: usize, ky: usize, kx: usize) -> usize {
-        let s = self.stride;
-        let plane = (c * s + ky % s) * s + kx % s;
-        plane * self.plane + (ky / s) * self.width + kx / s
-    }
-
-    /// Index of padded position `(r, c)` (input `(r - 1, c - 1)`) of channel `ch`.
+    /// Index of padded position `(r, c)` (input `(r - 1, c - 1)`) of channel `ch`. Output
+    /// `q = y * width + x` reads tap `(ky, kx)` at padded `(stride * y + ky, stride * x + kx)`,
+    /// which is `index(ch, ky, kx) + q`: the tap's offset.
     fn index(&self, ch: usize, r: usize, c: usize) -> usize {
         let s = self.stride;
         let plane = (ch * s + r % s) * s + c % s;
@@ -442,7 +436,7 @@ thread_local! {
 impl Dense3x3 {
     /// Output side for an input side `v`.
     pub fn out_side(&self, v: usize) -> usize {
-        v.saturating_sub(1) / self.stride + 1
+        out_side(v, self.stride)
     }
 
     /// Run on `[ci, h, w]` (times `mask`, `[h, w]`, when given) into `out` (`[co, ho, wo]`).
@@ -473,7 +467,7 @@ impl Dense3x3 {
             ));
         }
         let offsets: Vec<usize> = (0..self.ci)
-            .flat_map(|c| (0..9).map(move |t| g.offset(c, t / 3, t % 3)))
+            .flat_map(|c| (0..9).map(move |t| g.index(c, t / 3, t % 3)))
             .collect();
         let len = g.ho * g.width;
         SCRATCH.with(|s| {
