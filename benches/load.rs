@@ -322,7 +322,7 @@ fn main() {
         .map(PathBuf::from)
         .unwrap_or_else(|| shared_dir().join("models"));
     let pipeline = Arc::new(
-        livecheck::load_pipeline(Some(&model_dir), PipelineConfig::default())
+        livecheck::load_pipeline(None, Some(&model_dir), PipelineConfig::default())
             .expect("load models (set LIVECHECK_MODEL_DIR)"),
     );
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -340,7 +340,6 @@ fn main() {
             max_concurrent_checks: cores,
             max_queued_checks: 64,
             rate_limit_per_minute: None,
-            model_hash: livecheck::models::Manifest::builtin().unwrap().hash(),
             ..AppConfig::default()
         };
         let app = Application::build(config, pipeline, store.clone()).unwrap();

@@ -4,9 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use livecheck::engine::{tract::TractEngine, Classifier, Engine};
-use livecheck::models::Manifest;
-use livecheck::pipeline::{self, crop, decode, detect, PipelineConfig};
+use livecheck::engine::{tract::TractEngine, Engine};
+use livecheck::models::LoadedSet;
+use livecheck::pipeline::{self, decode, detect, PipelineConfig};
 
 fn shared() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared")
@@ -16,8 +16,9 @@ fn stages(c: &mut Criterion) {
     let dir = std::env::var_os("LIVECHECK_MODEL_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| shared().join("models"));
-    let engine = TractEngine::load(&dir, &Manifest::builtin().unwrap()).unwrap();
-    let pipe = livecheck::load_pipeline(Some(&dir), PipelineConfig::default()).unwrap();
+    let set = LoadedSet::resolve(Some("silentface"), Some(&dir)).unwrap();
+    let engine = TractEngine::load(&set).unwrap();
+    let pipe = livecheck::load_pipeline(None, Some(&dir), PipelineConfig::default()).unwrap();
     let bytes = std::fs::read(shared().join("testdata/silentface/image_T1.jpg")).unwrap();
     let img = decode::decode(&bytes, &Default::default()).unwrap();
     let (w, h) = (img.width as usize, img.height as usize);
@@ -25,7 +26,8 @@ fn stages(c: &mut Criterion) {
     let (mut scratch, mut det_in) = (Vec::new(), Vec::new());
     detect::detector_input(&img.view(), dw, dh, &mut scratch, &mut det_in);
     let bbox = [106, 147, 207, 213];
-    let (mut crop_px, mut cls_in) = (Vec::new(), Vec::new());
+    let (mut patch, mut crop_px, mut cls_in) = (Vec::new(), Vec::new(), Vec::new());
+    let v2 = &set.set.classifiers[0];
 
     let mut g = c.benchmark_group("stage");
     g.bench_function("decode_jpeg_640x480", |b| {
@@ -43,14 +45,14 @@ fn stages(c: &mut Criterion) {
     });
     g.bench_function("crop_resize_80", |b| {
         b.iter(|| {
-            pipeline::crop_to_input(&img.view(), bbox, crop::SCALE_V2, &mut crop_px, &mut cls_in)
+            pipeline::member_input(&img.view(), bbox, v2, &mut patch, &mut crop_px, &mut cls_in)
         })
     });
     g.bench_function("classifier_v2_tract", |b| {
-        b.iter(|| engine.classify(Classifier::V2, &cls_in).unwrap())
+        b.iter(|| engine.classify(0, &cls_in).unwrap())
     });
     g.bench_function("classifier_v1se_tract", |b| {
-        b.iter(|| engine.classify(Classifier::V1Se, &cls_in).unwrap())
+        b.iter(|| engine.classify(1, &cls_in).unwrap())
     });
     g.finish();
 

@@ -83,7 +83,7 @@ fn main() {
     let dir = std::env::var_os("LIVECHECK_MODEL_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| shared().join("models"));
-    let p = livecheck::load_pipeline(Some(&dir), PipelineConfig::default()).unwrap();
+    let p = livecheck::load_pipeline(None, Some(&dir), PipelineConfig::default()).unwrap();
     let samples = images(&shared().join("testdata/silentface"));
     let devset: Vec<Vec<u8>> = ["live", "spoof"]
         .iter()

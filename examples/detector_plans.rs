@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use livecheck::engine::tract::{TractEngine, DETECTOR_HEADS as HEADS};
 use livecheck::engine::Engine;
-use livecheck::models::Manifest;
+use livecheck::models::LoadedSet;
 use livecheck::pipeline::{decode, detect};
 use tract_onnx::prelude::*;
 
@@ -55,7 +55,7 @@ fn main() -> anyhow::Result<()> {
     let symbolic = cut.into_optimized()?.into_runnable()?;
     println!("symbolic optimized plan built once: {:.0} ms", ms(t));
 
-    let engine = TractEngine::load(&dir, &Manifest::builtin()?)?;
+    let engine = TractEngine::load(&LoadedSet::resolve(Some("silentface"), Some(&dir))?)?;
     let bytes = std::fs::read(shared.join("testdata/silentface/image_T1.jpg"))?;
     let img = decode::decode(&bytes, &Default::default())?;
     println!(

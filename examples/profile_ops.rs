@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use livecheck::engine::tract::optimized_plan;
-use livecheck::pipeline::{self, crop, decode, detect};
+use livecheck::pipeline::{self, decode, detect};
 use tract_onnx::prelude::*;
 
 fn main() -> anyhow::Result<()> {
@@ -25,11 +25,13 @@ fn main() -> anyhow::Result<()> {
     let (dw, dh) = detect::detector_input_size(img.width as usize, img.height as usize);
     let (mut scratch, mut det_in) = (Vec::new(), Vec::new());
     detect::detector_input(&img.view(), dw, dh, &mut scratch, &mut det_in);
-    let (mut c, mut cls_in) = (Vec::new(), Vec::new());
-    pipeline::crop_to_input(
+    let (mut patch, mut c, mut cls_in) = (Vec::new(), Vec::new(), Vec::new());
+    let v2 = livecheck::models::ModelSet::builtin("silentface")?.classifiers[0].clone();
+    pipeline::member_input(
         &img.view(),
         [106, 147, 207, 213],
-        crop::SCALE_V2,
+        &v2,
+        &mut patch,
         &mut c,
         &mut cls_in,
     )

@@ -21,7 +21,7 @@ pub mod store;
 
 use std::path::Path;
 
-/// Why the default pipeline could not be loaded.
+/// Why a pipeline could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error(transparent)]
@@ -30,14 +30,15 @@ pub enum LoadError {
     Engine(#[from] engine::tract::LoadError),
 }
 
-/// Load the default pipeline (built-in manifest, tract engine) from `model_dir`, or from the
-/// directory [`models::resolve_dir`] finds when `None`.
+/// Load a pipeline for `model_set` (a built-in name or a set file; `None` is
+/// [`models::DEFAULT_MODEL_SET`]) with the tract engine. Model files are looked for in
+/// `model_dir` first, then the default places ([`models::search_path`]).
 pub fn load_pipeline(
+    model_set: Option<&str>,
     model_dir: Option<&Path>,
     config: pipeline::PipelineConfig,
 ) -> Result<pipeline::Pipeline, LoadError> {
-    let manifest = models::Manifest::builtin()?;
-    let dir = models::resolve_dir(model_dir, &manifest)?;
-    let engine = engine::tract::TractEngine::load(&dir, &manifest)?;
-    Ok(pipeline::Pipeline::new(Box::new(engine), config))
+    let set = models::LoadedSet::resolve(model_set, model_dir)?;
+    let engine = engine::tract::TractEngine::load(&set)?;
+    Ok(pipeline::Pipeline::new(Box::new(engine), set.set, config))
 }

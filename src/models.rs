@@ -1,5 +1,7 @@
-//! The model set: a checked-in manifest (`models/manifest.json`, compiled in), model directory
-//! resolution, SHA-256 verification at load, and copying verified files into a directory.
+//! Model sets: one face detector plus N classifiers, each with its own preprocessing, and a fusion
+//! rule. Built-in sets (`models/sets/*.json`) are compiled in; an operator's set is a JSON file of
+//! the same format (`--model-set FILE`). This module parses and validates sets, finds their files,
+//! verifies every file's SHA-256 and copies verified files into a directory.
 //!
 //! Fetching over HTTP lives in the binary (`livecheck models fetch`); this module only reads
 //! local files.
@@ -9,53 +11,153 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// The manifest text shipped with this build.
-pub const MANIFEST_JSON: &str = include_str!("../models/manifest.json");
+/// The built-in sets: `(name, JSON text)`, the default first.
+pub const BUILTIN_SETS: [(&str, &str); 3] = [
+    ("silentface", include_str!("../models/sets/silentface.json")),
+    (
+        "silentface-minifas128",
+        include_str!("../models/sets/silentface-minifas128.json"),
+    ),
+    ("minifas128", include_str!("../models/sets/minifas128.json")),
+];
 
-/// What a model file is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    Detector,
-    ClassifierV2,
-    ClassifierV1se,
-}
+/// The set `serve`, `check` and `eval` use without `--model-set`.
+pub const DEFAULT_MODEL_SET: &str = "silentface";
 
-/// One file of the manifest.
+/// Largest classifier input side a set may declare.
+pub const MAX_INPUT_SIDE: usize = 512;
+
+/// One model file: its name and the SHA-256 every load verifies.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ModelFile {
     pub file: String,
-    pub role: Role,
     pub bytes: u64,
     pub sha256: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
 }
 
-/// The manifest: the files of one pipeline.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Manifest {
+/// How a classifier's crop is cut around the detector's face box.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum CropSpec {
+    /// Silent-Face's `_get_new_box`: the box grown by `scale` (capped to fit), shifted back inside
+    /// the image, never padded.
+    Clamp { scale: f64 },
+    /// A square of side `int(scale * max(w, h))` centred on the box, the part outside the image
+    /// filled by reflection (OpenCV `BORDER_REFLECT_101`), as face-antispoof-onnx does.
+    SquareReflect { scale: f64 },
+}
+
+/// How the crop is brought to the input size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResizeKind {
+    /// OpenCV `INTER_LINEAR` straight to `size x size` (Silent-Face).
+    Linear,
+    /// face-antispoof-onnx's letterbox: longest side to `size` (OpenCV `INTER_AREA` when
+    /// shrinking, `INTER_LANCZOS4` when enlarging), reflect-padded to a square.
+    Letterbox,
+}
+
+/// Channel order of the input tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Channels {
+    Bgr,
+    Rgb,
+}
+
+/// How a classifier's outputs become a probability.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputKind {
+    /// Softmax over the logits; `p_real = softmax[real_index]`.
+    Softmax,
+    /// One logit; `p_real = sigmoid(logit)` (`real_index` must be 0).
+    Sigmoid,
+}
+
+/// One classifier of a set, with its preprocessing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Member {
+    /// Stable name (reports, `check` JSON, crops).
+    pub name: String,
+    #[serde(flatten)]
+    pub model: ModelFile,
+    pub crop: CropSpec,
+    /// Input side in pixels (square inputs).
+    pub size: usize,
+    pub resize: ResizeKind,
+    pub channels: Channels,
+    /// Tensor value = `(pixel * scale - mean[c]) / std[c]`, channels in `channels` order.
+    pub scale: f32,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+    pub output: OutputKind,
+    /// Which output means "real".
+    pub real_index: usize,
+}
+
+/// How the members' p_real are combined into one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "rule", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Fusion {
+    /// `p = Σ wᵢ pᵢ / Σ wᵢ`, in f64 (Silent-Face: weights 1, 1).
+    Mean { weights: Vec<f64> },
+    /// `p = sigmoid(intercept + Σ cᵢ · logit(pᵢ))`, with `logit(p) = ln(p / (1 - p))` and `pᵢ`
+    /// clipped to `[LOGIT_EPS, 1 - LOGIT_EPS]` (fitted by `livecheck eval --calibrate`).
+    Logistic {
+        intercept: f64,
+        coefficients: Vec<f64>,
+    },
+}
+
+/// Clip applied to member probabilities before `logit` in [`Fusion::Logistic`].
+pub const LOGIT_EPS: f64 = 1e-6;
+
+/// A model set: the detector, the classifiers and how their scores are fused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSet {
     pub name: String,
     pub description: String,
     pub license: String,
-    pub files: Vec<ModelFile>,
+    pub detector: ModelFile,
+    pub classifiers: Vec<Member>,
+    pub fusion: Fusion,
+    /// The threshold the set was calibrated for (the decision default unless `--threshold`).
+    pub threshold: f32,
+    /// Provenance of trained members: sources, licences, report (free-form, documented in
+    /// `models/README.md`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training: Option<serde_json::Value>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    #[error("the built-in model manifest is invalid: {0}")]
-    Manifest(String),
+    #[error("model set {origin}: {message}")]
+    Set { origin: String, message: String },
     #[error(
-        "no model directory found (tried {tried}); pass --models DIR or set LIVECHECK_MODEL_DIR, \
-         or fill ./models with `livecheck models fetch --from DIR|URL`"
+        "unknown model set {name:?}: built-in sets are {known}; or pass the path of a model-set \
+         JSON file"
     )]
-    NoDirectory { tried: String },
+    UnknownSet { name: String, known: String },
+    #[error("cannot read model set {path}: {source}")]
+    SetIo {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(
-        "model file {path} is missing; run `livecheck models fetch --from DIR|URL` or point --models at \
-         a directory holding it"
+        "model file {file} not found (looked in {tried}); pass --models DIR or set \
+         LIVECHECK_MODEL_DIR, or fill ./models with `livecheck models fetch --from DIR|URL`"
     )]
-    Missing { path: PathBuf },
+    Missing { file: String, tried: String },
     #[error(
         "model file {path} has SHA-256 {actual}, expected {expected} (altered or wrong file); replace it \
          with a verified copy (`livecheck models fetch`)"
@@ -73,55 +175,252 @@ pub enum ModelError {
     },
 }
 
-impl Manifest {
-    /// The manifest compiled into this binary.
-    pub fn builtin() -> Result<Manifest, ModelError> {
-        serde_json::from_str(MANIFEST_JSON).map_err(|e| ModelError::Manifest(e.to_string()))
+/// A set together with where its files are looked for.
+#[derive(Debug, Clone)]
+pub struct LoadedSet {
+    pub set: ModelSet,
+    /// Directories searched for each file, in order.
+    pub search: Vec<PathBuf>,
+}
+
+impl ModelSet {
+    /// Parse and validate a set's JSON; `origin` names it in errors.
+    pub fn parse(json: &str, origin: &str) -> Result<ModelSet, ModelError> {
+        let err = |message: String| ModelError::Set {
+            origin: origin.to_string(),
+            message,
+        };
+        let set: ModelSet = serde_json::from_str(json).map_err(|e| err(e.to_string()))?;
+        set.validate().map_err(err)?;
+        Ok(set)
     }
 
-    /// The file with `role`.
-    pub fn file(&self, role: Role) -> Result<&ModelFile, ModelError> {
-        self.files
+    /// A built-in set by name.
+    pub fn builtin(name: &str) -> Result<ModelSet, ModelError> {
+        let (_, json) = BUILTIN_SETS
             .iter()
-            .find(|f| f.role == role)
-            .ok_or_else(|| ModelError::Manifest(format!("no file with role {role:?}")))
+            .find(|(n, _)| *n == name)
+            .ok_or_else(|| ModelError::UnknownSet {
+                name: name.to_string(),
+                known: BUILTIN_SETS.map(|(n, _)| n).join(", "),
+            })?;
+        ModelSet::parse(json, &format!("built-in {name:?}"))
     }
 
-    /// A short identity of the model set: the first 16 hex digits of SHA-256 over the files'
-    /// hashes in manifest order. Stored with every audit record and report.
-    pub fn hash(&self) -> String {
-        let mut h = Sha256::new();
-        for f in &self.files {
-            h.update(f.sha256.as_bytes());
-            h.update(b"\n");
+    /// The default built-in set.
+    pub fn default_set() -> Result<ModelSet, ModelError> {
+        ModelSet::builtin(DEFAULT_MODEL_SET)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let mut names = std::collections::HashSet::new();
+        check_file(&self.detector)?;
+        if self.classifiers.is_empty() {
+            return Err("a set needs at least one classifier".into());
         }
-        hex::encode(h.finalize())[..16].to_string()
+        for m in &self.classifiers {
+            let ctx = |e: String| format!("classifier {:?}: {e}", m.name);
+            if m.name.is_empty() || !names.insert(m.name.as_str()) {
+                return Err(ctx("names must be non-empty and unique".into()));
+            }
+            check_file(&m.model).map_err(ctx)?;
+            let scale = match m.crop {
+                CropSpec::Clamp { scale } | CropSpec::SquareReflect { scale } => scale,
+            };
+            if !(scale.is_finite() && (0.5..=10.0).contains(&scale)) {
+                return Err(ctx(format!("crop scale {scale} is outside [0.5, 10]")));
+            }
+            if !(8..=MAX_INPUT_SIDE).contains(&m.size) {
+                return Err(ctx(format!(
+                    "input size {} is outside [8, {MAX_INPUT_SIDE}]",
+                    m.size
+                )));
+            }
+            let finite = m.scale.is_finite() && m.mean.iter().all(|v| v.is_finite());
+            if !finite || m.scale == 0.0 || m.std.iter().any(|s| !s.is_finite() || *s == 0.0) {
+                return Err(ctx(
+                    "scale, mean and std must be finite, scale and std non-zero".into(),
+                ));
+            }
+            if m.output == OutputKind::Sigmoid && m.real_index != 0 {
+                return Err(ctx(
+                    "a sigmoid output has one logit: real_index must be 0".into()
+                ));
+            }
+            if m.real_index > 15 {
+                return Err(ctx(format!("real_index {} is not plausible", m.real_index)));
+            }
+        }
+        let n = self.classifiers.len();
+        match &self.fusion {
+            Fusion::Mean { weights } => {
+                if weights.len() != n {
+                    return Err(format!(
+                        "fusion has {} weights for {n} classifiers",
+                        weights.len()
+                    ));
+                }
+                if weights.iter().any(|w| !w.is_finite() || *w < 0.0)
+                    || weights.iter().sum::<f64>() <= 0.0
+                {
+                    return Err(
+                        "fusion weights must be finite, non-negative and not all zero".into(),
+                    );
+                }
+            }
+            Fusion::Logistic {
+                intercept,
+                coefficients,
+            } => {
+                if coefficients.len() != n {
+                    return Err(format!(
+                        "fusion has {} coefficients for {n} classifiers",
+                        coefficients.len()
+                    ));
+                }
+                if !intercept.is_finite() || coefficients.iter().any(|c| !c.is_finite()) {
+                    return Err("fusion intercept and coefficients must be finite".into());
+                }
+            }
+        }
+        if !(0.0..=1.0).contains(&self.threshold) {
+            return Err(format!("threshold {} is outside [0, 1]", self.threshold));
+        }
+        Ok(())
+    }
+
+    /// Every file of the set: the detector first, then the classifiers in order.
+    pub fn files(&self) -> impl Iterator<Item = &ModelFile> {
+        std::iter::once(&self.detector).chain(self.classifiers.iter().map(|m| &m.model))
+    }
+
+    /// A short identity of the set: the first 16 hex digits of SHA-256 over its canonical JSON
+    /// without name, description, licence and training notes — the files' hashes, every
+    /// preprocessing parameter, the fusion and the threshold. Two sets that score alike share it.
+    pub fn hash(&self) -> String {
+        let scoring = ModelSet {
+            name: String::new(),
+            description: String::new(),
+            license: String::new(),
+            training: None,
+            detector: strip_notes(&self.detector),
+            classifiers: self
+                .classifiers
+                .iter()
+                .map(|m| Member {
+                    model: strip_notes(&m.model),
+                    ..m.clone()
+                })
+                .collect(),
+            ..self.clone()
+        };
+        let json = serde_json::to_string(&scoring).unwrap_or_default();
+        sha256_hex(json.as_bytes())[..16].to_string()
     }
 }
 
-/// Resolve the model directory: `flag` (which clap also fills from `LIVECHECK_MODEL_DIR`), else
-/// `./models` if it holds the detector, else `../shared/models`.
-pub fn resolve_dir(flag: Option<&Path>, manifest: &Manifest) -> Result<PathBuf, ModelError> {
+fn strip_notes(f: &ModelFile) -> ModelFile {
+    ModelFile {
+        url: None,
+        note: None,
+        ..f.clone()
+    }
+}
+
+fn check_file(f: &ModelFile) -> Result<(), String> {
+    let plain =
+        !f.file.is_empty() && !f.file.contains(['/', '\\']) && f.file != "." && f.file != "..";
+    if !plain {
+        return Err(format!("file {:?} must be a plain file name", f.file));
+    }
+    if f.sha256.len() != 64 || !f.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!("file {}: sha256 must be 64 hex digits", f.file));
+    }
+    Ok(())
+}
+
+/// The directories searched for model files, in order: `flag` (which clap also fills from
+/// `LIVECHECK_MODEL_DIR`), then `./models`, then `../shared/models` and its `candidates/`.
+pub fn search_path(flag: Option<&Path>) -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
     if let Some(dir) = flag {
-        return Ok(dir.to_path_buf());
+        dirs.push(dir.to_path_buf());
+    } else if let Some(dir) = std::env::var_os("LIVECHECK_MODEL_DIR") {
+        dirs.push(PathBuf::from(dir));
     }
-    if let Some(dir) = std::env::var_os("LIVECHECK_MODEL_DIR") {
-        return Ok(PathBuf::from(dir));
-    }
-    let detector = &manifest.file(Role::Detector)?.file;
-    let candidates = [PathBuf::from("models"), PathBuf::from("../shared/models")];
-    for c in &candidates {
-        if c.join(detector).is_file() {
-            return Ok(c.clone());
+    for d in ["models", "../shared/models", "../shared/models/candidates"] {
+        let d = PathBuf::from(d);
+        if !dirs.contains(&d) {
+            dirs.push(d);
         }
     }
-    Err(ModelError::NoDirectory {
-        tried: candidates
+    dirs
+}
+
+impl LoadedSet {
+    /// Resolve `--model-set NAME|FILE`: a built-in name, else a JSON file (whose own directory is
+    /// searched first for its model files). `None` is the default set.
+    pub fn resolve(set: Option<&str>, models_dir: Option<&Path>) -> Result<LoadedSet, ModelError> {
+        let mut search = search_path(models_dir);
+        let name = set.unwrap_or(DEFAULT_MODEL_SET);
+        let set = if BUILTIN_SETS.iter().any(|(n, _)| *n == name) {
+            ModelSet::builtin(name)?
+        } else if name.ends_with(".json") || Path::new(name).is_file() {
+            let path = Path::new(name);
+            let json = std::fs::read_to_string(path).map_err(|source| ModelError::SetIo {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            if let Some(parent) = path.parent() {
+                let parent = if parent.as_os_str().is_empty() {
+                    PathBuf::from(".")
+                } else {
+                    parent.to_path_buf()
+                };
+                search.insert(0, parent);
+            }
+            ModelSet::parse(&json, &path.display().to_string())?
+        } else {
+            return Err(ModelError::UnknownSet {
+                name: name.to_string(),
+                known: BUILTIN_SETS.map(|(n, _)| n).join(", "),
+            });
+        };
+        Ok(LoadedSet { set, search })
+    }
+
+    /// Where `f` is: the first search directory holding a file of that name.
+    pub fn locate(&self, f: &ModelFile) -> Result<PathBuf, ModelError> {
+        self.search
             .iter()
-            .map(|c| c.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", "),
-    })
+            .map(|d| d.join(&f.file))
+            .find(|p| p.is_file())
+            .ok_or_else(|| ModelError::Missing {
+                file: f.file.clone(),
+                tried: self
+                    .search
+                    .iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+
+    /// Locate, read and verify `f`; returns the bytes.
+    pub fn read(&self, f: &ModelFile) -> Result<Vec<u8>, ModelError> {
+        read_verified(&self.locate(f)?, f)
+    }
+
+    /// Verify every file of the set: one result per file, with the path it was found at.
+    pub fn verify(&self) -> Vec<(ModelFile, Result<PathBuf, ModelError>)> {
+        self.set
+            .files()
+            .map(|f| {
+                let r = self.locate(f).and_then(|p| read_verified(&p, f).map(|_| p));
+                (f.clone(), r)
+            })
+            .collect()
+    }
 }
 
 /// SHA-256 of bytes, lower-case hex.
@@ -129,34 +428,32 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// Read `dir/file` and check its hash; returns the bytes.
-pub fn read_verified(dir: &Path, f: &ModelFile) -> Result<Vec<u8>, ModelError> {
-    let path = dir.join(&f.file);
-    let bytes = match std::fs::read(&path) {
+/// Read the file at `path` and check it against `f`'s hash; returns the bytes.
+pub fn read_verified(path: &Path, f: &ModelFile) -> Result<Vec<u8>, ModelError> {
+    let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(ModelError::Missing { path })
+            return Err(ModelError::Missing {
+                file: f.file.clone(),
+                tried: path.display().to_string(),
+            })
         }
-        Err(source) => return Err(ModelError::Io { path, source }),
+        Err(source) => {
+            return Err(ModelError::Io {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
     };
     let actual = sha256_hex(&bytes);
     if actual != f.sha256 {
         return Err(ModelError::HashMismatch {
-            path,
+            path: path.to_path_buf(),
             expected: f.sha256.clone(),
             actual,
         });
     }
     Ok(bytes)
-}
-
-/// Verify every file of `manifest` in `dir`: one result per file.
-pub fn verify_dir(dir: &Path, manifest: &Manifest) -> Vec<(ModelFile, Result<(), ModelError>)> {
-    manifest
-        .files
-        .iter()
-        .map(|f| (f.clone(), read_verified(dir, f).map(|_| ())))
-        .collect()
 }
 
 /// Check `bytes` against `f` and write them to `dir/f.file` atomically (temp file + rename).
@@ -185,29 +482,178 @@ pub fn install_verified(dir: &Path, f: &ModelFile, bytes: &[u8]) -> Result<PathB
 mod tests {
     use super::*;
 
-    #[test]
-    fn builtin_manifest_parses_and_has_all_roles() {
-        let m = Manifest::builtin().unwrap();
-        for r in [Role::Detector, Role::ClassifierV2, Role::ClassifierV1se] {
-            assert_eq!(m.file(r).unwrap().sha256.len(), 64);
-        }
-        assert_eq!(m.hash().len(), 16);
+    fn silentface_json() -> serde_json::Value {
+        serde_json::from_str(BUILTIN_SETS[0].1).unwrap()
+    }
+
+    fn parse_value(v: &serde_json::Value) -> Result<ModelSet, ModelError> {
+        ModelSet::parse(&v.to_string(), "test")
     }
 
     #[test]
-    fn missing_and_altered_files_are_named() {
-        let m = Manifest::builtin().unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let f = m.file(Role::ClassifierV2).unwrap();
-        let err = read_verified(dir.path(), f).unwrap_err();
-        assert!(matches!(err, ModelError::Missing { .. }));
-        assert!(err.to_string().contains("MiniFASNetV2.onnx"));
-        std::fs::write(dir.path().join(&f.file), b"not the model").unwrap();
-        let err = read_verified(dir.path(), f).unwrap_err();
-        assert!(matches!(err, ModelError::HashMismatch { .. }));
-        assert!(
-            err.to_string().contains("MiniFASNetV2.onnx") && err.to_string().contains(&f.sha256)
+    fn builtin_sets_parse() {
+        for (name, _) in BUILTIN_SETS {
+            let s = ModelSet::builtin(name).unwrap();
+            assert_eq!(s.name, name);
+            assert_eq!(s.hash().len(), 16);
+            assert!(s.files().all(|f| f.sha256.len() == 64));
+        }
+        assert_eq!(ModelSet::default_set().unwrap().name, DEFAULT_MODEL_SET);
+        let sf = ModelSet::builtin("silentface").unwrap();
+        assert_eq!(sf.classifiers.len(), 2);
+        assert_eq!(
+            sf.fusion,
+            Fusion::Mean {
+                weights: vec![1.0, 1.0]
+            }
         );
-        assert!(install_verified(dir.path(), f, b"nope").is_err());
+        assert_ne!(
+            sf.hash(),
+            ModelSet::builtin("silentface-minifas128").unwrap().hash()
+        );
+    }
+
+    #[test]
+    fn hash_covers_scoring_not_prose() {
+        let a = ModelSet::builtin("silentface").unwrap();
+        let mut b = a.clone();
+        b.description = "other words".into();
+        b.detector.note = Some("moved".into());
+        assert_eq!(a.hash(), b.hash());
+        b.fusion = Fusion::Mean {
+            weights: vec![1.0, 2.0],
+        };
+        assert_ne!(a.hash(), b.hash());
+        let mut c = a.clone();
+        c.classifiers[0].crop = CropSpec::Clamp { scale: 2.8 };
+        assert_ne!(a.hash(), c.hash());
+    }
+
+    #[test]
+    fn parser_rejects_bad_sets_with_a_reason() {
+        let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
+            (
+                "unknown variant",
+                Box::new(|v| v["classifiers"][0]["resize"] = "cubic".into()),
+            ),
+            (
+                "unknown variant",
+                Box::new(|v| v["classifiers"][0]["crop"]["kind"] = "letterbox".into()),
+            ),
+            (
+                "unknown field",
+                Box::new(|v| v["classifiers"][0]["gamma"] = 2.2.into()),
+            ),
+            (
+                "unknown variant",
+                Box::new(|v| v["classifiers"][0]["channels"] = "yuv".into()),
+            ),
+            (
+                "2 weights for 1 classifiers",
+                Box::new(|v| {
+                    v["classifiers"].as_array_mut().unwrap().pop();
+                }),
+            ),
+            (
+                "non-negative",
+                Box::new(|v| v["fusion"]["weights"] = serde_json::json!([1.0, -1.0])),
+            ),
+            (
+                "not all zero",
+                Box::new(|v| v["fusion"]["weights"] = serde_json::json!([0.0, 0.0])),
+            ),
+            (
+                "3 coefficients for 2",
+                Box::new(|v| {
+                    v["fusion"] = serde_json::json!(
+                        {"rule": "logistic", "intercept": 0.0, "coefficients": [1, 1, 1]})
+                }),
+            ),
+            (
+                "unknown variant",
+                Box::new(|v| v["fusion"] = serde_json::json!({"rule": "max"})),
+            ),
+            (
+                "sha256 must be 64 hex",
+                Box::new(|v| v["classifiers"][1]["sha256"] = "abc".into()),
+            ),
+            (
+                "plain file name",
+                Box::new(|v| v["detector"]["file"] = "../etc/passwd".into()),
+            ),
+            (
+                "unique",
+                Box::new(|v| v["classifiers"][1]["name"] = "MiniFASNetV2".into()),
+            ),
+            (
+                "input size",
+                Box::new(|v| v["classifiers"][0]["size"] = 100000.into()),
+            ),
+            (
+                "std must be finite",
+                Box::new(|v| v["classifiers"][0]["std"] = serde_json::json!([1, 0, 1])),
+            ),
+            (
+                "crop scale",
+                Box::new(|v| v["classifiers"][0]["crop"]["scale"] = 0.0.into()),
+            ),
+            ("threshold", Box::new(|v| v["threshold"] = 1.5.into())),
+            (
+                "at least one classifier",
+                Box::new(|v| {
+                    v["classifiers"] = serde_json::json!([]);
+                    v["fusion"]["weights"] = serde_json::json!([]);
+                }),
+            ),
+        ];
+        for (want, edit) in cases {
+            let mut v = silentface_json();
+            edit(&mut v);
+            let err = parse_value(&v).unwrap_err().to_string();
+            assert!(err.contains(want), "expected {want:?} in {err:?}");
+            assert!(err.starts_with("model set test:"), "{err}");
+        }
+        assert!(parse_value(&silentface_json()).is_ok());
+    }
+
+    #[test]
+    fn unknown_names_and_missing_files_are_named() {
+        let err = LoadedSet::resolve(Some("nope"), None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("silentface") && err.contains("nope"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("absent.json");
+        assert!(matches!(
+            LoadedSet::resolve(Some(missing.to_str().unwrap()), None),
+            Err(ModelError::SetIo { .. })
+        ));
+    }
+
+    #[test]
+    fn set_files_are_found_beside_the_set_and_verified() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut v = silentface_json();
+        let body = b"not really a model";
+        v["classifiers"][0]["file"] = "local.onnx".into();
+        v["classifiers"][0]["sha256"] = sha256_hex(body).into();
+        let path = dir.path().join("set.json");
+        std::fs::write(&path, v.to_string()).unwrap();
+        let empty = tempfile::tempdir().unwrap();
+        let loaded = LoadedSet::resolve(Some(path.to_str().unwrap()), Some(empty.path())).unwrap();
+        let member = &loaded.set.classifiers[0].model;
+        assert!(matches!(
+            loaded.read(member),
+            Err(ModelError::Missing { .. })
+        ));
+        std::fs::write(dir.path().join("local.onnx"), b"altered").unwrap();
+        let err = loaded.read(member).unwrap_err();
+        assert!(matches!(err, ModelError::HashMismatch { .. }), "{err}");
+        assert!(err.to_string().contains("local.onnx"));
+        std::fs::write(dir.path().join("local.onnx"), body).unwrap();
+        assert_eq!(loaded.read(member).unwrap(), body);
+        assert!(install_verified(empty.path(), member, b"nope").is_err());
+        let installed = install_verified(empty.path(), member, body).unwrap();
+        assert_eq!(std::fs::read(installed).unwrap(), body);
     }
 }

@@ -158,15 +158,23 @@ fn models_verify_and_fetch_from_directory() {
         "{err}"
     );
 
-    // A missing file is named too, and fetch from a directory lacking files fails.
+    // A file missing from every searched folder is named too (run from a folder with no
+    // ./models or ../shared beside it: --models is searched first, then those), and fetch from a
+    // directory lacking files fails.
     std::fs::remove_file(to.join("MiniFASNetV2.onnx")).unwrap();
-    let out = livecheck(&[
-        "check",
-        "--models",
-        to.to_str().unwrap(),
-        img.to_str().unwrap(),
-    ]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("MiniFASNetV2.onnx is missing"));
+    let out = Command::new(env!("CARGO_BIN_EXE_livecheck"))
+        .args([
+            "check",
+            "--models",
+            to.to_str().unwrap(),
+            img.to_str().unwrap(),
+        ])
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("MiniFASNetV2.onnx not found"), "{err}");
+    assert!(err.contains(to.to_str().unwrap()), "{err}");
     let out = livecheck(&[
         "models",
         "fetch",

@@ -8,21 +8,26 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use livecheck::engine::{tract::TractEngine, Classifier, Engine};
-use livecheck::models::Manifest;
+use livecheck::engine::{tract::TractEngine, Engine};
+use livecheck::models::{LoadedSet, Member, ModelSet};
 use livecheck::pipeline::{
     self, classify, crop, decode, detect, BgrImage, Pipeline, PipelineConfig,
 };
 
 const IMAGES: [&str; 3] = ["image_F1", "image_F2", "image_T1"];
-const MODELS: [(&str, f64, Classifier); 2] = [
-    ("2.7_80x80_MiniFASNetV2", crop::SCALE_V2, Classifier::V2),
-    (
-        "4_0_0_80x80_MiniFASNetV1SE",
-        crop::SCALE_V1SE,
-        Classifier::V1Se,
-    ),
+/// Upstream's model names, their crop scales and their index in the `silentface` set.
+const MODELS: [(&str, f64, usize); 2] = [
+    ("2.7_80x80_MiniFASNetV2", crop::SCALE_V2, 0),
+    ("4_0_0_80x80_MiniFASNetV1SE", crop::SCALE_V1SE, 1),
 ];
+
+fn silentface() -> ModelSet {
+    ModelSet::builtin("silentface").unwrap()
+}
+
+fn member(index: usize) -> Member {
+    silentface().classifiers[index].clone()
+}
 
 fn shared() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared")
@@ -36,13 +41,16 @@ fn model_dir() -> PathBuf {
 
 fn engine() -> &'static TractEngine {
     static E: OnceLock<TractEngine> = OnceLock::new();
-    E.get_or_init(|| TractEngine::load(&model_dir(), &Manifest::builtin().unwrap()).unwrap())
+    E.get_or_init(|| {
+        TractEngine::load(&LoadedSet::resolve(Some("silentface"), Some(&model_dir())).unwrap())
+            .unwrap()
+    })
 }
 
 fn pipeline() -> &'static Pipeline {
     static P: OnceLock<Pipeline> = OnceLock::new();
     P.get_or_init(|| {
-        livecheck::load_pipeline(Some(&model_dir()), PipelineConfig::default()).unwrap()
+        livecheck::load_pipeline(None, Some(&model_dir()), PipelineConfig::default()).unwrap()
     })
 }
 
@@ -175,10 +183,14 @@ fn crops_match_reference() {
     for img in IMAGES {
         let dec = ref_decoded(img);
         let bbox = ref_bbox(&r, img);
-        for (model, scale, _) in MODELS {
-            let (mut crop_px, mut input) = (Vec::new(), Vec::new());
-            let cb = pipeline::crop_to_input(&dec.view(), bbox, scale, &mut crop_px, &mut input)
-                .unwrap();
+        for (model, scale, index) in MODELS {
+            let (mut patch, mut crop_px, mut input) = (Vec::new(), Vec::new(), Vec::new());
+            let view = dec.view();
+            let m = member(index);
+            assert_eq!(m.crop, livecheck::models::CropSpec::Clamp { scale });
+            pipeline::member_crop(&view, bbox, &m, &mut patch, &mut crop_px).unwrap();
+            classify::to_tensor(&m, &crop_px, m.size * m.size, &mut input);
+            let cb = crop::crop_box(bbox, view.width, view.height, scale).unwrap();
             let want_box =
                 &r[format!("{img}.jpg")]["per_model"][format!("{model}.pth")]["crop_box_xyxy"];
             let want_box: Vec<usize> = want_box
@@ -219,14 +231,15 @@ fn logits_and_p_real_from_reference_inputs() {
         for (model, _, which) in MODELS {
             let (_, input) = npy::<f32>(&format!("{img}.input_{model}_f32_nchw"));
             let logits = engine().classify(which, &input).unwrap();
+            assert_eq!(logits.len(), 3);
             let want = &entry["per_model"][format!("{model}.pth")]["logits"];
             for (i, l) in logits.iter().enumerate() {
                 let w = want[i].as_f64().unwrap() as f32;
                 assert!((l - w).abs() < 1e-4, "{img} {model}: logit {i} {l} vs {w}");
             }
-            soft.push(classify::softmax3(logits));
+            soft.push(classify::softmax(&logits).unwrap()[1]);
         }
-        let p = classify::fuse(soft[0], soft[1]);
+        let p = classify::fuse(&silentface().fusion, &soft);
         let want = entry["real_prob_avg"].as_f64().unwrap() as f32;
         assert!((p - want).abs() < 1e-4, "{img}: p_real {p} vs {want}");
     }

@@ -17,7 +17,7 @@ fn pipeline() -> &'static Pipeline {
         let dir = std::env::var_os("LIVECHECK_MODEL_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| shared().join("models"));
-        livecheck::load_pipeline(Some(&dir), PipelineConfig::default()).unwrap()
+        livecheck::load_pipeline(None, Some(&dir), PipelineConfig::default()).unwrap()
     })
 }
 
@@ -334,7 +334,7 @@ fn quality_thresholds_apply() {
         let dir = std::env::var_os("LIVECHECK_MODEL_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| shared().join("models"));
-        livecheck::load_pipeline(Some(&dir), cfg).unwrap()
+        livecheck::load_pipeline(None, Some(&dir), cfg).unwrap()
     };
     let p = strict(PipelineConfig {
         min_face_px: 300,

@@ -66,6 +66,8 @@ pub struct CheckLine {
     pub reason: &'static str,
     pub detail: &'static str,
     pub scores: Option<Scores>,
+    /// The model set's hash ([`Pipeline::model_hash`]).
+    pub model_set: String,
     pub timings_ms: Timings,
 }
 
@@ -165,7 +167,7 @@ impl Loader {
     }
 }
 
-fn line(file: String, v: Verdict) -> CheckLine {
+fn line(file: String, v: Verdict, model_set: &str) -> CheckLine {
     CheckLine {
         file,
         live: v.live,
@@ -177,6 +179,7 @@ fn line(file: String, v: Verdict) -> CheckLine {
         reason: v.reason.code(),
         detail: v.reason.sentence(),
         scores: v.scores,
+        model_set: model_set.to_string(),
         timings_ms: v.timings,
     }
 }
@@ -188,10 +191,14 @@ fn check_one(pipeline: &Pipeline, loader: &Loader, input: &Input) -> Outcome {
         Err(error) => return Outcome::Error(ErrorLine { file, error }),
     };
     match pipeline.check(&bytes) {
-        Ok(v) => Outcome::Line(line(file, v)),
+        Ok(v) => Outcome::Line(line(file, v, pipeline.model_hash())),
         // An image that does not decode (corrupt, unsupported, too large) is a quality outcome.
         Err(PipelineError::Decode(e)) => match e.reason() {
-            Some(r) => Outcome::Line(line(file, Verdict::quality(r, pipeline.config().threshold))),
+            Some(r) => Outcome::Line(line(
+                file,
+                Verdict::quality(r, pipeline.config().threshold),
+                pipeline.model_hash(),
+            )),
             None => Outcome::Error(ErrorLine {
                 file,
                 error: e.to_string(),

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use livecheck::fetch::FetchConfig;
+use livecheck::models::LoadedSet;
 
 /// How image URLs are fetched (`serve` for the API's `image` field, `check` for URL arguments).
 /// Every flag is also an environment variable.
@@ -81,9 +82,15 @@ pub struct PipelineArgs {
     #[arg(long, env = "LIVECHECK_MODEL_DIR", value_name = "DIR")]
     pub models: Option<PathBuf>,
 
-    /// Decision threshold on p_real: live when p_real >= threshold.
-    #[arg(long, env = "LIVECHECK_THRESHOLD", default_value_t = 0.5)]
-    pub threshold: f32,
+    /// Model set: a built-in name (`livecheck models list`) or a model-set JSON file (its model
+    /// files are looked for beside it first).
+    #[arg(long, env = "LIVECHECK_MODEL_SET", value_name = "NAME|FILE")]
+    pub model_set: Option<String>,
+
+    /// Decision threshold on p_real: live when p_real >= threshold. Default: the model set's
+    /// own threshold (0.5 for silentface).
+    #[arg(long, env = "LIVECHECK_THRESHOLD")]
+    pub threshold: Option<f32>,
 
     /// Minimum detector confidence for a face to count.
     #[arg(long, env = "LIVECHECK_MIN_FACE_CONFIDENCE", default_value_t = 0.6)]
@@ -106,11 +113,15 @@ pub struct PipelineArgs {
 
 impl PipelineArgs {
     /// The pipeline configuration these flags describe.
-    pub fn config(&self) -> anyhow::Result<livecheck::pipeline::PipelineConfig> {
+    /// `set_threshold` is the model set's own threshold, used without `--threshold`.
+    pub fn config(
+        &self,
+        set_threshold: f32,
+    ) -> anyhow::Result<livecheck::pipeline::PipelineConfig> {
+        let threshold = self.threshold.unwrap_or(set_threshold);
         anyhow::ensure!(
-            (0.0..=1.0).contains(&self.threshold),
-            "--threshold must be between 0 and 1 (got {})",
-            self.threshold
+            (0.0..=1.0).contains(&threshold),
+            "--threshold must be between 0 and 1 (got {threshold})",
         );
         anyhow::ensure!(
             (0.0..=1.0).contains(&self.min_face_confidence),
@@ -119,7 +130,7 @@ impl PipelineArgs {
         );
         let defaults = livecheck::pipeline::PipelineConfig::default();
         Ok(livecheck::pipeline::PipelineConfig {
-            threshold: self.threshold,
+            threshold,
             min_face_confidence: self.min_face_confidence,
             min_face_px: self.min_face_px,
             min_context_ratio: self.min_context_ratio,
@@ -131,9 +142,37 @@ impl PipelineArgs {
         })
     }
 
-    /// Resolve the model directory, verify and load the models, and build the pipeline.
-    pub fn build(&self) -> anyhow::Result<livecheck::pipeline::Pipeline> {
-        let config = self.config()?;
-        Ok(livecheck::load_pipeline(self.models.as_deref(), config)?)
+    /// The model set these flags name, with its search path.
+    pub fn model_set(&self) -> anyhow::Result<LoadedSet> {
+        Ok(LoadedSet::resolve(
+            self.model_set.as_deref(),
+            self.models.as_deref(),
+        )?)
     }
+
+    /// Resolve the model set, verify and load its models, and build the pipeline.
+    pub fn build(&self) -> anyhow::Result<livecheck::pipeline::Pipeline> {
+        let set = self.model_set()?;
+        let config = self.config(set.set.threshold)?;
+        let engine = livecheck::engine::tract::TractEngine::load(&set)?;
+        Ok(livecheck::pipeline::Pipeline::new(
+            Box::new(engine),
+            set.set,
+            config,
+        ))
+    }
+}
+
+/// A progress bar on stderr for a run over `len` images (count, rate, ETA).
+pub fn image_progress(len: usize) -> indicatif::ProgressBar {
+    use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+    let pb = ProgressBar::with_draw_target(Some(len as u64), ProgressDrawTarget::stderr());
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} images  {per_sec}  ETA {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    pb.enable_steady_tick(std::time::Duration::from_millis(200));
+    pb
 }

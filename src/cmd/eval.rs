@@ -2,11 +2,10 @@
 //! rates and write `metrics.json`, `scores.csv` and `report.html`.
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use livecheck::eval::calibrate::{self, CalSample};
 use livecheck::eval::dataset::Dataset;
 use livecheck::eval::report::{self, MetricsReport, ReportParams};
 use livecheck::eval::{dataset_hash_of, run_dataset, Outcome};
@@ -41,6 +40,13 @@ pub struct EvalArgs {
     #[arg(long)]
     pub json: bool,
 
+    /// Fit the model set's fusion (logistic regression over the members' logits, live and attack
+    /// types balanced) and the threshold for --target-apcer on this dataset, and write the
+    /// calibrated set to FILE (use it with --model-set FILE). With --group-by, the threshold is
+    /// chosen on leave-one-group-out scores and those figures are reported.
+    #[arg(long, value_name = "FILE")]
+    pub calibrate: Option<PathBuf>,
+
     #[command(flatten)]
     pub pipeline: PipelineArgs,
 }
@@ -63,17 +69,9 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
     }
     let pipeline = args.pipeline.build().context("cannot build the pipeline")?;
     // The identity of the model set (the pipeline refuses files whose SHA-256 differ from it).
-    let model_hash = livecheck::models::Manifest::builtin()?.hash();
+    let model_hash = pipeline.model_hash().to_string();
 
-    let pb =
-        ProgressBar::with_draw_target(Some(ds.items.len() as u64), ProgressDrawTarget::stderr());
-    pb.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} images  {per_sec}  ETA {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    pb.enable_steady_tick(Duration::from_millis(200));
+    let pb = super::common::image_progress(ds.items.len());
     let samples = run_dataset(&pipeline, &ds, threads, |done| pb.set_position(done as u64));
     pb.finish_and_clear();
 
@@ -88,7 +86,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
         dataset: args.dataset.display().to_string(),
         dataset_hash: dataset_hash_of(&samples),
         model_hash,
-        threshold: f64::from(args.pipeline.threshold),
+        threshold: f64::from(pipeline.config().threshold),
         target_apcer: args.target_apcer,
         group_by,
     };
@@ -113,5 +111,103 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
         paths[1].display(),
         paths[2].display()
     );
+    if let Some(path) = &args.calibrate {
+        calibrate(&pipeline, &samples, &args, &rep, path)?;
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--calibrate FILE`: fit, report, and write the calibrated model set.
+fn calibrate(
+    pipeline: &livecheck::pipeline::Pipeline,
+    samples: &[livecheck::eval::ScoredSample],
+    args: &EvalArgs,
+    rep: &MetricsReport,
+    path: &std::path::Path,
+) -> anyhow::Result<()> {
+    let set = pipeline.model_set();
+    let mut cal = Vec::new();
+    let mut before = Vec::new();
+    for s in samples {
+        let Outcome::Verdict(v) = &s.outcome else {
+            continue;
+        };
+        let (Some(p), Some(scores)) = (s.p_real(), &v.scores) else {
+            continue;
+        };
+        cal.push(CalSample {
+            label: s.label,
+            attack_type: s.attack_type.clone(),
+            group: args
+                .group_by
+                .as_ref()
+                .and_then(|g| s.fields.get(g).cloned()),
+            p_real: scores.0.iter().map(|m| m.p_real).collect(),
+        });
+        before.push(p);
+    }
+    let c = calibrate::calibrate(&cal, &before, set.classifiers.len(), args.target_apcer)?;
+    let mut out = set.clone();
+    out.name = format!("{}-calibrated", set.name);
+    out.description = format!(
+        "{} — fusion and threshold calibrated by `livecheck eval --calibrate` on {}",
+        set.description,
+        args.dataset.display()
+    );
+    out.fusion = c.fusion.clone();
+    out.threshold = c.threshold as f32;
+    let mut training = serde_json::Map::new();
+    if let Some(t) = &set.training {
+        training.insert("base".into(), t.clone());
+    }
+    training.insert(
+        "calibration".into(),
+        serde_json::json!({
+            "dataset": args.dataset.display().to_string(),
+            "dataset_hash": rep.dataset_hash,
+            "base_set": set.name,
+            "base_hash": pipeline.model_hash(),
+            "group_by": args.group_by,
+            "result": c,
+        }),
+    );
+    out.training = Some(serde_json::Value::Object(training));
+    let json = serde_json::to_string_pretty(&out)? + "\n";
+    // Parse back through the loader's own validation before writing.
+    livecheck::models::ModelSet::parse(&json, "calibrated set")?;
+    std::fs::write(path, json).with_context(|| format!("cannot write {}", path.display()))?;
+
+    let f = |v: Option<f64>| v.map_or("–".into(), |x| format!("{x:.4}"));
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED)
+        .set_header(["scores", "AUC", "EER", "BPCER@APCER 5%", "BPCER@APCER 10%"]);
+    let mut row = |name: &str, s: &calibrate::Summary| {
+        t.add_row([
+            name.to_string(),
+            f(s.auc),
+            f(s.eer),
+            f(s.bpcer_at_apcer_5),
+            f(s.bpcer_at_apcer_10),
+        ]);
+    };
+    row(&format!("{} fusion (before)", set.name), &c.before);
+    row("calibrated, in sample", &c.in_sample);
+    if let Some(o) = &c.out_of_fold {
+        row(&format!("calibrated, leave-one-{}-out", c.groups), o);
+    }
+    println!("{t}");
+    println!(
+        "calibrated on {} live and {} attack images that reached the classifiers: {:?}\n\
+         threshold {:.6} for APCER <= {} ({} scores): APCER {}, BPCER {}\nwrote {}",
+        c.live,
+        c.attacks,
+        c.fusion,
+        c.threshold,
+        c.target_apcer,
+        c.threshold_from,
+        f(c.apcer_at_threshold),
+        f(c.bpcer_at_threshold),
+        path.display()
+    );
+    Ok(())
 }

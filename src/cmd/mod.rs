@@ -1,6 +1,7 @@
 //! One module per subcommand; `common` holds the flags several commands share.
 pub mod check;
 pub mod common;
+pub mod crops;
 pub mod eval;
 pub mod keys;
 pub mod models;

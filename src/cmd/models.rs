@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 
-use livecheck::models::{self, Manifest};
+use livecheck::models::{self, LoadedSet, ModelSet, BUILTIN_SETS, DEFAULT_MODEL_SET};
 
 #[derive(clap::Args)]
 pub struct ModelsArgs {
@@ -17,75 +17,141 @@ pub struct ModelsArgs {
 
 #[derive(clap::Subcommand)]
 pub enum ModelsCommand {
-    /// List the files of the built-in manifest.
-    List,
-    /// Verify the model files in DIR (default: the directory `serve`/`check` would use).
+    /// List the built-in model sets and their members (or one set, with --model-set).
+    List {
+        /// Show only this set (a built-in name or a set file).
+        #[arg(long, env = "LIVECHECK_MODEL_SET", value_name = "NAME|FILE")]
+        model_set: Option<String>,
+    },
+    /// Verify the files of a model set (default: the default set) where `serve`/`check` would
+    /// find them.
     Verify {
-        /// Directory to check.
+        /// Directory searched first.
         #[arg(value_name = "DIR", env = "LIVECHECK_MODEL_DIR")]
         dir: Option<PathBuf>,
+        /// The set to verify (a built-in name or a set file).
+        #[arg(long, env = "LIVECHECK_MODEL_SET", value_name = "NAME|FILE")]
+        model_set: Option<String>,
     },
-    /// Copy or download verified model files into --to (default ./models).
+    /// Copy or download a set's verified model files into --to (default ./models).
     Fetch {
         /// A directory holding the files, or an http(s) URL base (files fetched as URL_BASE/<file>;
-        /// files with an upstream URL in the manifest are fetched from there when --from is a URL
+        /// files with an upstream URL in the set are fetched from there when --from is a URL
         /// base that lacks them).
         #[arg(long, value_name = "URL_BASE|DIR")]
         from: String,
         /// Destination directory.
         #[arg(long, default_value = "models")]
         to: PathBuf,
+        /// The set whose files to fetch (a built-in name or a set file).
+        #[arg(long, env = "LIVECHECK_MODEL_SET", value_name = "NAME|FILE")]
+        model_set: Option<String>,
     },
 }
 
+fn crop_text(m: &models::Member) -> String {
+    match m.crop {
+        models::CropSpec::Clamp { scale } => format!("clamp x{scale}"),
+        models::CropSpec::SquareReflect { scale } => format!("square reflect x{scale}"),
+    }
+}
+
+fn fusion_text(set: &ModelSet) -> String {
+    match &set.fusion {
+        models::Fusion::Mean { weights } => format!("weighted mean of p_real, weights {weights:?}"),
+        models::Fusion::Logistic {
+            intercept,
+            coefficients,
+        } => format!("logistic: intercept {intercept}, coefficients {coefficients:?}"),
+    }
+}
+
+fn print_set(set: &ModelSet) {
+    let default = if set.name == DEFAULT_MODEL_SET {
+        " (default)"
+    } else {
+        ""
+    };
+    println!("{}{default}  hash {}", set.name, set.hash());
+    println!("  {}", set.description);
+    println!("  licence: {}", set.license);
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED)
+        .set_header(["member", "file", "crop", "input", "output", "sha256"]);
+    t.add_row([
+        "detector".to_string(),
+        set.detector.file.clone(),
+        String::new(),
+        String::new(),
+        String::new(),
+        set.detector.sha256[..16].to_string(),
+    ]);
+    for m in &set.classifiers {
+        t.add_row([
+            m.name.clone(),
+            m.model.file.clone(),
+            crop_text(m),
+            format!("{0}x{0} {1:?} {2:?}", m.size, m.channels, m.resize).to_lowercase(),
+            format!("{:?} [{}] = real", m.output, m.real_index).to_lowercase(),
+            m.model.sha256[..16].to_string(),
+        ]);
+    }
+    println!("{t}");
+    println!(
+        "  fusion: {}; threshold {}\n",
+        fusion_text(set),
+        set.threshold
+    );
+}
+
 pub fn run(args: ModelsArgs) -> anyhow::Result<ExitCode> {
-    let manifest = Manifest::builtin()?;
     match args.command {
-        ModelsCommand::List => {
-            let mut t = Table::new();
-            t.load_preset(UTF8_FULL_CONDENSED)
-                .set_header(["file", "role", "bytes", "sha256", "source"]);
-            for f in &manifest.files {
-                t.add_row([
-                    f.file.clone(),
-                    format!("{:?}", f.role),
-                    f.bytes.to_string(),
-                    f.sha256.clone(),
-                    f.url.clone().unwrap_or_else(|| "(no public URL)".into()),
-                ]);
+        ModelsCommand::List { model_set } => {
+            match model_set {
+                Some(name) => print_set(&LoadedSet::resolve(Some(&name), None)?.set),
+                None => {
+                    for (name, _) in BUILTIN_SETS {
+                        print_set(&ModelSet::builtin(name)?);
+                    }
+                }
             }
-            println!("{t}\nmodel set hash: {}", manifest.hash());
             Ok(ExitCode::SUCCESS)
         }
-        ModelsCommand::Verify { dir } => {
-            let dir = models::resolve_dir(dir.as_deref(), &manifest)?;
+        ModelsCommand::Verify { dir, model_set } => {
+            let set = LoadedSet::resolve(model_set.as_deref(), dir.as_deref())?;
             let mut bad = 0;
-            for (f, r) in models::verify_dir(&dir, &manifest) {
+            for (f, r) in set.verify() {
                 match r {
-                    Ok(()) => println!("ok       {}", dir.join(&f.file).display()),
+                    Ok(path) => println!("ok       {}", path.display()),
                     Err(e) => {
                         bad += 1;
-                        println!("FAILED   {e}");
+                        println!("FAILED   {} ({e})", f.file);
                     }
                 }
             }
             if bad > 0 {
                 eprintln!(
-                    "{bad} model file(s) failed verification in {}",
-                    dir.display()
+                    "{bad} model file(s) of set {} failed verification",
+                    set.set.name
                 );
                 return Ok(ExitCode::from(1));
             }
             println!(
-                "all {} model files verified (model set {})",
-                manifest.files.len(),
-                manifest.hash()
+                "all {} model files of set {} verified (hash {})",
+                set.set.files().count(),
+                set.set.name,
+                set.set.hash()
             );
             Ok(ExitCode::SUCCESS)
         }
-        ModelsCommand::Fetch { from, to } => {
+        ModelsCommand::Fetch {
+            from,
+            to,
+            model_set,
+        } => {
+            let set = LoadedSet::resolve(model_set.as_deref(), None)?.set;
             let is_url = from.starts_with("http://") || from.starts_with("https://");
-            for f in &manifest.files {
+            for f in set.files() {
                 let bytes = if is_url {
                     let url = format!("{}/{}", from.trim_end_matches('/'), f.file);
                     download(&url).with_context(|| format!("fetching {}", f.file))?

@@ -81,8 +81,8 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
-    /// The server configuration these flags describe (`model_hash` is filled in by the caller).
-    pub fn app_config(&self, model_hash: String) -> AppConfig {
+    /// The server configuration these flags describe.
+    pub fn app_config(&self) -> AppConfig {
         let defaults = AppConfig::default();
         let concurrent = self
             .max_concurrent_checks
@@ -99,7 +99,6 @@ impl ServeArgs {
             max_concurrent_checks: concurrent,
             max_queued_checks: self.max_queued_checks.unwrap_or(concurrent * 4),
             rate_limit_per_minute: NonZeroU32::new(self.rate_limit_per_minute),
-            model_hash,
             ..defaults
         }
     }
@@ -107,18 +106,18 @@ impl ServeArgs {
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     init_tracing(args.log_json);
-    let model_hash = livecheck::models::Manifest::builtin()
-        .context("cannot read the built-in model manifest")?
-        .hash();
+    let set = args.pipeline.model_set()?;
     // The pipeline's own byte cap follows --max-image-bytes (the fetcher and the base64 parser
     // enforce it first; this keeps the three from disagreeing).
-    let mut pipeline_config = args.pipeline.config()?;
+    let mut pipeline_config = args.pipeline.config(set.set.threshold)?;
     pipeline_config.limits.max_bytes = args.max_image_bytes;
-    let pipeline = Arc::new(livecheck::load_pipeline(
-        args.pipeline.models.as_deref(),
+    let engine = livecheck::engine::tract::TractEngine::load(&set)?;
+    let pipeline = Arc::new(livecheck::pipeline::Pipeline::new(
+        Box::new(engine),
+        set.set,
         pipeline_config,
-    )?);
-    let config = args.app_config(model_hash);
+    ));
+    let config = args.app_config();
     // Blocking checks run on tokio's blocking pool, bounded by the CPU semaphore.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -155,7 +154,7 @@ async fn serve(
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join(","),
-        config.model_hash,
+        pipeline.model_hash(),
     );
     let app = Application::build(config, pipeline, store.clone())?;
     let listener = tokio::net::TcpListener::bind(bind)
@@ -264,14 +263,13 @@ mod tests {
             "1000",
         ])
         .unwrap();
-        let c = cli.serve.app_config("hash".into());
+        let c = cli.serve.app_config();
         assert_eq!(c.allow_fetch_from.len(), 2);
         assert_eq!(c.rate_limit_per_minute, None);
         assert_eq!(c.max_concurrent_checks, 3);
         assert_eq!(c.max_queued_checks, 12);
         assert_eq!(c.fetch_timeout, Duration::from_millis(2500));
         assert_eq!(c.max_image_bytes, 1000);
-        assert_eq!(c.model_hash, "hash");
         assert!(Cli::try_parse_from(["t", "--max-concurrent-checks", "0"]).is_err());
         assert!(Cli::try_parse_from(["t", "--allow-fetch-from", "bogus"]).is_err());
     }

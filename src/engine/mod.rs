@@ -7,15 +7,6 @@ pub mod depthwise;
 pub mod direct;
 pub mod tract;
 
-/// Which anti-spoofing classifier to run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Classifier {
-    /// MiniFASNetV2, fed the crop at scale 2.7.
-    V2,
-    /// MiniFASNetV1SE, fed the crop at scale 4.0.
-    V1Se,
-}
-
 /// Raw detector outputs for one image: `loc` is `[P,4]` box deltas, `conf` is `[P,2]` softmaxed
 /// scores (column 1 = face), both flattened row-major.
 #[derive(Debug, Clone, Default)]
@@ -40,15 +31,9 @@ pub enum EngineError {
     #[error("cannot load model {file}: {message}")]
     Load { file: String, message: String },
     #[error("inference failed in {model}: {message}")]
-    Run {
-        model: &'static str,
-        message: String,
-    },
+    Run { model: String, message: String },
     #[error("unexpected output from {model}: {message}")]
-    Output {
-        model: &'static str,
-        message: String,
-    },
+    Output { model: String, message: String },
 }
 
 /// An inference backend. Implementations are `Send + Sync` and are shared by all threads.
@@ -61,8 +46,10 @@ pub trait Engine: Send + Sync {
         height: usize,
     ) -> Result<DetectorOutput, EngineError>;
 
-    /// Run one classifier on a BGR 0-255 NCHW tensor `[1,3,80,80]`; returns the raw logits.
-    fn classify(&self, model: Classifier, input: &[f32]) -> Result<[f32; 3], EngineError>;
+    /// Run classifier `member` (its index in the model set) on its NCHW tensor
+    /// `[1,3,size,size]`, already preprocessed; returns the raw logits, all finite (a non-finite
+    /// output is an [`EngineError::Output`], never a score).
+    fn classify(&self, member: usize, input: &[f32]) -> Result<Vec<f32>, EngineError>;
 
     /// A short name for logs and reports (e.g. `tract`).
     fn name(&self) -> &'static str;

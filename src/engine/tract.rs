@@ -29,7 +29,6 @@
 //! full ONNX model at sizes that do and do not land on a canvas.
 
 use std::num::NonZeroUsize;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use tract_onnx::prelude::*;
@@ -39,8 +38,8 @@ use tract_onnx::tract_hir::ops::expandable::expand;
 
 use super::depthwise::fuse_depthwise;
 use super::direct::{self, fuse_dense3x3, fuse_pointwise};
-use super::{Classifier, DetectorOutput, Engine, EngineError};
-use crate::models::{read_verified, Manifest, ModelError, Role};
+use super::{DetectorOutput, Engine, EngineError};
+use crate::models::{LoadedSet, ModelError};
 
 type Plan = Arc<TypedRunnableModel>;
 
@@ -82,8 +81,14 @@ pub struct TractEngine {
     /// Symbolic (H, W) of each head output.
     heads: Vec<(TDim, TDim)>,
     plans: Mutex<lru::LruCache<(usize, usize), Plan>>,
-    v2: Plan,
-    v1se: Plan,
+    /// One plan per classifier of the set, in set order.
+    classifiers: Vec<ClassifierPlan>,
+}
+
+struct ClassifierPlan {
+    name: String,
+    size: usize,
+    plan: Plan,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +108,16 @@ fn load_err(file: &str, e: impl std::fmt::Display) -> EngineError {
 
 fn parse(bytes: &[u8], file: &str) -> Result<InferenceModel, EngineError> {
     let mut onnx = tract_onnx::onnx();
+    onnx.op_register
+        .insert("PRelu", |_, _| Ok((expand(FastPrelu), vec![])));
+    onnx.model_for_read(&mut std::io::Cursor::new(bytes))
+        .map_err(|e| load_err(file, e))
+}
+
+/// A classifier file, ignoring its `value_info`: some exports (face-antispoof-onnx's) pin a
+/// symbolic batch there that contradicts the fixed input fact; the input fact decides shapes.
+fn parse_classifier(bytes: &[u8], file: &str) -> Result<InferenceModel, EngineError> {
+    let mut onnx = tract_onnx::onnx().with_ignore_value_info(true);
     onnx.op_register
         .insert("PRelu", |_, _| Ok((expand(FastPrelu), vec![])));
     onnx.model_for_read(&mut std::io::Cursor::new(bytes))
@@ -403,23 +418,29 @@ pub fn optimized_plan(bytes: &[u8], file: &str, shape: [usize; 4]) -> Result<Pla
 }
 
 impl TractEngine {
-    /// Load and verify (SHA-256) the three models of `manifest` from `dir`.
-    pub fn load(dir: &Path, manifest: &Manifest) -> Result<TractEngine, LoadError> {
-        let det = manifest.file(Role::Detector)?;
-        let v2 = manifest.file(Role::ClassifierV2)?;
-        let v1se = manifest.file(Role::ClassifierV1se)?;
-        let headless = headless_detector(parse(&read_verified(dir, det)?, &det.file)?)
+    /// Load and verify (SHA-256) the detector and every classifier of `set`.
+    pub fn load(set: &LoadedSet) -> Result<TractEngine, LoadError> {
+        let det = &set.set.detector;
+        let headless = headless_detector(parse(&set.read(det)?, &det.file)?)
             .map_err(|e| load_err(&det.file, e))?;
-        let v2_plan = optimize(
-            parse(&read_verified(dir, v2)?, &v2.file)?,
-            [1, 3, 80, 80],
-            &v2.file,
-        )?;
-        let v1se_plan = optimize(
-            parse(&read_verified(dir, v1se)?, &v1se.file)?,
-            [1, 3, 80, 80],
-            &v1se.file,
-        )?;
+        let classifiers = set
+            .set
+            .classifiers
+            .iter()
+            .map(|m| -> Result<ClassifierPlan, LoadError> {
+                let file = &m.model.file;
+                let plan = optimize(
+                    parse_classifier(&set.read(&m.model)?, file)?,
+                    [1, 3, m.size, m.size],
+                    file,
+                )?;
+                Ok(ClassifierPlan {
+                    name: m.name.clone(),
+                    size: m.size,
+                    plan,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let cap = NonZeroUsize::new(DETECTOR_PLAN_CACHE).unwrap_or(NonZeroUsize::MIN);
         let engine = TractEngine {
             detector: headless.model,
@@ -428,8 +449,7 @@ impl TractEngine {
             masks: headless.masks,
             heads: headless.heads,
             plans: Mutex::new(lru::LruCache::new(cap)),
-            v2: v2_plan,
-            v1se: v1se_plan,
+            classifiers,
         };
         for (w, h) in EXACT_DETECTOR_SIZES {
             engine.detector_plan(w, h)?;
@@ -537,18 +557,18 @@ impl TractEngine {
     }
 }
 
-fn run_err(model: &'static str, e: impl std::fmt::Display) -> EngineError {
+fn run_err(model: &str, e: impl std::fmt::Display) -> EngineError {
     EngineError::Run {
-        model,
+        model: model.to_string(),
         message: format!("{e:#}"),
     }
 }
 
-fn to_vec(t: &TValue, model: &'static str) -> Result<Vec<f32>, EngineError> {
+fn to_vec(t: &TValue, model: &str) -> Result<Vec<f32>, EngineError> {
     let view = t
         .to_plain_array_view::<f32>()
         .map_err(|e| EngineError::Output {
-            model,
+            model: model.to_string(),
             message: e.to_string(),
         })?;
     Ok(view.iter().copied().collect())
@@ -574,7 +594,7 @@ impl Engine for TractEngine {
             .map_err(|e| run_err("detector", e))?;
         let out = plan.run(inputs).map_err(|e| run_err("detector", e))?;
         let output_err = |message: String| EngineError::Output {
-            model: "detector",
+            model: "detector".to_string(),
             message,
         };
         let views = out
@@ -597,25 +617,29 @@ impl Engine for TractEngine {
         assemble_head(&heads, &levels).map_err(output_err)
     }
 
-    fn classify(&self, model: Classifier, input: &[f32]) -> Result<[f32; 3], EngineError> {
-        let (plan, name) = match model {
-            Classifier::V2 => (&self.v2, "MiniFASNetV2"),
-            Classifier::V1Se => (&self.v1se, "MiniFASNetV1SE"),
-        };
-        let t = Tensor::from_shape(&[1, 3, 80, 80], input).map_err(|e| run_err(name, e))?;
-        let out = plan.run(tvec!(t.into())).map_err(|e| run_err(name, e))?;
+    fn classify(&self, member: usize, input: &[f32]) -> Result<Vec<f32>, EngineError> {
+        let c = self
+            .classifiers
+            .get(member)
+            .ok_or_else(|| EngineError::Run {
+                model: format!("classifier #{member}"),
+                message: format!("the set has {} classifiers", self.classifiers.len()),
+            })?;
+        let name = c.name.as_str();
+        let t = Tensor::from_shape(&[1, 3, c.size, c.size], input).map_err(|e| run_err(name, e))?;
+        let out = c.plan.run(tvec!(t.into())).map_err(|e| run_err(name, e))?;
         let v = out
             .first()
             .map(|o| to_vec(o, name))
             .transpose()?
             .unwrap_or_default();
-        match v.as_slice() {
-            [a, b, c] => Ok([*a, *b, *c]),
-            _ => Err(EngineError::Output {
-                model: name,
-                message: format!("{} logits", v.len()),
-            }),
+        if v.is_empty() || v.iter().any(|x| !x.is_finite()) {
+            return Err(EngineError::Output {
+                model: name.to_string(),
+                message: format!("{} logits, not all finite: {v:?}", v.len()),
+            });
         }
+        Ok(v)
     }
 
     fn name(&self) -> &'static str {
@@ -630,7 +654,13 @@ mod tests {
     fn model_dir() -> std::path::PathBuf {
         std::env::var_os("LIVECHECK_MODEL_DIR")
             .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models"))
+            .unwrap_or_else(|| {
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models")
+            })
+    }
+
+    fn test_set(name: &str) -> LoadedSet {
+        LoadedSet::resolve(Some(name), Some(&model_dir())).unwrap()
     }
 
     #[test]
@@ -688,8 +718,7 @@ mod tests {
     /// larger canvas (the upsampling crops differ), and at a size that is its own canvas.
     #[test]
     fn headless_detector_matches_the_full_model() {
-        let manifest = Manifest::builtin().unwrap();
-        let engine = TractEngine::load(&model_dir(), &manifest).unwrap();
+        let engine = TractEngine::load(&test_set("silentface")).unwrap();
         let bytes = std::fs::read(model_dir().join("retinaface_silentface.onnx")).unwrap();
         let full = parse(&bytes, "detector").unwrap();
         let sizes = [
@@ -739,15 +768,14 @@ mod tests {
     /// convolution (an `EinSum` after declutter) and the dense 3x3 stem is replaced.
     #[test]
     fn fused_classifiers_match_tract() {
-        let engine = TractEngine::load(&model_dir(), &Manifest::builtin().unwrap()).unwrap();
-        for (file, which) in [
-            ("MiniFASNetV2.onnx", Classifier::V2),
-            ("MiniFASNetV1SE.onnx", Classifier::V1Se),
-        ] {
-            let bytes = std::fs::read(model_dir().join(file)).unwrap();
-            let mut typed = parse(&bytes, file)
+        let set = test_set("silentface-minifas128");
+        let engine = TractEngine::load(&set).unwrap();
+        for (which, member) in set.set.classifiers.iter().enumerate() {
+            let (file, n) = (member.model.file.as_str(), member.size);
+            let bytes = set.read(&member.model).unwrap();
+            let mut typed = parse_classifier(&bytes, file)
                 .unwrap()
-                .with_input_fact(0, f32::fact([1, 3, 80, 80]).into())
+                .with_input_fact(0, f32::fact([1, 3, n, n]).into())
                 .unwrap()
                 .into_typed()
                 .unwrap()
@@ -795,10 +823,11 @@ mod tests {
             let left = (depthwise(&typed), pointwise(&typed), dense(&typed));
             assert_eq!(left, (0, 0, 0), "{file}");
             for seed in 0..3usize {
-                let input: Vec<f32> = (0..3 * 80 * 80)
-                    .map(|i| ((i * 7919 + seed * 104729) % 256) as f32)
+                // Pixel values through the member's own normalisation (/255 for the 128 model).
+                let input: Vec<f32> = (0..3 * n * n)
+                    .map(|i| ((i * 7919 + seed * 104729) % 256) as f32 / member.std[0])
                     .collect();
-                let t = Tensor::from_shape(&[1, 3, 80, 80], &input).unwrap();
+                let t = Tensor::from_shape(&[1, 3, n, n], &input).unwrap();
                 let want = to_vec(&stock.run(tvec!(t.into())).unwrap()[0], "stock").unwrap();
                 let got = engine.classify(which, &input).unwrap();
                 for (a, b) in got.iter().zip(&want) {

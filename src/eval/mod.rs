@@ -9,6 +9,7 @@
 //! pure [`metrics::Sample`]s: a verdict whose reason is neither `live` nor `spoof`, and every
 //! `Err`, is a non-response (`p_real = None`).
 
+pub mod calibrate;
 pub mod dataset;
 pub mod metrics;
 pub mod plot;
@@ -61,7 +62,7 @@ impl ScoredSample {
             Err(e) => Outcome::Failed {
                 reason: match e {
                     PipelineError::Decode(_) => "decode_error",
-                    PipelineError::Engine(_) => "engine_error",
+                    PipelineError::Engine(_) | PipelineError::Crop { .. } => "engine_error",
                 },
                 message: e.to_string(),
             },
@@ -274,7 +275,7 @@ mod tests {
             &item(Label::Spoof),
             None,
             Err(PipelineError::Engine(EngineError::Run {
-                model: "x",
+                model: "x".to_string(),
                 message: "boom".into(),
             })),
         );

@@ -9,12 +9,14 @@ pub mod crop;
 pub mod decode;
 pub mod detect;
 pub mod resize;
+pub mod square;
 
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{Classifier, Engine, EngineError};
+use crate::engine::{Engine, EngineError};
+use crate::models::{CropSpec, Member, ModelSet, ResizeKind};
 pub use decode::{BgrImage, DecodeError, DecodeLimits};
 
 /// Stable machine-readable reason for a verdict. Serialized in snake_case (`"no_face"`...).
@@ -105,15 +107,33 @@ pub struct Face {
     pub confidence: f32,
 }
 
-/// Per-model softmax outputs (index 1 = real).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Scores {
-    /// MiniFASNetV2, crop scale 2.7.
-    #[serde(rename = "MiniFASNetV2")]
-    pub v2: [f32; 3],
-    /// MiniFASNetV1SE, crop scale 4.0.
-    #[serde(rename = "MiniFASNetV1SE")]
-    pub v1se: [f32; 3],
+/// One classifier's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemberScore {
+    /// The member's name in the model set.
+    pub name: String,
+    /// Raw outputs.
+    pub logits: Vec<f32>,
+    /// Softmax (or `[sigmoid]`) of the logits.
+    pub probs: Vec<f32>,
+    /// `probs[real_index]`.
+    pub p_real: f32,
+}
+
+/// Every member's answer, in set order. Serialized as `{"<member name>": [probabilities...]}`
+/// (for Silent-Face: `{"MiniFASNetV2": [3 values], "MiniFASNetV1SE": [3 values]}`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Scores(pub Vec<MemberScore>);
+
+impl Serialize for Scores {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for m in &self.0 {
+            map.serialize_entry(&m.name, &m.probs)?;
+        }
+        map.end()
+    }
 }
 
 /// Wall-clock time of each stage, in milliseconds.
@@ -126,7 +146,7 @@ pub struct Timings {
 }
 
 /// The outcome of one check. Quality outcomes (no face, ...) are verdicts with `live = false`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Verdict {
     pub live: bool,
     /// Fused liveness probability in [0,1]; 0 for quality outcomes that never reached the classifiers.
@@ -149,6 +169,9 @@ pub enum PipelineError {
     Decode(#[from] DecodeError),
     #[error("inference failed: {0}")]
     Engine(#[from] EngineError),
+    /// The face box gave no crop for a member (a degenerate box; never seen on real detections).
+    #[error("no {member} crop for face box {bbox:?}")]
+    Crop { member: String, bbox: [i32; 4] },
 }
 
 impl Default for PipelineConfig {
@@ -188,6 +211,8 @@ pub const MIN_SECOND_FACE_CONFIDENCE: f32 = 0.6;
 struct Scratch {
     resized: Vec<u8>,
     det_input: Vec<f32>,
+    /// A member's padded crop (square-reflect crops; clamp crops are views into the image).
+    patch: Vec<u8>,
     crop: Vec<u8>,
     cls_input: Vec<f32>,
     /// Priors of the last detector input size (they depend on the size only).
@@ -203,19 +228,39 @@ fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1e3
 }
 
-/// The loaded pipeline: engine plus configuration. Share it as `Arc<Pipeline>`; it is `Send + Sync`.
+/// The loaded pipeline: engine, model set and configuration. Share it as `Arc<Pipeline>`; it is
+/// `Send + Sync`.
 pub struct Pipeline {
     engine: Box<dyn Engine>,
+    set: ModelSet,
+    set_hash: String,
     config: PipelineConfig,
 }
 
 impl Pipeline {
-    pub fn new(engine: Box<dyn Engine>, config: PipelineConfig) -> Self {
-        Pipeline { engine, config }
+    /// `engine` must have loaded `set`'s classifiers, in set order.
+    pub fn new(engine: Box<dyn Engine>, set: ModelSet, config: PipelineConfig) -> Self {
+        let set_hash = set.hash();
+        Pipeline {
+            engine,
+            set,
+            set_hash,
+            config,
+        }
     }
 
     pub fn config(&self) -> &PipelineConfig {
         &self.config
+    }
+
+    /// The model set this pipeline runs.
+    pub fn model_set(&self) -> &ModelSet {
+        &self.set
+    }
+
+    /// The model set's identity ([`ModelSet::hash`]): in every answer, audit row and report.
+    pub fn model_hash(&self) -> &str {
+        &self.set_hash
     }
 
     /// The engine's name (`tract`).
@@ -271,7 +316,7 @@ impl Pipeline {
             }
             detect::select_faces(&out, priors, cfg.min_face_confidence).map_err(|message| {
                 EngineError::Output {
-                    model: "detector",
+                    model: "detector".to_string(),
                     message,
                 }
                 .into()
@@ -319,39 +364,85 @@ impl Pipeline {
 
         // Classification.
         let t1 = Instant::now();
-        let v2 = self.classify(&view, bbox, crop::SCALE_V2, Classifier::V2)?;
-        let v1se = self.classify(&view, bbox, crop::SCALE_V1SE, Classifier::V1Se)?;
+        let mut members = Vec::with_capacity(self.set.classifiers.len());
+        for (i, m) in self.set.classifiers.iter().enumerate() {
+            members.push(self.classify(&view, bbox, i, m, |_| ())?);
+        }
+        let p: Vec<f32> = members.iter().map(|m| m.p_real).collect();
         v.timings.classify = ms(t1);
-        v.scores = Some(Scores { v2, v1se });
-        v.p_real = classify::fuse(v2, v1se);
+        v.p_real = classify::fuse(&self.set.fusion, &p);
+        v.scores = Some(Scores(members));
         v.live = v.p_real >= cfg.threshold;
         v.reason = if v.live { Reason::Live } else { Reason::Spoof };
         v.timings.total = ms(t0);
         Ok(v)
     }
 
-    /// Crop at `scale`, resize to 80x80, run one classifier; returns its softmax.
+    /// Member `index`'s input crop (BGR pixels, `size x size`) and answer for face box `bbox` in
+    /// an upright image: exactly what a check runs, for `livecheck crops` (training data).
+    pub fn member_sample(
+        &self,
+        img: &BgrImage,
+        bbox: [i32; 4],
+        index: usize,
+    ) -> Result<(Vec<u8>, MemberScore), PipelineError> {
+        let member = self
+            .set
+            .classifiers
+            .get(index)
+            .ok_or_else(|| EngineError::Run {
+                model: format!("classifier #{index}"),
+                message: format!("the set has {} classifiers", self.set.classifiers.len()),
+            })?;
+        let mut pixels = Vec::new();
+        let score = self.classify(&img.view(), bbox, index, member, |c| {
+            pixels.extend_from_slice(c)
+        })?;
+        Ok((pixels, score))
+    }
+
+    /// Crop and preprocess for member `index` (`seen` gets the crop's pixels), run it, and read
+    /// its probabilities.
     fn classify(
         &self,
         view: &resize::ImageView<'_>,
         bbox: [i32; 4],
-        scale: f64,
-        which: Classifier,
-    ) -> Result<[f32; 3], PipelineError> {
-        let logits = SCRATCH.with(|s| -> Result<[f32; 3], PipelineError> {
+        index: usize,
+        member: &Member,
+        mut seen: impl FnMut(&[u8]),
+    ) -> Result<MemberScore, PipelineError> {
+        let logits = SCRATCH.with(|s| -> Result<Vec<f32>, PipelineError> {
             let mut s = s.borrow_mut();
             let Scratch {
-                crop, cls_input, ..
+                patch,
+                crop,
+                cls_input,
+                ..
             } = &mut *s;
-            crop_to_input(view, bbox, scale, crop, cls_input).ok_or_else(|| {
-                EngineError::Output {
-                    model: "crop",
-                    message: format!("no crop for box {bbox:?}"),
-                }
-            })?;
-            Ok(self.engine.classify(which, cls_input)?)
+            if member_crop(view, bbox, member, patch, crop).is_none() {
+                return Err(PipelineError::Crop {
+                    member: member.name.clone(),
+                    bbox,
+                });
+            }
+            seen(crop);
+            classify::to_tensor(member, crop, member.size * member.size, cls_input);
+            Ok(self.engine.classify(index, cls_input)?)
         })?;
-        Ok(classify::softmax3(logits))
+        let probs =
+            classify::probabilities(member, &logits).ok_or_else(|| EngineError::Output {
+                model: member.name.clone(),
+                message: format!(
+                    "{} outputs do not fit the set's member ({logits:?})",
+                    logits.len()
+                ),
+            })?;
+        Ok(MemberScore {
+            name: member.name.clone(),
+            p_real: probs[member.real_index],
+            logits,
+            probs,
+        })
     }
 }
 
@@ -362,20 +453,52 @@ pub fn context_ratio(bbox: [i32; 4], w: usize, h: usize) -> f32 {
     (w as f32 / bw).min(h as f32 / bh)
 }
 
-/// Crop `bbox` at `scale`, resize to 80x80 BGR into `crop` and build the classifier tensor
-/// (BGR planes, 0-255, no normalisation) into `input`. Returns the crop box used.
-pub fn crop_to_input(
+/// A member's crop and tensor for face box `bbox` ([`member_crop`] then
+/// [`classify::to_tensor`]): the classifier's input in `input`.
+pub fn member_input(
     view: &resize::ImageView<'_>,
     bbox: [i32; 4],
-    scale: f64,
+    member: &Member,
+    patch: &mut Vec<u8>,
     crop: &mut Vec<u8>,
     input: &mut Vec<f32>,
-) -> Option<crop::CropBox> {
-    let n = classify::INPUT_SIDE;
-    let cb = crop::crop_box(bbox, view.width, view.height, scale)?;
-    let patch = view.sub(cb.left, cb.top, cb.width(), cb.height())?;
-    crop.resize(n * n * 3, 0);
-    resize::resize_bilinear(&patch, n, n, crop);
-    detect::bgr_to_planar(crop, n * n, [0.0; 3], input);
-    Some(cb)
+) -> Option<()> {
+    member_crop(view, bbox, member, patch, crop)?;
+    classify::to_tensor(member, crop, member.size * member.size, input);
+    Some(())
+}
+
+/// A member's input crop for face box `bbox`: cut by its [`CropSpec`] (into `patch` when it is
+/// padded), resized to `size x size` BGR pixels into `crop`. `None` for a degenerate box.
+pub fn member_crop(
+    view: &resize::ImageView<'_>,
+    bbox: [i32; 4],
+    member: &Member,
+    patch: &mut Vec<u8>,
+    crop: &mut Vec<u8>,
+) -> Option<()> {
+    let n = member.size;
+    let region = match member.crop {
+        CropSpec::Clamp { scale } => {
+            let cb = crop::crop_box(bbox, view.width, view.height, scale)?;
+            view.sub(cb.left, cb.top, cb.width(), cb.height())?
+        }
+        CropSpec::SquareReflect { scale } => {
+            let side = square::square_reflect_crop(view, bbox, scale, patch)?;
+            resize::ImageView {
+                data: patch,
+                width: side,
+                height: side,
+                stride: side * 3,
+            }
+        }
+    };
+    match member.resize {
+        ResizeKind::Linear => {
+            crop.resize(n * n * 3, 0);
+            resize::resize_bilinear(&region, n, n, crop);
+        }
+        ResizeKind::Letterbox => square::letterbox_resize(&region, n, crop).then_some(())?,
+    }
+    Some(())
 }

@@ -86,8 +86,6 @@ pub struct AppConfig {
     pub max_queued_checks: usize,
     /// Requests per minute and key on the check endpoint; `None` disables the limit.
     pub rate_limit_per_minute: Option<NonZeroU32>,
-    /// Model manifest hash, reported as `data.model` and stored with every verdict.
-    pub model_hash: String,
     /// Application version, stored with every verdict.
     pub app_version: String,
 }
@@ -108,7 +106,6 @@ impl Default for AppConfig {
             max_concurrent_checks: cores,
             max_queued_checks: cores * 4,
             rate_limit_per_minute: NonZeroU32::new(600),
-            model_hash: String::new(),
             app_version: env!("CARGO_PKG_VERSION").to_owned(),
         }
     }

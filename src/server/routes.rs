@@ -192,7 +192,7 @@ pub async fn check(
             bbox: f.bbox,
             confidence: f64::from(f.confidence),
         }),
-        model: inner.config.model_hash.clone(),
+        model: inner.pipeline.model_hash().to_owned(),
     };
     let record = AuditRecord {
         reference: outcome.reference,
@@ -211,7 +211,7 @@ pub async fn check(
         image_height: verdict.image_size.and_then(|s| i32::try_from(s[1]).ok()),
         input_kind: input_kind.to_owned(),
         url_host,
-        model_hash: inner.config.model_hash.clone(),
+        model_hash: inner.pipeline.model_hash().to_owned(),
         engine: inner.pipeline.engine_name().to_owned(),
         app_version: inner.config.app_version.clone(),
         timings_ms: verdict.timings,
@@ -299,7 +299,9 @@ fn verdict_or_error(result: Result<Verdict, PipelineError>) -> Result<Verdict, A
             _ => Ok(verdict),
         },
         Err(PipelineError::Decode(err)) => Err(decode_error(&err)),
-        Err(PipelineError::Engine(err)) => Err(ApiError::Internal(format!("engine: {err}"))),
+        Err(err @ (PipelineError::Engine(_) | PipelineError::Crop { .. })) => {
+            Err(ApiError::Internal(format!("pipeline: {err}")))
+        }
     }
 }
 
@@ -424,7 +426,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         status: if db_ok { "ready" } else { "unavailable" },
         models: "loaded",
         database: if db_ok { "ok" } else { "unreachable" },
-        model: inner.config.model_hash.clone(),
+        model: inner.pipeline.model_hash().to_owned(),
         version: inner.config.app_version.clone(),
     };
     let status = if db_ok {
@@ -552,7 +554,7 @@ mod tests {
         }
         let err = verdict_or_error(Err(PipelineError::Engine(
             crate::engine::EngineError::Run {
-                model: "x",
+                model: "x".to_string(),
                 message: "boom".into(),
             },
         )))

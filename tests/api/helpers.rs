@@ -57,7 +57,7 @@ pub fn pipeline() -> Arc<Pipeline> {
     PIPELINE
         .get_or_init(|| {
             Arc::new(
-                livecheck::load_pipeline(Some(&model_dir()), PipelineConfig::default())
+                livecheck::load_pipeline(None, Some(&model_dir()), PipelineConfig::default())
                     .expect("load the real models (set LIVECHECK_MODEL_DIR)"),
             )
         })
@@ -65,7 +65,7 @@ pub fn pipeline() -> Arc<Pipeline> {
 }
 
 pub fn model_hash() -> String {
-    livecheck::models::Manifest::builtin().unwrap().hash()
+    pipeline().model_hash().to_string()
 }
 
 /// Which database a test runs against.
@@ -177,7 +177,6 @@ pub fn test_config() -> AppConfig {
         max_concurrent_checks: 2,
         max_queued_checks: 16,
         rate_limit_per_minute: None,
-        model_hash: model_hash(),
         ..AppConfig::default()
     }
 }
