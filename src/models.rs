@@ -531,7 +531,8 @@ mod tests {
 
     #[test]
     fn parser_rejects_bad_sets_with_a_reason() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
+        type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+        let cases: Vec<(&str, Edit)> = vec![
             (
                 "unknown variant",
                 Box::new(|v| v["classifiers"][0]["resize"] = "cubic".into()),
