@@ -1,0 +1,1 @@
+"""livecheck fine-tuning pipeline (see training/README.md)."""
