@@ -40,10 +40,11 @@ pub struct EvalArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// Fit the model set's fusion (logistic regression over the members' logits, live and attack
-    /// types balanced) and the threshold for --target-apcer on this dataset, and write the
-    /// calibrated set to FILE (use it with --model-set FILE). With --group-by, the threshold is
-    /// chosen on leave-one-group-out scores and those figures are reported.
+    /// Fit the model set's fusion (logistic regression over the members' logits; live and attacks
+    /// weighted equally, attack types by the square root of their counts) and the threshold for
+    /// --target-apcer on this dataset, and write the calibrated set to FILE (use it with
+    /// --model-set FILE). With --group-by, the threshold is chosen on leave-one-group-out scores
+    /// and those figures are reported.
     #[arg(long, value_name = "FILE")]
     pub calibrate: Option<PathBuf>,
 
