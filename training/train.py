@@ -58,13 +58,13 @@ def find_livecheck(cfg: dict) -> Path:
 
 def run_crops(cfg: dict, manifest: Path, out: Path, jitter: int) -> data.Crops:
     """`livecheck crops` into `out`, skipped when `out` holds the result of the same command on
-    the same manifest and binary."""
+    the same manifest (delete training/out/work after changing livecheck's crop code; the logits
+    check below catches model changes)."""
     exe = find_livecheck(cfg)
     cmd = [str(exe), "crops", str(manifest), str(out), "--model-set", str(repo_path(cfg["base_set"])),
            "--jitter", str(jitter), "--seed", str(cfg["seed"]), "--group-by", cfg["group_by"]]
     cmd += cfg.get("livecheck_args", [])
-    stamp = hashlib.sha256((" ".join(cmd) + manifest.read_text()).encode() +
-                           exe.read_bytes()).hexdigest()
+    stamp = hashlib.sha256((" ".join(cmd) + manifest.read_text()).encode()).hexdigest()
     if (out / "crops.csv").exists() and (out / "stamp").exists() and (out / "stamp").read_text() == stamp:
         log(f"crops: reusing {out}")
     else:
@@ -173,8 +173,9 @@ def main() -> None:
         cv = fit.cross_validate(bases[m], ri, feats, plan, sample_fold, val_mask, cfg["train"],
                                 seed, log)
         epochs = cv["best_epoch"]
-        log(f"{m}: best epoch {epochs} (mean val loss {cv['mean_val_loss'][epochs]:.4f}, "
-            f"base {cv['mean_val_loss'][0]:.4f}); final head on all sources")
+        log(f"{m}: chosen epoch {epochs} by {cfg['train'].get('select', 'loss')} (mean held-out loss "
+            f"{cv['mean_val_loss'][epochs]:.4f}, AUC {cv['mean_val_auc'][epochs]:.4f}; base "
+            f"{cv['mean_val_loss'][0]:.4f}, {cv['mean_val_auc'][0]:.4f}); final head on all sources")
         head, hist = fit.train_head(bases[m], ri, feats, y_all, w_all, cfg["train"], seed,
                                     epochs, log=log)
         name = f"{m}_ft"

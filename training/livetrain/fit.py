@@ -8,6 +8,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from .data import balanced_weights
+from .metrics import auc
 from .models import Base, Head, logit_real
 
 EPS = 1e-6  # p clip before logit, as livecheck's Fusion::Logistic (LOGIT_EPS)
@@ -92,8 +93,10 @@ def cross_validate(base: Base, real_index: int, feats: np.ndarray, plan, sample_
                    val_mask: np.ndarray, cfg: dict, seed: int, log=print) -> dict:
     """Leave-source-out K-fold: for each fold, train on every planned sample of the other folds'
     sources (augmented and synthetic included) and validate on the fold's served crops (view 0,
-    clean, real labels only). Picks the epoch count with the lowest mean balanced validation loss.
-    Returns per-fold histories, the chosen epoch, and out-of-fold logits at that epoch."""
+    clean, real labels only). Picks the epoch count (0 = the base model) with the best mean over
+    folds of `cfg["select"]`: "loss" (balanced validation loss) or "auc" (held-out AUC; ranking,
+    which fusion and thresholds build on). Returns per-fold histories, per-epoch mean loss and
+    AUC, the chosen epoch, and out-of-fold logits at that epoch."""
     folds = sorted(set(sample_fold))
     per_fold = []
     for f in folds:
@@ -111,11 +114,19 @@ def cross_validate(base: Base, real_index: int, feats: np.ndarray, plan, sample_
                              (np.flatnonzero(va), y[va], wv), log, rows=np.flatnonzero(tr))
         per_fold.append({"fold": f, "val_index": np.flatnonzero(va), **hist})
     mean_val = np.mean([h["val_loss"] for h in per_fold], axis=0)
-    best = int(np.argmin(mean_val))
+    fold_auc = [[auc(z[y_v], z[~y_v]) for z in h["val_logits"]]
+                for h in per_fold for y_v in [plan.is_live[h["val_index"]]]]
+    mean_auc = np.array([np.mean([a[e] for a in fold_auc if a[e] is not None] or [np.nan])
+                         for e in range(len(mean_val))])
+    if cfg.get("select", "loss") == "auc" and not np.isnan(mean_auc).all():
+        best = int(np.nanargmax(mean_auc))
+    else:
+        best = int(np.argmin(mean_val))
     oof = np.full(len(plan), np.nan, np.float32)
     for h in per_fold:
         oof[h["val_index"]] = h["val_logits"][best]
-    return {"folds": per_fold, "mean_val_loss": mean_val.tolist(), "best_epoch": best, "oof": oof}
+    return {"folds": per_fold, "mean_val_loss": mean_val.tolist(), "mean_val_auc": mean_auc.tolist(),
+            "best_epoch": best, "oof": oof}
 
 
 def clip_logit(z: np.ndarray) -> np.ndarray:

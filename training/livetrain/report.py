@@ -128,8 +128,10 @@ def write(out: Path, cfg, corpus, dev, img_fold, results, counts, licences, repr
         y = corpus.is_live
         L += [f"### {m} → {r['name']}", "",
               f"Head from `{cfg['members'][m]['start']}` trained, backbone frozen; chosen epochs "
-              f"{cv['best_epoch']} of {cfg['train']['epochs']} (mean held-out loss "
-              f"{cv['mean_val_loss'][cv['best_epoch']]:.4f}, base model {cv['mean_val_loss'][0]:.4f}). "
+              f"{cv['best_epoch']} of {cfg['train']['epochs']} by {cfg['train'].get('select', 'loss')} "
+              f"(mean held-out loss {cv['mean_val_loss'][cv['best_epoch']]:.4f}, mean fold AUC "
+              f"{cv['mean_val_auc'][cv['best_epoch']]:.4f}; base model {cv['mean_val_loss'][0]:.4f}, "
+              f"{cv['mean_val_auc'][0]:.4f}). "
               f"`{r['file']}`: {r['bytes']} bytes, sha256 `{r['sha256']}`, onnxruntime vs PyTorch "
               f"max abs logit difference {r['max_abs_diff']:.1e}.", "", f"![curves]({png})", "",
               "Leave-source-out validation (each fold's sources held out; view 0 crops):", "",
