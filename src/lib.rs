@@ -38,7 +38,14 @@ pub fn load_pipeline(
     model_dir: Option<&Path>,
     config: pipeline::PipelineConfig,
 ) -> Result<pipeline::Pipeline, LoadError> {
-    let set = models::LoadedSet::resolve(model_set, model_dir)?;
+    pipeline_for(models::LoadedSet::resolve(model_set, model_dir)?, config)
+}
+
+/// Load an already resolved set's files with the tract engine and build its pipeline.
+pub fn pipeline_for(
+    set: models::LoadedSet,
+    config: pipeline::PipelineConfig,
+) -> Result<pipeline::Pipeline, LoadError> {
     let engine = engine::tract::TractEngine::load(&set)?;
     Ok(pipeline::Pipeline::new(Box::new(engine), set.set, config))
 }

@@ -152,14 +152,19 @@ impl PipelineArgs {
 
     /// Resolve the model set, verify and load its models, and build the pipeline.
     pub fn build(&self) -> anyhow::Result<livecheck::pipeline::Pipeline> {
+        self.build_with(|_| ())
+    }
+
+    /// [`PipelineArgs::build`], with `adjust` applied to the configuration the flags describe
+    /// (`serve` ties the byte cap to `--max-image-bytes`).
+    pub fn build_with(
+        &self,
+        adjust: impl FnOnce(&mut livecheck::pipeline::PipelineConfig),
+    ) -> anyhow::Result<livecheck::pipeline::Pipeline> {
         let set = self.model_set()?;
-        let config = self.config(set.set.threshold)?;
-        let engine = livecheck::engine::tract::TractEngine::load(&set)?;
-        Ok(livecheck::pipeline::Pipeline::new(
-            Box::new(engine),
-            set.set,
-            config,
-        ))
+        let mut config = self.config(set.set.threshold)?;
+        adjust(&mut config);
+        Ok(livecheck::pipeline_for(set, config)?)
     }
 }
 

@@ -106,17 +106,12 @@ impl ServeArgs {
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     init_tracing(args.log_json);
-    let set = args.pipeline.model_set()?;
     // The pipeline's own byte cap follows --max-image-bytes (the fetcher and the base64 parser
     // enforce it first; this keeps the three from disagreeing).
-    let mut pipeline_config = args.pipeline.config(set.set.threshold)?;
-    pipeline_config.limits.max_bytes = args.max_image_bytes;
-    let engine = livecheck::engine::tract::TractEngine::load(&set)?;
-    let pipeline = Arc::new(livecheck::pipeline::Pipeline::new(
-        Box::new(engine),
-        set.set,
-        pipeline_config,
-    ));
+    let pipeline = Arc::new(
+        args.pipeline
+            .build_with(|c| c.limits.max_bytes = args.max_image_bytes)?,
+    );
     let config = args.app_config();
     // Blocking checks run on tokio's blocking pool, bounded by the CPU semaphore.
     let runtime = tokio::runtime::Builder::new_multi_thread()
