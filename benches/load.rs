@@ -10,39 +10,20 @@
 //! `1,4,16`), `LIVECHECK_MODEL_DIR`. Without `--bench` (e.g. under `cargo test --benches`) it runs
 //! a small smoke version. All traffic stays on loopback.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::Path as UrlPath;
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::Router;
+use axum::http::StatusCode;
+use common::{cpu_model, image_server, percentile, shared_dir, CHECK, IMAGES};
 use livecheck::pipeline::PipelineConfig;
 use livecheck::server::{AppConfig, Application};
 use livecheck::store::Store;
-
-const CHECK: &str = "/api/onboarding/biometrics/face/liveliness_check/";
-/// The three upstream samples and whether each is live.
-const IMAGES: [(&str, bool); 3] = [
-    ("image_F1.jpg", false),
-    ("image_F2.jpg", false),
-    ("image_T1.jpg", true),
-];
-
-fn shared_dir() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for rel in ["../shared", "../../shared"] {
-        let p = root.join(rel);
-        if p.join("testdata/silentface").is_dir() {
-            return p;
-        }
-    }
-    panic!("shared/ not found beside {}", root.display());
-}
 
 /// Result of one concurrency level.
 struct Level {
@@ -54,45 +35,6 @@ struct Level {
     p50_ms: f64,
     p99_ms: f64,
     mean_ms: f64,
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    // Nearest rank.
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-async fn image_server() -> SocketAddr {
-    let dir = shared_dir().join("testdata/silentface");
-    let files: Arc<Vec<(String, Vec<u8>)>> = Arc::new(
-        IMAGES
-            .iter()
-            .map(|(n, _)| ((*n).to_owned(), std::fs::read(dir.join(n)).unwrap()))
-            .collect(),
-    );
-    let router = Router::new().route(
-        "/img/{name}",
-        get(move |UrlPath(name): UrlPath<String>| {
-            let files = Arc::clone(&files);
-            async move {
-                match files.iter().find(|(n, _)| *n == name) {
-                    Some((_, bytes)) => {
-                        ([(header::CONTENT_TYPE, "image/jpeg")], bytes.clone()).into_response()
-                    }
-                    None => StatusCode::NOT_FOUND.into_response(),
-                }
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, router).await;
-    });
-    addr
 }
 
 /// `clients` tasks share `requests` requests; each checks its verdict against the image.
@@ -168,18 +110,6 @@ async fn run_level(
         p99_ms: percentile(&latencies, 99.0),
         mean_ms,
     }
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".to_owned())
 }
 
 /// Mean milliseconds per stage over the whole run, from the server's own histograms.
@@ -262,35 +192,6 @@ fn markdown(
          200 (warm-up included): one row per verdict, committed before each answer.\n"
     ));
     s
-}
-
-/// Replaces the `## Service load` section of docs/benchmarks.md (up to the next `## `), or appends it.
-fn write_docs(section: &str) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/benchmarks.md");
-    let old = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".to_owned());
-    let new = match old.find("## Service load") {
-        Some(start) => {
-            let rest = &old[start + 3..];
-            let end = rest
-                .find("\n## ")
-                .map(|i| start + 3 + i + 1)
-                .unwrap_or(old.len());
-            format!("{}{}{}", &old[..start], section, {
-                let tail = &old[end..];
-                if tail.is_empty() {
-                    String::new()
-                } else {
-                    format!("\n{tail}")
-                }
-            })
-        }
-        None => format!(
-            "{}\n{section}",
-            old.trim_end_matches('\n').to_owned() + "\n"
-        ),
-    };
-    std::fs::write(&path, new).unwrap();
-    eprintln!("wrote {}", path.display());
 }
 
 fn main() {
@@ -394,7 +295,7 @@ fn main() {
         );
         println!("{section}");
         if write {
-            write_docs(&section);
+            common::write_docs("## Service load", &section);
         }
         store.close().await;
     });

@@ -6,3 +6,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export LIVECHECK_MODEL_DIR="${LIVECHECK_MODEL_DIR:-$(cd ../shared/models && pwd)}"
 cargo test --all-features -- "$@"
+
+# The database-fault test mounts a tmpfs and stops/starts the local PostgreSQL cluster, so it needs
+# root and the PostgreSQL URL; it is #[ignore]d in a plain `cargo test` and run here (as in CI).
+if [ $# -eq 0 ]; then
+  if [ "$(id -u)" = 0 ] && [ -n "${LIVECHECK_TEST_POSTGRES_URL:-}" ]; then
+    cargo test --all-features --test db_faults -- --ignored
+  else
+    echo "note: tests/db_faults.rs not run: it needs root and LIVECHECK_TEST_POSTGRES_URL" >&2
+  fi
+fi

@@ -68,13 +68,58 @@ fn empty_and_garbage_are_not_images() {
 }
 
 #[test]
-fn truncated_jpegs_never_panic() {
-    let full = sample("image_F1.jpg");
-    for cut in [2, 3, 10, 100, 500, 2000, full.len() / 2, full.len() - 10] {
-        // Either a verdict (libjpeg fills missing data, as OpenCV does) or a decode error.
-        let r = pipeline().check(&full[..cut]);
-        if let Err(e) = &r {
-            assert!(matches!(e, PipelineError::Decode(_)), "cut {cut}: {e}");
+fn truncated_jpegs_are_decode_errors_never_verdicts() {
+    // libjpeg fills missing data with grey and only warns; those warnings now fail the decode.
+    for name in ["image_F1.jpg", "image_T1.jpg"] {
+        let full = sample(name);
+        let mut cuts = vec![2, 3, 10, 100, 500, 2000, full.len() - 2, full.len() - 1];
+        cuts.extend((5..100).step_by(5).map(|pct| full.len() * pct / 100));
+        for cut in cuts {
+            match pipeline().check(&full[..cut]) {
+                Err(PipelineError::Decode(DecodeError::Corrupt(_) | DecodeError::NotAnImage)) => {}
+                other => panic!("{name} cut at {cut}/{}: {other:?}", full.len()),
+            }
+        }
+        assert!(pipeline().check(&full).is_ok());
+    }
+}
+
+#[test]
+fn corrupt_jpeg_data_is_a_decode_error() {
+    // Damage in the middle of the entropy-coded data (the file keeps its length and markers).
+    let mut bytes = sample("image_T1.jpg");
+    let mid = bytes.len() / 2;
+    for b in &mut bytes[mid..mid + 64] {
+        *b = 0xFF;
+    }
+    assert!(
+        matches!(
+            pipeline().check(&bytes),
+            Err(PipelineError::Decode(DecodeError::Corrupt(_)))
+        ),
+        "{:?}",
+        pipeline().check(&bytes).map(|v| v.reason)
+    );
+}
+
+#[test]
+fn truncated_files_of_every_format_are_decode_errors() {
+    let img = DynamicImage::ImageRgb8(live_rgb());
+    for fmt in [
+        ImageFormat::Png,
+        ImageFormat::Bmp,
+        ImageFormat::Tiff,
+        ImageFormat::Gif,
+        ImageFormat::WebP,
+    ] {
+        let full = encode(&img, fmt);
+        assert!(pipeline().check(&full).is_ok(), "{fmt:?} whole");
+        for pct in [50, 80, 95, 99] {
+            let cut = &full[..full.len() * pct / 100];
+            match pipeline().check(cut) {
+                Err(PipelineError::Decode(_)) => {}
+                other => panic!("{fmt:?} cut at {pct} %: {:?}", other.map(|v| v.reason)),
+            }
         }
     }
 }

@@ -51,6 +51,34 @@ pub struct ServeArgs {
         value_parser = super::common::parse_seconds)]
     pub body_timeout: f64,
 
+    /// Request-body bytes held in memory at once by all requests together. A request whose
+    /// declared body does not fit gets 503 with Retry-After before its body is read. At least
+    /// --max-body-bytes.
+    #[arg(long, env = "LIVECHECK_MAX_BODY_BYTES_IN_FLIGHT", default_value_t = 64 * 1024 * 1024, value_name = "BYTES")]
+    pub max_body_bytes_in_flight: usize,
+
+    /// Seconds allowed to receive a request's headers; also how long an idle kept-alive
+    /// connection, or one that sends nothing, stays open.
+    #[arg(long, env = "LIVECHECK_HEADER_TIMEOUT", default_value_t = 10.0, value_name = "SECONDS",
+        value_parser = super::common::parse_seconds)]
+    pub header_timeout: f64,
+
+    /// Client connections open at once; more wait in the listen backlog.
+    #[arg(long, env = "LIVECHECK_MAX_CONNECTIONS", default_value_t = 1024, value_name = "N",
+        value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
+    /// Image-URL fetches in flight, all keys together; beyond it 503 with Retry-After. Fetches
+    /// wait on other servers, so they have their own slots and never hold a check slot.
+    #[arg(long, env = "LIVECHECK_MAX_CONCURRENT_FETCHES", default_value_t = 32, value_name = "N",
+        value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_fetches: u32,
+
+    /// Image-URL fetches in flight per API key; beyond it 429 with Retry-After.
+    #[arg(long, env = "LIVECHECK_MAX_FETCHES_PER_KEY", default_value_t = 4, value_name = "N",
+        value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_fetches_per_key: u32,
+
     /// Checks running at once on the CPU. Default: the number of CPU cores.
     #[arg(long, env = "LIVECHECK_MAX_CONCURRENT_CHECKS", value_name = "N",
         value_parser = clap::value_parser!(u32).range(1..))]
@@ -92,6 +120,11 @@ impl ServeArgs {
             max_body_bytes: self.max_body_bytes,
             max_image_bytes: self.max_image_bytes,
             body_timeout: Duration::from_secs_f64(self.body_timeout),
+            max_body_bytes_in_flight: self.max_body_bytes_in_flight,
+            header_timeout: Duration::from_secs_f64(self.header_timeout),
+            max_connections: self.max_connections as usize,
+            max_concurrent_fetches: self.max_concurrent_fetches as usize,
+            max_fetches_per_key: self.max_fetches_per_key as usize,
             allow_fetch_from: self.fetch.allow_fetch_from.clone(),
             fetch_connect_timeout: Duration::from_secs_f64(self.fetch.fetch_connect_timeout),
             fetch_timeout: Duration::from_secs_f64(self.fetch.fetch_timeout),
@@ -196,8 +229,10 @@ async fn shutdown_signal() {
 fn init_tracing(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour codes only on a terminal, never in a file or a log collector.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let _ = if json {
         builder.json().try_init()

@@ -187,15 +187,23 @@ fn check_pixels(width: u32, height: u32, limits: &DecodeLimits) -> Result<(), De
 
 /// libjpeg-turbo-compatible JPEG decode straight to BGR. `Ok(None)` means "colour space libjpeg
 /// cannot convert to BGR (CMYK/YCCK): use the fallback".
+///
+/// libjpeg decodes a truncated or damaged file without failing: it warns, fills the missing
+/// blocks with grey and carries on (OpenCV's `imread` returns that picture). A liveness verdict on
+/// half a face is worthless, so the warnings that mean "pixels are missing or invented" turn the
+/// decode into [`DecodeError::Corrupt`] here. Benign warnings (extraneous bytes between segments,
+/// trailing data, an odd JFIF version or ICC profile) leave the pixels intact and are ignored.
 fn decode_jpeg_libjpeg(
     bytes: &[u8],
     limits: &DecodeLimits,
 ) -> Result<Option<BgrImage>, DecodeError> {
+    jpeg_warnings::reset();
     // libjpeg reports fatal errors by unwinding out of its error handler (the mozjpeg crate's
     // design); catch that here so a hostile file can never take the process down.
     let result = std::panic::catch_unwind(|| -> Result<Option<BgrImage>, DecodeError> {
-        let d =
-            mozjpeg::Decompress::new_mem(bytes).map_err(|e| DecodeError::Corrupt(e.to_string()))?;
+        let d = mozjpeg::Decompress::with_err(jpeg_warnings::error_mgr())
+            .from_mem(bytes)
+            .map_err(|e| DecodeError::Corrupt(e.to_string()))?;
         let (w, h) = d.size();
         let (w32, h32) = (
             u32::try_from(w).map_err(|_| DecodeError::Corrupt("width".into()))?,
@@ -212,13 +220,14 @@ fn decode_jpeg_libjpeg(
         let data = started
             .read_scanlines::<u8>()
             .map_err(|e| DecodeError::Corrupt(e.to_string()))?;
-        // Truncated files decode with grey fill, as in OpenCV; trailing garbage is ignored.
+        // Reads up to EOI: a file cut after its last scan still warns here.
         let _ = started.finish();
         BgrImage::from_raw(w32, h32, data)
             .map(Some)
             .ok_or_else(|| DecodeError::Corrupt("short pixel buffer".into()))
     });
-    match result {
+    let damage = jpeg_warnings::take_damage();
+    let decoded = match result {
         Ok(r) => r,
         Err(payload) => {
             let msg = payload
@@ -228,6 +237,102 @@ fn decode_jpeg_libjpeg(
                 .unwrap_or_else(|| "libjpeg error".into());
             Err(DecodeError::Corrupt(msg))
         }
+    }?;
+    match damage {
+        Some(what) if decoded.is_some() => Err(DecodeError::Corrupt(what.to_owned())),
+        _ => Ok(decoded),
+    }
+}
+
+/// libjpeg's warnings, collected per thread while one JPEG decodes.
+///
+/// The `mozjpeg` crate silences every libjpeg message and has no hook to read them, so this
+/// installs its own `jpeg_error_mgr` (built by libjpeg's `jpeg_std_error`, then two callbacks
+/// replaced). A decode runs on one thread from start to finish, so a thread-local is enough to
+/// carry the warnings out of the C callback.
+mod jpeg_warnings {
+    use std::cell::Cell;
+    use std::os::raw::c_int;
+
+    use mozjpeg_sys::{
+        jpeg_common_struct, jpeg_error_mgr, jpeg_std_error, JWRN_HIT_MARKER, JWRN_HUFF_BAD_CODE,
+        JWRN_JPEG_EOF, JWRN_MUST_RESYNC, JWRN_NOT_SEQUENTIAL,
+    };
+
+    thread_local! {
+        /// The first damage warning of the current decode.
+        static DAMAGE: Cell<Option<&'static str>> = const { Cell::new(None) };
+    }
+
+    pub(super) fn reset() {
+        DAMAGE.with(|d| d.set(None));
+    }
+
+    pub(super) fn take_damage() -> Option<&'static str> {
+        DAMAGE.with(Cell::take)
+    }
+
+    /// What a warning code means for the pixels: `Some` when data is missing or invented.
+    pub(super) fn damage(code: c_int) -> Option<&'static str> {
+        match code {
+            JWRN_JPEG_EOF => Some("truncated JPEG: the file ends before its image data does"),
+            JWRN_HIT_MARKER | JWRN_MUST_RESYNC => {
+                Some("corrupt JPEG: image data is missing between markers")
+            }
+            JWRN_HUFF_BAD_CODE => Some("corrupt JPEG: bad Huffman code in the image data"),
+            JWRN_NOT_SEQUENTIAL => Some("corrupt JPEG: invalid scan parameters"),
+            _ => None,
+        }
+    }
+
+    pub(super) fn error_mgr() -> jpeg_error_mgr {
+        // SAFETY: jpeg_error_mgr is a plain C struct for which all-zero is a valid state, and
+        // jpeg_std_error fills every field of it.
+        let mut err: jpeg_error_mgr = unsafe { std::mem::zeroed() };
+        unsafe { jpeg_std_error(&mut err) };
+        err.error_exit = Some(unwind_on_error);
+        err.emit_message = Some(record_warning);
+        err
+    }
+
+    /// Level -1 is a warning; higher levels are trace messages.
+    extern "C-unwind" fn record_warning(cinfo: &mut jpeg_common_struct, level: c_int) {
+        if level >= 0 {
+            return;
+        }
+        // SAFETY: libjpeg calls this with the cinfo whose `err` points at our manager.
+        let code = unsafe { cinfo.err.as_ref() }.map_or(0, |e| e.msg_code);
+        if let Some(what) = damage(code) {
+            DAMAGE.with(|d| {
+                if d.get().is_none() {
+                    d.set(Some(what));
+                }
+            });
+        }
+    }
+
+    /// Fatal errors unwind to the `catch_unwind` around the decode, as the crate's own manager
+    /// does, carrying libjpeg's text of the error.
+    extern "C-unwind" fn unwind_on_error(cinfo: &mut jpeg_common_struct) {
+        let mut buffer = [0u8; 80];
+        // SAFETY: libjpeg calls this with the cinfo whose `err` points at our manager, whose
+        // `format_message` (from jpeg_std_error) writes at most 80 bytes, NUL-terminated, into
+        // the buffer. The binding declares the buffer `&[u8; 80]` although C writes to it, so the
+        // function type is corrected to `&mut` (same ABI: a pointer), as the mozjpeg crate does.
+        let format = unsafe { cinfo.err.as_ref() }.and_then(|e| e.format_message);
+        if let Some(format) = format {
+            type Writes = unsafe extern "C-unwind" fn(&mut jpeg_common_struct, &mut [u8; 80]);
+            let format: Writes = unsafe {
+                std::mem::transmute::<
+                    unsafe extern "C-unwind" fn(&mut jpeg_common_struct, &[u8; 80]),
+                    Writes,
+                >(format)
+            };
+            unsafe { format(cinfo, &mut buffer) };
+        }
+        let text = buffer.split(|&c| c == 0).next().unwrap_or_default();
+        let msg = format!("libjpeg: {}", String::from_utf8_lossy(text));
+        std::panic::resume_unwind(Box::new(msg));
     }
 }
 

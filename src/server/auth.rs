@@ -46,7 +46,7 @@ impl FromRequestParts<AppState> for Caller {
         match state.inner.store.authenticate(token).await {
             Ok(Some(key)) => Ok(Caller { key }),
             Ok(None) => Err(ApiError::InvalidToken),
-            Err(err) => Err(ApiError::Internal(format!("authenticate: {err}"))),
+            Err(err) => Err(ApiError::from_store("authenticate", &err)),
         }
     }
 }

@@ -2,25 +2,32 @@
 //! rejection (content type, size, syntax, shape) becomes an [`ApiError`] in the seed's envelope
 //! instead of axum's plain-text rejections.
 
-use axum::body::Bytes;
-use axum::extract::{FromRef, FromRequest, Request};
-use axum::http::header;
+use axum::extract::{FromRequest, Request};
+use axum::http::{header, HeaderMap};
+use bytes::BytesMut;
+use futures_util::StreamExt;
 use serde_json::error::Category;
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::error::ApiError;
-
-/// The configured request-body cap, read from the router state.
-#[derive(Debug, Clone, Copy)]
-pub struct BodyLimit(pub usize);
-
-/// The time allowed to receive the whole request body, read from the router state.
-#[derive(Debug, Clone, Copy)]
-pub struct BodyTimeout(pub std::time::Duration);
+use super::AppState;
 
 /// A validated check request: `image` is a non-empty string (not yet interpreted).
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// From a request, it also holds the body's share of the server-wide in-flight body budget
+/// ([`super::AppConfig::max_body_bytes_in_flight`]) until the request ends: the body, the image
+/// string and the decoded image bytes live that long.
+#[derive(Debug)]
 pub struct ImageBody {
     pub image: String,
+    reservation: Option<OwnedSemaphorePermit>,
+}
+
+impl ImageBody {
+    /// Bytes of the body budget this request holds (0 for a body not read from a request).
+    pub fn reserved_bytes(&self) -> usize {
+        self.reservation.as_ref().map_or(0, |p| p.num_permits())
+    }
 }
 
 /// The request body schema, for OpenAPI.
@@ -32,41 +39,109 @@ pub struct CheckRequest {
     pub image: String,
 }
 
-impl<S> FromRequest<S> for ImageBody
-where
-    S: Send + Sync,
-    BodyLimit: FromRef<S>,
-    BodyTimeout: FromRef<S>,
-{
+/// The declared `Content-Length`, if any; a malformed one is a client error.
+fn declared_length(headers: &HeaderMap) -> Result<Option<usize>, ApiError> {
+    let Some(value) = headers.get(header::CONTENT_LENGTH) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|n| Some(usize::try_from(n).unwrap_or(usize::MAX)))
+        .ok_or_else(|| ApiError::BadRequest("Content-Length is not a number".to_owned()))
+}
+
+impl FromRequest<AppState> for ImageBody {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let BodyLimit(limit) = BodyLimit::from_ref(state);
+    /// Content type first, then a declared `Content-Length` over the cap (413 at once, before any
+    /// byte of the body is read), then the body budget for the declared length. The body is read
+    /// within `body_timeout` (408), every chunk counted against the cap and, for bodies without a
+    /// declared length, against the budget. A body that does not fit the budget is discarded as it
+    /// arrives, never held, and answered with 503.
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let config = &state.inner.config;
+        let limit = config.max_body_bytes;
         let content_type = req
             .headers()
             .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        if !is_json_content_type(content_type.as_deref()) {
+            .and_then(|v| v.to_str().ok());
+        if !is_json_content_type(content_type) {
             return Err(ApiError::BadRequest(
                 "Content-Type must be application/json".to_owned(),
             ));
         }
-        let BodyTimeout(deadline) = BodyTimeout::from_ref(state);
-        let read = tokio::time::timeout(deadline, Bytes::from_request(req, state));
-        let bytes = read
-            .await
-            .map_err(|_| ApiError::BodyTimeout {
-                secs: deadline.as_secs_f64(),
-            })?
-            .map_err(|rejection| {
-                if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::BodyTooLarge { limit }
-                } else {
-                    ApiError::BadRequest(format!("Could not read the request body: {rejection}"))
+        let declared = declared_length(req.headers())?;
+        if declared.is_some_and(|n| n > limit) {
+            return Err(ApiError::BodyTooLarge { limit });
+        }
+        let budget = &state.inner.body_budget;
+        // `limit` fits in u32 (checked when the application is built), so these casts are exact.
+        let mut reservation = match declared {
+            Some(n) => budget.clone().try_acquire_many_owned(n as u32).ok(),
+            None => None,
+        };
+        // Refused for lack of budget: the rest of the body is read and thrown away as it arrives
+        // (never held), then the 503 goes out. Answering before the body is read would make the
+        // server close a connection with unread data, and the client would see a reset instead
+        // of the 503.
+        let mut refused = declared.is_some() && reservation.is_none();
+
+        let deadline = config.body_timeout;
+        let read = async {
+            let mut stream = req.into_body().into_data_stream();
+            let mut buf = BytesMut::with_capacity(if refused { 0 } else { declared.unwrap_or(0) });
+            let mut seen = 0usize;
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|e| {
+                    ApiError::BadRequest(format!("Could not read the request body: {e}"))
+                })?;
+                seen += chunk.len();
+                if seen > limit {
+                    return Err(ApiError::BodyTooLarge { limit });
                 }
-            })?;
-        parse_image_body(&bytes)
+                if refused {
+                    continue;
+                }
+                if declared.is_none() && !chunk.is_empty() {
+                    match budget.clone().try_acquire_many_owned(chunk.len() as u32) {
+                        Ok(more) => match &mut reservation {
+                            Some(held) => held.merge(more),
+                            None => reservation = Some(more),
+                        },
+                        Err(_) => {
+                            refused = true;
+                            reservation = None;
+                            buf = BytesMut::new();
+                            continue;
+                        }
+                    }
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            Ok(buf)
+        };
+        let bytes =
+            tokio::time::timeout(deadline, read)
+                .await
+                .map_err(|_| ApiError::BodyTimeout {
+                    secs: deadline.as_secs_f64(),
+                })??;
+        if refused {
+            state
+                .inner
+                .metrics
+                .rejections
+                .with_label_values(&["body_budget"])
+                .inc();
+            return Err(ApiError::Overloaded {
+                retry_after_secs: 1,
+            });
+        }
+        let mut body = parse_image_body(&bytes)?;
+        body.reservation = reservation;
+        Ok(body)
     }
 }
 
@@ -102,9 +177,10 @@ pub fn parse_image_body(bytes: &[u8]) -> Result<ImageBody, ApiError> {
         }
     };
     match object.remove("image") {
-        Some(serde_json::Value::String(image)) if !image.trim().is_empty() => {
-            Ok(ImageBody { image })
-        }
+        Some(serde_json::Value::String(image)) if !image.trim().is_empty() => Ok(ImageBody {
+            image,
+            reservation: None,
+        }),
         _ => Err(ApiError::MissingFields),
     }
 }

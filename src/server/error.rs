@@ -28,6 +28,9 @@ pub const MSG_INVALID_TOKEN: &str = "Invalid token.";
 /// Seed body: missing, empty or non-string `image`.
 pub const MSG_MISSING_FIELDS: &str = "Missing required fields";
 
+/// `Retry-After` of a 503 for an unavailable dependency.
+pub const UNAVAILABLE_RETRY_SECS: u64 = 5;
+
 /// Every way an API request can fail.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -61,11 +64,16 @@ pub enum ApiError {
     /// The per-key rate limit is exhausted.
     #[error("Rate limit exceeded: at most {limit} requests per minute; retry after {retry_after_secs} s")]
     RateLimited { limit: u32, retry_after_secs: u64 },
-    /// All check slots (running and queued) are taken.
+    /// This key already has as many image fetches in flight as it may.
+    #[error("Too many image fetches in flight for this key: at most {limit} at once; retry after {retry_after_secs} s")]
+    TooManyFetches { limit: usize, retry_after_secs: u64 },
+    /// All check slots (running and queued), all image-fetch slots, or the request-body memory
+    /// budget are taken.
     #[error("Server is busy; retry after {retry_after_secs} s")]
     Overloaded { retry_after_secs: u64 },
-    /// The server is shutting down or a dependency is down.
-    #[error("Service unavailable: {0}")]
+    /// The server is shutting down or a dependency (the database) is down. The text goes to the
+    /// log only; the client is told to retry.
+    #[error("Service unavailable; retry after {UNAVAILABLE_RETRY_SECS} s")]
     Unavailable(String),
     /// Anything unexpected. The inner text goes to the log only, never to the client.
     #[error("internal error: {0}")]
@@ -73,6 +81,16 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// A store failure: 503 with `Retry-After` when the database cannot be reached (the client
+    /// may retry), 500 otherwise.
+    pub fn from_store(context: &str, err: &crate::store::StoreError) -> ApiError {
+        if err.is_unavailable() {
+            ApiError::Unavailable(format!("{context}: {err}"))
+        } else {
+            ApiError::Internal(format!("{context}: {err}"))
+        }
+    }
+
     /// The HTTP status of this error.
     pub fn status(&self) -> StatusCode {
         match self {
@@ -84,7 +102,9 @@ impl ApiError {
             ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RateLimited { .. } | ApiError::TooManyFetches { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::Overloaded { .. } | ApiError::Unavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -171,11 +191,14 @@ impl IntoResponse for ApiError {
                 headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(0u32));
                 headers.insert(X_RATELIMIT_RESET, secs_header(*retry_after_secs));
             }
-            ApiError::Overloaded { retry_after_secs } => {
+            ApiError::Overloaded { retry_after_secs }
+            | ApiError::TooManyFetches {
+                retry_after_secs, ..
+            } => {
                 headers.insert(header::RETRY_AFTER, secs_header(*retry_after_secs));
             }
             ApiError::Unavailable(_) => {
-                headers.insert(header::RETRY_AFTER, secs_header(5));
+                headers.insert(header::RETRY_AFTER, secs_header(UNAVAILABLE_RETRY_SECS));
             }
             _ => {}
         }

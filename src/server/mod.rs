@@ -11,6 +11,7 @@
 //! - [`body`]: the `{"image": ...}` body extractor (all rejections in the envelope).
 //! - [`auth`]: `x-access-token` authentication and the per-key rate limit.
 //! - [`ratelimit`]: the keyed GCRA limiter.
+//! - [`slots`]: bounded image-fetch concurrency, global and per key.
 //! - [`routes`]: one `async fn` per route.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`openapi`]: the OpenAPI document generated from the handlers.
@@ -23,18 +24,22 @@ pub mod metrics;
 pub mod openapi;
 pub mod ratelimit;
 pub mod routes;
+pub mod slots;
 
 use std::future::Future;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{DefaultBodyLimit, FromRef, MatchedPath, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::HeaderName;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use ipnet::IpNet;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -43,13 +48,14 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{
     MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
+use tracing::Level;
 
 use crate::fetch::{FetchConfig, Fetcher};
 use crate::pipeline::Pipeline;
 use crate::store::Store;
 
-pub use body::{BodyLimit, BodyTimeout, CheckRequest, ImageBody};
+pub use body::{CheckRequest, ImageBody};
 pub use envelope::{CheckData, CheckEnvelope, CheckOutcome, FaceInfo, Verification};
 pub use error::{ApiError, ErrorEnvelope};
 pub use metrics::Metrics;
@@ -71,6 +77,21 @@ pub struct AppConfig {
     /// Time allowed to receive a check's whole request body (408 after it), so that a client
     /// sending slowly cannot hold a request open indefinitely.
     pub body_timeout: Duration,
+    /// Request-body bytes held at once by all requests together (bodies being received and
+    /// bodies of checks in flight). A request whose body does not fit gets 503 with
+    /// `Retry-After` before it is read; without a budget, 20 slow 15 MB uploads held 268 MB.
+    pub max_body_bytes_in_flight: usize,
+    /// Time allowed to receive a request's headers, counted from the moment the server waits for
+    /// them: a new connection that sends nothing, a trickled header, and a kept-alive connection
+    /// left idle are all closed after it.
+    pub header_timeout: Duration,
+    /// Open client connections at once; further connections wait in the listen backlog.
+    pub max_connections: usize,
+    /// Image fetches in flight, all keys together (503 beyond). Fetches do not hold check slots,
+    /// so slow image hosts cannot starve base64 checks.
+    pub max_concurrent_fetches: usize,
+    /// Image fetches in flight per API key (429 beyond).
+    pub max_fetches_per_key: usize,
     /// Networks the image fetcher may reach although they are private/loopback/...
     pub allow_fetch_from: Vec<IpNet>,
     /// Connect timeout of image fetches.
@@ -99,6 +120,11 @@ impl Default for AppConfig {
             max_body_bytes: 16 * 1024 * 1024,
             max_image_bytes: 10 * 1024 * 1024,
             body_timeout: Duration::from_secs(60),
+            max_body_bytes_in_flight: 64 * 1024 * 1024,
+            header_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+            max_concurrent_fetches: 32,
+            max_fetches_per_key: 4,
             allow_fetch_from: Vec::new(),
             fetch_connect_timeout: Duration::from_secs(5),
             fetch_timeout: Duration::from_secs(15),
@@ -137,22 +163,14 @@ pub(crate) struct Inner {
     pub(crate) fetcher: Fetcher,
     pub(crate) metrics: Metrics,
     pub(crate) limiter: Option<ratelimit::KeyRateLimiter>,
-    /// Admission: running + queued checks.
+    /// Admission: running + queued checks (image bytes in hand).
     pub(crate) admission: Arc<Semaphore>,
+    /// Request-body bytes in memory.
+    pub(crate) body_budget: Arc<Semaphore>,
+    /// Image fetches in flight.
+    pub(crate) fetch_slots: slots::FetchSlots,
     /// CPU slots: running checks.
     pub(crate) cpu: Arc<Semaphore>,
-}
-
-impl FromRef<AppState> for BodyLimit {
-    fn from_ref(state: &AppState) -> Self {
-        BodyLimit(state.inner.config.max_body_bytes)
-    }
-}
-
-impl FromRef<AppState> for BodyTimeout {
-    fn from_ref(state: &AppState) -> Self {
-        BodyTimeout(state.inner.config.body_timeout)
-    }
 }
 
 /// A built application, ready to serve.
@@ -181,6 +199,31 @@ impl Application {
                 "max_image_bytes and max_body_bytes must be positive".into(),
             ));
         }
+        if u32::try_from(config.max_body_bytes).is_err() {
+            return Err(ServerError::Config(
+                "max_body_bytes must be below 4 GiB".into(),
+            ));
+        }
+        if config.max_body_bytes_in_flight < config.max_body_bytes {
+            return Err(ServerError::Config(format!(
+                "max_body_bytes_in_flight ({}) must be at least max_body_bytes ({})",
+                config.max_body_bytes_in_flight, config.max_body_bytes
+            )));
+        }
+        if config.header_timeout.is_zero() {
+            return Err(ServerError::Config(
+                "header_timeout must be positive".into(),
+            ));
+        }
+        if config.max_connections == 0
+            || config.max_concurrent_fetches == 0
+            || config.max_fetches_per_key == 0
+        {
+            return Err(ServerError::Config(
+                "max_connections, max_concurrent_fetches and max_fetches_per_key must be at least 1"
+                    .into(),
+            ));
+        }
         let fetcher = Fetcher::new(FetchConfig {
             allow: config.allow_fetch_from.clone(),
             connect_timeout: config.fetch_connect_timeout,
@@ -197,6 +240,11 @@ impl Application {
             config.max_concurrent_checks + config.max_queued_checks,
         ));
         let cpu = Arc::new(Semaphore::new(config.max_concurrent_checks));
+        let body_budget = Arc::new(Semaphore::new(
+            config.max_body_bytes_in_flight.min(Semaphore::MAX_PERMITS),
+        ));
+        let fetch_slots =
+            slots::FetchSlots::new(config.max_concurrent_fetches, config.max_fetches_per_key);
         let state = AppState {
             inner: Arc::new(Inner {
                 config,
@@ -206,6 +254,8 @@ impl Application {
                 metrics,
                 limiter,
                 admission,
+                body_budget,
+                fetch_slots,
                 cpu,
             }),
         };
@@ -225,6 +275,10 @@ impl Application {
 
     /// Serves on `listener` until `shutdown` resolves, then stops accepting connections and
     /// waits for the requests in flight (and so their checks and audit rows) to finish.
+    ///
+    /// HTTP/1.1 on hyper's connection builder directly rather than `axum::serve`, which has no
+    /// header-read timeout and no connection cap: a client that opened a connection and sent
+    /// nothing, or trickled a header one byte at a time, held it forever.
     pub async fn run(
         self,
         listener: TcpListener,
@@ -242,14 +296,54 @@ impl Application {
                 }
             }
         });
-        let served = axum::serve(listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let config = &self.state.inner.config;
+        let connections = Arc::new(Semaphore::new(config.max_connections));
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(config.header_timeout)
+            .keep_alive(true);
+        let service = TowerToHyperService::new(self.router);
+        let graceful = GracefulShutdown::new();
+        tokio::pin!(shutdown);
+        loop {
+            let permit = tokio::select! {
+                () = &mut shutdown => break,
+                permit = connections.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+            };
+            let stream = tokio::select! {
+                () = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _peer)) => stream,
+                    Err(err) => {
+                        // Per-connection failures (reset before accept) and resource exhaustion
+                        // (EMFILE): neither should stop the server; back off briefly on the latter.
+                        tracing::warn!(error = %err, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let connection =
+                graceful.watch(http.serve_connection(TokioIo::new(stream), service.clone()));
+            tokio::spawn(async move {
+                let _permit = permit;
+                if let Err(err) = connection.await {
+                    tracing::debug!(error = %err, "connection ended with an error");
+                }
+            });
+        }
+        drop(listener);
+        // In-flight requests finish; idle kept-alive connections close at once.
+        graceful.shutdown().await;
         janitor.abort();
-        served?;
         Ok(())
     }
 }
+
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 fn router(state: AppState) -> Router {
@@ -269,27 +363,64 @@ fn router(state: AppState) -> Router {
 
     api.layer(
         ServiceBuilder::new()
+            .layer(middleware::from_fn(drop_unusable_request_id))
             .layer(SetRequestIdLayer::new(X_REQUEST_ID, MakeRequestUuid))
-            .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
-                let request_id = req
-                    .extensions()
-                    .get::<RequestId>()
-                    .and_then(|id| id.header_value().to_str().ok())
-                    .unwrap_or_default()
-                    .to_owned();
-                // Path only: the token is in a header and never enters a span.
-                tracing::info_span!(
-                    "request",
-                    method = %req.method(),
-                    path = %req.uri().path(),
-                    request_id = %request_id,
-                )
-            }))
+            .layer(
+                TraceLayer::new_for_http()
+                    // Every response at DEBUG. Failures are logged where they are understood
+                    // (`ApiError::into_response`: a 500 at ERROR, an unreachable database at
+                    // WARN; overload 503s only in metrics) rather than once per 5xx here, which
+                    // put 63k ERROR lines in 20 s of overload.
+                    .on_response(DefaultOnResponse::new().level(Level::DEBUG))
+                    .on_failure(DefaultOnFailure::new().level(Level::DEBUG))
+                    .make_span_with(|req: &Request| {
+                        let request_id = req
+                            .extensions()
+                            .get::<RequestId>()
+                            .and_then(|id| id.header_value().to_str().ok())
+                            .unwrap_or_default()
+                            .to_owned();
+                        // Path only: the token is in a header and never enters a span.
+                        tracing::info_span!(
+                            "request",
+                            method = %req.method(),
+                            path = %req.uri().path(),
+                            request_id = %request_id,
+                        )
+                    }),
+            )
             .layer(PropagateRequestIdLayer::new(X_REQUEST_ID))
             .layer(middleware::from_fn_with_state(state, track_metrics))
             .layer(CatchPanicLayer::custom(routes::panic_response))
             .layer(DefaultBodyLimit::max(max_body)),
     )
+}
+
+/// Longest client-supplied `x-request-id` kept.
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// True for a request id worth echoing and logging: 1 to [`MAX_REQUEST_ID_LEN`] characters from
+/// `A-Z a-z 0-9 - _ . : /`. Anything else (control characters, spaces, quotes, a 64 KB header)
+/// could forge or flood log lines.
+pub fn is_usable_request_id(value: &[u8]) -> bool {
+    (1..=MAX_REQUEST_ID_LEN).contains(&value.len())
+        && value
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:/".contains(b))
+}
+
+/// Removes an unusable client `x-request-id`, so that the next layer replaces it with a UUID.
+async fn drop_unusable_request_id(mut req: Request, next: Next) -> Response {
+    let unusable = req
+        .headers()
+        .get_all(X_REQUEST_ID)
+        .iter()
+        .any(|v| !is_usable_request_id(v.as_bytes()));
+    let repeated = req.headers().get_all(X_REQUEST_ID).iter().count() > 1;
+    if unusable || repeated {
+        req.headers_mut().remove(X_REQUEST_ID);
+    }
+    next.run(req).await
 }
 
 /// Counts every response by route template, method and status, and times it.

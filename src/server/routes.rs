@@ -110,30 +110,66 @@ struct Image {
         )),
         (status = 408, description = "The request body was not received within the body timeout (`--body-timeout`, default 60 s)", body = ErrorEnvelope,
             example = json!({"status": "failed", "data": [], "message": "Request body was not received within 60 s"})),
-        (status = 413, description = "Request body too large", body = ErrorEnvelope,
+        (status = 413, description = "Request body too large: a declared `Content-Length` over the limit is refused before the body is read", body = ErrorEnvelope,
             example = json!({"status": "failed", "data": [], "message": "Request body is larger than the limit of 16777216 bytes"})),
-        (status = 429, description = "Per-key rate limit exceeded", body = ErrorEnvelope,
+        (status = 429, description = "Per-key rate limit exceeded, or this key already has `--max-fetches-per-key` image fetches in flight", body = ErrorEnvelope,
             headers(
                 ("Retry-After" = u64, description = "Seconds to wait"),
-                ("X-RateLimit-Limit" = u32, description = "Requests allowed per minute"),
-                ("X-RateLimit-Remaining" = u32, description = "Always 0 here"),
-                ("X-RateLimit-Reset" = u64, description = "Seconds until one more request is allowed"),
+                ("X-RateLimit-Limit" = u32, description = "Requests allowed per minute (rate limit only)"),
+                ("X-RateLimit-Remaining" = u32, description = "Always 0 here (rate limit only)"),
+                ("X-RateLimit-Reset" = u64, description = "Seconds until one more request is allowed (rate limit only)"),
             ),
-            example = json!({"status": "failed", "data": [], "message": "Rate limit exceeded: at most 60 requests per minute; retry after 1 s"})),
+            examples(
+                ("rate" = (summary = "Rate limit",
+                    value = json!({"status": "failed", "data": [], "message": "Rate limit exceeded: at most 60 requests per minute; retry after 1 s"}))),
+                ("fetches" = (summary = "Too many fetches for this key",
+                    value = json!({"status": "failed", "data": [], "message": "Too many image fetches in flight for this key: at most 4 at once; retry after 1 s"}))),
+            )),
         (status = 500, description = "Unexpected error (no details are disclosed)", body = ErrorEnvelope,
             example = json!({"status": "failed", "data": [], "message": "Internal server error"})),
-        (status = 503, description = "Overloaded: all check slots are taken", body = ErrorEnvelope,
+        (status = 503, description = "Overloaded (all check slots, all image-fetch slots, or the request-body memory budget are taken; the request did not count against the rate limit) or the database is unreachable", body = ErrorEnvelope,
             headers(("Retry-After" = u64, description = "Seconds to wait")),
-            example = json!({"status": "failed", "data": [], "message": "Server is busy; retry after 1 s"})),
+            examples(
+                ("busy" = (summary = "Overloaded",
+                    value = json!({"status": "failed", "data": [], "message": "Server is busy; retry after 1 s"}))),
+                ("database" = (summary = "Database unreachable",
+                    value = json!({"status": "failed", "data": [], "message": "Service unavailable; retry after 5 s"}))),
+            )),
     )
 )]
 pub async fn check(
     State(state): State<AppState>,
     caller: RateLimitedCaller,
+    body: Result<ImageBody, ApiError>,
+) -> Result<Response, ApiError> {
+    let result = match body {
+        Ok(body) => run_check(&state, &caller, body).await,
+        Err(err) => Err(err),
+    };
+    // A request the server could not serve (overload, database down, a fault of ours) does not
+    // use up the caller's rate allowance.
+    if let (Err(err), Some(limiter)) = (&result, &state.inner.limiter) {
+        if err.status().is_server_error() {
+            limiter.refund(&caller.key.id.to_string());
+        }
+    }
+    result
+}
+
+async fn run_check(
+    state: &AppState,
+    caller: &RateLimitedCaller,
     body: ImageBody,
 ) -> Result<Response, ApiError> {
     let inner = &state.inner;
     let metrics = &inner.metrics;
+
+    // The image bytes first: a URL fetch holds a fetch slot, never a check slot.
+    let Image {
+        bytes,
+        input_kind,
+        url_host,
+    } = obtain_image(state, caller, &body.image).await?;
 
     // Admission: fail fast when every running and queued slot is taken.
     let admission = match inner.admission.clone().try_acquire_owned() {
@@ -150,12 +186,6 @@ pub async fn check(
         gauge: metrics.in_flight.clone(),
         _admission: admission,
     };
-
-    let Image {
-        bytes,
-        input_kind,
-        url_host,
-    } = obtain_image(&state, &body.image).await?;
 
     // Inference (and hashing) off the async workers, on a bounded number of CPU slots.
     let cpu = inner
@@ -222,7 +252,7 @@ pub async fn check(
         .store
         .insert_audit(&record)
         .await
-        .map_err(|e| ApiError::Internal(format!("audit insert failed: {e}")))?;
+        .map_err(|e| ApiError::from_store("audit insert", &e))?;
     metrics.observe_stage_ms("audit", audit_start.elapsed().as_secs_f64() * 1000.0);
     metrics
         .verdicts
@@ -248,8 +278,13 @@ pub async fn check(
     Ok(response)
 }
 
-/// Turns the `image` string into bytes: decodes inline base64, or fetches the URL.
-async fn obtain_image(state: &AppState, image: &str) -> Result<Image, ApiError> {
+/// Turns the `image` string into bytes: decodes inline base64, or fetches the URL on one of the
+/// caller's fetch slots.
+async fn obtain_image(
+    state: &AppState,
+    caller: &RateLimitedCaller,
+    image: &str,
+) -> Result<Image, ApiError> {
     let inner = &state.inner;
     let input = parse_image_input(image, inner.config.max_image_bytes)
         .map_err(|e| ApiError::BadImage(e.client_message()))?;
@@ -261,6 +296,16 @@ async fn obtain_image(state: &AppState, image: &str) -> Result<Image, ApiError> 
             url_host: None,
         }),
         ImageInput::Url(url) => {
+            let _slot = inner
+                .fetch_slots
+                .try_acquire(caller.key.id)
+                .inspect_err(|err| {
+                    let cause = match err {
+                        ApiError::TooManyFetches { .. } => "fetches_per_key",
+                        _ => "fetches",
+                    };
+                    inner.metrics.rejections.with_label_values(&[cause]).inc();
+                })?;
             let start = Instant::now();
             let fetched = inner.fetcher.fetch(&url).await;
             inner
@@ -352,7 +397,7 @@ pub async fn get_check(
         .store
         .get_audit(reference, caller.key.id)
         .await
-        .map_err(|e| ApiError::Internal(format!("audit read failed: {e}")))?
+        .map_err(|e| ApiError::from_store("audit read", &e))?
         .ok_or(ApiError::NotFound)?;
     let outcome = CheckOutcome {
         reference: record.reference,
@@ -389,7 +434,7 @@ pub struct Readiness {
     /// `loaded`.
     #[schema(example = "loaded")]
     pub models: &'static str,
-    /// `ok` or `unreachable`.
+    /// `ok`, `unreachable`, or `unwritable` (answers but refuses writes: disk full, read-only).
     #[schema(example = "ok")]
     pub database: &'static str,
     /// Model manifest hash.
@@ -414,18 +459,26 @@ pub async fn healthz() -> Response {
     ))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let inner = &state.inner;
-    // The pipeline is built (models loaded and verified) before the application exists.
-    let db_ok = match inner.store.ping().await {
-        Ok(()) => true,
+    // The pipeline is built (models loaded and verified) before the application exists. The
+    // database must answer and take a write (a full disk or read-only file still answers reads).
+    let database = match inner.store.ping().await {
         Err(err) => {
             tracing::warn!(error = %err, "readiness: database unreachable");
-            false
+            "unreachable"
         }
+        Ok(()) => match inner.store.probe_write().await {
+            Err(err) => {
+                tracing::warn!(error = %err, "readiness: database refuses writes");
+                "unwritable"
+            }
+            Ok(()) => "ok",
+        },
     };
+    let db_ok = database == "ok";
     let body = Readiness {
         status: if db_ok { "ready" } else { "unavailable" },
         models: "loaded",
-        database: if db_ok { "ok" } else { "unreachable" },
+        database,
         model: inner.pipeline.model_hash().to_owned(),
         version: inner.config.app_version.clone(),
     };

@@ -307,6 +307,31 @@ impl Store {
         result.map_err(|e| self.db_err(e))
     }
 
+    /// Proves that the database still takes writes: rewrites the single row of `health` (a
+    /// committed write, so a full disk or a read-only file fails here although `ping` works).
+    pub async fn probe_write(&self) -> Result<(), StoreError> {
+        let at = now();
+        let result = match &self.pool {
+            Pool::Sqlite(p) => sqlx::query(
+                "INSERT INTO health (id, checked_at) VALUES (1, ?1) \
+                 ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at",
+            )
+            .bind(ts_text(at))
+            .execute(p)
+            .await
+            .map(|_| ()),
+            Pool::Postgres(p) => sqlx::query(
+                "INSERT INTO health (id, checked_at) VALUES (1, $1::timestamptz) \
+                 ON CONFLICT (id) DO UPDATE SET checked_at = EXCLUDED.checked_at",
+            )
+            .bind(ts_text(at))
+            .execute(p)
+            .await
+            .map(|_| ()),
+        };
+        result.map_err(|e| self.db_err(e))
+    }
+
     /// Close every pooled connection (waits for checked-out ones). Later calls fail with
     /// [`StoreError::Unavailable`].
     pub async fn close(&self) {
@@ -342,9 +367,9 @@ fn is_connectivity(e: &sqlx::Error) -> bool {
             let Some(code) = db.code() else { return false };
             if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
                 // SQLite result codes; the low byte is the primary code.
-                // BUSY, LOCKED, IOERR, FULL, CANTOPEN.
+                // BUSY, LOCKED, READONLY (file made read-only), IOERR, FULL (disk full), CANTOPEN.
                 code.parse::<i32>()
-                    .is_ok_and(|c| matches!(c & 0xff, 5 | 6 | 10 | 13 | 14))
+                    .is_ok_and(|c| matches!(c & 0xff, 5 | 6 | 8 | 10 | 13 | 14))
             } else {
                 // SQLSTATE: connection exception, insufficient resources, operator intervention.
                 code.starts_with("08") || code.starts_with("53") || code.starts_with("57P")

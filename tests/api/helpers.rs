@@ -181,7 +181,8 @@ pub fn test_config() -> AppConfig {
     }
 }
 
-async fn start(backend: Backend, db_url: String, config: AppConfig) -> TestApp {
+/// Starts the server on `db_url` (already a fresh database).
+pub async fn start(backend: Backend, db_url: String, config: AppConfig) -> TestApp {
     let store = Store::connect(&db_url).await.unwrap();
     let expected = match backend {
         Backend::Sqlite => "sqlite",
@@ -244,23 +245,129 @@ where
         eprintln!("note: {PG_ENV} is unset; PostgreSQL half of this test skipped");
         return;
     };
-    let schema = format!("lc_api_{}", Uuid::new_v4().simple());
-    let mut admin = sqlx::PgConnection::connect(&base).await.unwrap();
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let separator = if base.contains('?') { '&' } else { '?' };
-    let url = format!("{base}{separator}options[search_path]={schema}");
-    let app = start(Backend::Postgres, url, config()).await;
+    let schema = PgSchema::create(&base).await;
+    let app = start(Backend::Postgres, schema.url.clone(), config()).await;
     let outcome = tokio::spawn(body(app)).await;
-    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let _ = admin.close().await;
+    schema.drop().await;
     if let Err(e) = outcome {
         std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+/// A fresh PostgreSQL schema on the server at `base`; `url` selects it as the search path.
+pub struct PgSchema {
+    pub url: String,
+    name: String,
+    base: String,
+}
+
+impl PgSchema {
+    pub async fn create(base: &str) -> PgSchema {
+        let name = format!("lc_test_{}", Uuid::new_v4().simple());
+        let mut admin = sqlx::PgConnection::connect(base).await.unwrap();
+        sqlx::query(&format!("CREATE SCHEMA {name}"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let _ = admin.close().await;
+        let separator = if base.contains('?') { '&' } else { '?' };
+        PgSchema {
+            url: format!("{base}{separator}options[search_path]={name}"),
+            name,
+            base: base.to_owned(),
+        }
+    }
+
+    /// Drops the schema and everything in it.
+    pub async fn drop(self) {
+        let mut admin = sqlx::PgConnection::connect(&self.base).await.unwrap();
+        sqlx::query(&format!("DROP SCHEMA {} CASCADE", self.name))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let _ = admin.close().await;
+    }
+}
+
+/// Creates an API key with `livecheck keys create` on `db`; returns its token.
+pub fn create_key_cli(db: &str) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_livecheck"))
+        .args([
+            "keys",
+            "create",
+            "--name",
+            "cli",
+            "--json",
+            "--database",
+            db,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    key["token"].as_str().unwrap().to_owned()
+}
+
+/// `livecheck serve` as a process on 127.0.0.1:0, with the test models.
+pub struct ServeProcess {
+    pub child: std::process::Child,
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+    logs: std::thread::JoinHandle<String>,
+}
+
+impl ServeProcess {
+    /// Starts `serve` on `db` with `args` added and `env` set; waits until it listens.
+    pub fn spawn(db: &str, args: &[&str], env: &[(&str, &str)]) -> ServeProcess {
+        Self::spawn_binary(Path::new(env!("CARGO_BIN_EXE_livecheck")), db, args, env)
+    }
+
+    /// [`ServeProcess::spawn`] with another build of the binary (the release one, say).
+    pub fn spawn_binary(bin: &Path, db: &str, args: &[&str], env: &[(&str, &str)]) -> ServeProcess {
+        use std::io::{BufRead, BufReader};
+        let mut child = std::process::Command::new(bin)
+            .args(["serve", "--bind", "127.0.0.1:0", "--database", db])
+            .arg("--models")
+            .arg(model_dir())
+            .args(args)
+            .env_remove("LIVECHECK_ALLOW_FETCH_FROM")
+            .envs(env.iter().copied())
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let logs = std::thread::spawn(move || {
+            let mut all = String::new();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("livecheck listening on http://") {
+                    let _ = tx.send(addr.to_owned());
+                }
+                all.push_str(&line);
+                all.push('\n');
+            }
+            all
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("server did not start");
+        ServeProcess { child, addr, logs }
+    }
+
+    /// Sends `signal` (`TERM`, `KILL`) and waits for the exit; returns the status and the logs.
+    pub fn stop(mut self, signal: &str) -> (std::process::ExitStatus, String) {
+        let sent = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let status = self.child.wait().unwrap();
+        (status, self.logs.join().unwrap())
     }
 }
 
