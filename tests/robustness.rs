@@ -345,42 +345,101 @@ fn exif_orientation_changes_the_verdict_input() {
     assert_eq!((img.width, img.height), (480, 640));
 }
 
+fn images_in(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x != "csv"))
+        .collect();
+    files.sort();
+    files
+}
+
+fn strict(cfg: PipelineConfig) -> Pipeline {
+    let dir = std::env::var_os("LIVECHECK_MODEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| shared().join("models"));
+    livecheck::load_pipeline(None, Some(&dir), cfg).unwrap()
+}
+
+fn no_scan() -> &'static Pipeline {
+    static P: OnceLock<Pipeline> = OnceLock::new();
+    P.get_or_init(|| {
+        strict(PipelineConfig {
+            multi_face_scan: false,
+            ..Default::default()
+        })
+    })
+}
+
 #[test]
-fn multi_face_images() {
-    let dir = shared().join("testdata/devset/multi");
-    let mut multiple = Vec::new();
-    for e in std::fs::read_dir(&dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.extension().is_some_and(|x| x == "csv") {
-            continue;
-        }
-        let v = pipeline().check(&std::fs::read(&p).unwrap()).unwrap();
+fn group_photos_are_multiple_faces() {
+    let files = images_in(&shared().join("testdata/devset/multi"));
+    assert_eq!(files.len(), 9);
+    let mut flagged = Vec::new();
+    for p in &files {
+        let v = pipeline().check(&std::fs::read(p).unwrap()).unwrap();
         if v.reason == Reason::MultipleFaces {
             assert!(!v.live && v.scores.is_none());
-            multiple.push(p.file_name().unwrap().to_string_lossy().to_string());
+            flagged.push(p.file_name().unwrap().to_string_lossy().to_string());
         }
     }
-    // 6 of the 9 group photos have a second face above the 0.6 floor at the detector's ~192 px
-    // working resolution; the other 3 have their second faces too small for it (see README).
+    // 6 at the detector's own size, img62 by the multi-face scan; obama_and_biden and img41 are
+    // not (docs/accuracy.md: this detector scores their second faces below a blurred bystander
+    // of a single-face devset image).
     assert!(
-        multiple.len() >= 6,
-        "only {} multi-face images flagged: {multiple:?}",
-        multiple.len()
+        flagged.len() >= 7,
+        "only {} flagged: {flagged:?}",
+        flagged.len()
     );
-    // And single-face samples are never flagged.
+    let img62 = std::fs::read(
+        shared().join("testdata/devset/multi/serengil+deepface__tests_unit_dataset_img62.jpg"),
+    )
+    .unwrap();
+    assert_eq!(reason_of(&img62), Ok(Reason::MultipleFaces));
+    assert_ne!(
+        no_scan().check(&img62).map(|v| v.reason).ok(),
+        Some(Reason::MultipleFaces),
+        "img62 is the scan's: the detector's own pass scores its second face 0.58"
+    );
     for s in ["image_F1.jpg", "image_F2.jpg", "image_T1.jpg"] {
         assert_ne!(reason_of(&sample(s)), Ok(Reason::MultipleFaces));
     }
 }
 
+/// The multi-face scan flags no single-face devset image that the detector's own pass did not
+/// already flag.
+#[test]
+fn the_multi_face_scan_flags_no_single_face_devset_image() {
+    let without = no_scan();
+    let mut files = images_in(&shared().join("testdata/devset/live"));
+    files.extend(images_in(&shared().join("testdata/devset/spoof")));
+    assert!(files.len() > 300, "{}", files.len());
+    let newly: Vec<String> = std::thread::scope(|scope| {
+        let halves: Vec<_> = files
+            .chunks(files.len().div_ceil(2))
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .filter(|p| {
+                            let bytes = std::fs::read(p).unwrap();
+                            let with = pipeline().check(&bytes).map(|v| v.reason);
+                            let before = without.check(&bytes).map(|v| v.reason);
+                            matches!(with, Ok(Reason::MultipleFaces))
+                                && !matches!(before, Ok(Reason::MultipleFaces))
+                        })
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        halves.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    assert!(newly.is_empty(), "newly flagged: {newly:?}");
+}
+
 #[test]
 fn quality_thresholds_apply() {
-    let strict = |cfg: PipelineConfig| {
-        let dir = std::env::var_os("LIVECHECK_MODEL_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| shared().join("models"));
-        livecheck::load_pipeline(None, Some(&dir), cfg).unwrap()
-    };
     let p = strict(PipelineConfig {
         min_face_px: 300,
         ..Default::default()

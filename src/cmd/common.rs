@@ -109,6 +109,12 @@ pub struct PipelineArgs {
     /// Largest image accepted, in pixels (checked from the header, before decoding).
     #[arg(long, env = "LIVECHECK_MAX_PIXELS", default_value_t = 40_000_000)]
     pub max_pixels: u64,
+
+    /// When one face is found with a weaker candidate beside it, look again at 2x the detector's
+    /// working size (group photos: small second faces score low at ~192 px). `false` skips it.
+    #[arg(long, env = "LIVECHECK_MULTI_FACE_SCAN", default_value_t = true,
+        action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub multi_face_scan: bool,
 }
 
 impl PipelineArgs {
@@ -139,6 +145,7 @@ impl PipelineArgs {
                 max_bytes: defaults.limits.max_bytes,
                 max_pixels: self.max_pixels,
             },
+            multi_face_scan: self.multi_face_scan,
         })
     }
 

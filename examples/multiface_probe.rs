@@ -1,0 +1,70 @@
+//! Every detection at several detector input scales, for the multi-face scan's measurements
+//! (docs/accuracy.md, "Multi-face scan").
+//!
+//!   LIVECHECK_MODEL_DIR=../shared/models cargo run --release --example multiface_probe -- IMAGES
+//!
+//! `SCALES=1,2,3` (default) picks the scales, relative to the detector's working size; with
+//! `SUMMARY=1` it prints one line per image with the best separate second face at each scale.
+use livecheck::engine::tract::TractEngine;
+use livecheck::engine::Engine;
+use livecheck::models::LoadedSet;
+use livecheck::pipeline::decode::decode;
+use livecheck::pipeline::detect;
+
+fn main() {
+    let dir = std::path::PathBuf::from(std::env::var("LIVECHECK_MODEL_DIR").unwrap());
+    let set = LoadedSet::resolve(None, Some(&dir)).unwrap();
+    let engine = TractEngine::load(&set).unwrap();
+    let scales: Vec<f64> = std::env::var("SCALES")
+        .unwrap_or("1,2,3".into())
+        .split(',')
+        .map(|s| s.parse().unwrap())
+        .collect();
+    for path in std::env::args().skip(1) {
+        let img = decode(&std::fs::read(&path).unwrap(), &Default::default()).unwrap();
+        let (w, h) = (img.width as usize, img.height as usize);
+        if std::env::var_os("SUMMARY").is_some() {
+            print!("{path}");
+        } else {
+            println!("{path} {w}x{h}");
+        }
+        for &s in &scales {
+            let (dw0, dh0) = detect::detector_input_size(w, h);
+            let (dw, dh) = (((dw0 as f64) * s) as usize, ((dh0 as f64) * s) as usize);
+            let (dw, dh) = (dw.min(w), dh.min(h));
+            let mut scratch = Vec::new();
+            let mut input = Vec::new();
+            let t = std::time::Instant::now();
+            detect::detector_input(&img.view(), dw, dh, &mut scratch, &mut input);
+            let out = engine.detect(&input, dw, dh).unwrap();
+            let priors = detect::priors(dw, dh);
+            let faces = detect::select_faces(&out, &priors, 0.3).unwrap();
+            let ms = t.elapsed().as_secs_f64() * 1e3;
+            let list: Vec<String> = faces
+                .kept
+                .iter()
+                .take(6)
+                .map(|d| format!("{:.2}@{:?}", d.confidence, d.bbox(w, h)))
+                .collect();
+            if std::env::var_os("SUMMARY").is_some() {
+                let best = faces.kept.first();
+                let second = faces
+                    .kept
+                    .iter()
+                    .skip(1)
+                    .filter(|d| {
+                        let b = d.bbox(w, h);
+                        best.is_some_and(|f| detect::is_separate_face(f, d)) && b[2].min(b[3]) >= 32
+                    })
+                    .map(|d| d.confidence)
+                    .fold(0.0f32, f32::max);
+                print!(" x{s}:{second:.2}");
+            } else {
+                println!("  x{s} {dw}x{dh} {ms:.0}ms: {}", list.join(" "));
+            }
+        }
+        if std::env::var_os("SUMMARY").is_some() {
+            println!();
+        }
+    }
+}
