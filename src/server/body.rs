@@ -12,6 +12,9 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::error::ApiError;
 use super::AppState;
 
+/// The 400 message for a body that is not declared as JSON.
+pub const CONTENT_TYPE_MESSAGE: &str = "Content-Type must be application/json";
+
 /// A validated check request: `image` is a non-empty string (not yet interpreted).
 ///
 /// From a request, it also holds the body's share of the server-wide in-flight body budget
@@ -68,9 +71,7 @@ impl FromRequest<AppState> for ImageBody {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok());
         if !is_json_content_type(content_type) {
-            return Err(ApiError::BadRequest(
-                "Content-Type must be application/json".to_owned(),
-            ));
+            return Err(ApiError::BadRequest(CONTENT_TYPE_MESSAGE.to_owned()));
         }
         let declared = declared_length(req.headers())?;
         if declared.is_some_and(|n| n > limit) {

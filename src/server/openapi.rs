@@ -130,4 +130,81 @@ mod tests {
             assert!(data.get(field).is_some(), "CheckData lacks {field}");
         }
     }
+
+    /// Every error example's `message` is one the server really sends: each is produced here by
+    /// the error types and parsers themselves, with the parameters the examples document.
+    #[test]
+    fn error_examples_are_real_messages() {
+        use crate::fetch::{FetchError, InputError};
+        use crate::pipeline::DecodeError;
+        use crate::server::body::{parse_image_body, CONTENT_TYPE_MESSAGE};
+        use crate::server::error::ApiError;
+
+        let json_error = parse_image_body(br#"{"image": "#)
+            .unwrap_err()
+            .client_message();
+        let real: Vec<String> = [
+            ApiError::MissingCredentials,
+            ApiError::InvalidToken,
+            ApiError::MissingFields,
+            ApiError::NotFound,
+            ApiError::BadRequest(CONTENT_TYPE_MESSAGE.to_owned()),
+            ApiError::BadImage(format!(
+                "Could not fetch image: {}",
+                FetchError::Timeout.client_message()
+            )),
+            ApiError::BadImage(DecodeError::NotAnImage.client_message()),
+            ApiError::BadImage(DecodeError::Corrupt(String::new()).client_message()),
+            ApiError::BadImage(InputError::TooLarge { limit: 10485760 }.client_message()),
+            ApiError::BodyTimeout { secs: 60.0 },
+            ApiError::BodyTooLarge { limit: 16777216 },
+            ApiError::RateLimited {
+                limit: 60,
+                retry_after_secs: 1,
+            },
+            ApiError::TooManyFetches {
+                limit: 4,
+                retry_after_secs: 1,
+            },
+            ApiError::Overloaded {
+                retry_after_secs: 1,
+            },
+            ApiError::Unavailable(String::new()),
+            ApiError::Internal(String::new()),
+        ]
+        .iter()
+        .map(ApiError::client_message)
+        .chain([json_error])
+        .collect();
+
+        let v = serde_json::to_value(document()).unwrap();
+        let mut checked = 0;
+        for (path, item) in v["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                for (status, response) in op["responses"].as_object().unwrap() {
+                    let Some(media) = response["content"].get("application/json") else {
+                        continue;
+                    };
+                    let mut bodies: Vec<&serde_json::Value> =
+                        media.get("example").into_iter().collect();
+                    if let Some(examples) = media.get("examples").and_then(|e| e.as_object()) {
+                        bodies.extend(examples.values().map(|e| &e["value"]));
+                    }
+                    for body in bodies {
+                        if body["status"] != "failed" {
+                            continue;
+                        }
+                        let message = body["message"].as_str().unwrap();
+                        assert!(
+                            real.iter().any(|m| m == message),
+                            "{method} {path} {status}: example message {message:?} is not one the \
+                             server sends; real ones: {real:#?}"
+                        );
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert!(checked >= 18, "only {checked} error examples found");
+    }
 }
