@@ -3,14 +3,12 @@
 //! # Layout
 //! - [`pipeline`]: image bytes → verdict (decode, detect, crop, classify, fuse). No I/O beyond CPU.
 //! - [`engine`]: the inference trait and its tract implementation.
-//! - [`models`]: model manifest, directory resolution, SHA-256 verification, fetch.
+//! - [`models`]: model sets, directory resolution, SHA-256 verification, fetch.
 //! - [`fetch`]: SSRF-safe image fetching and request image parsing (URL / data URI / base64).
 //! - [`store`]: audit records and API keys on SQLite or PostgreSQL.
 //! - [`server`]: the HTTP API (axum), auth, rate limits, metrics, OpenAPI.
 //! - [`eval`]: ISO/IEC 30107-3 evaluation, metrics and HTML report.
-//! - [`cli`]: output formatting for the command-line tool.
 
-pub mod cli;
 pub mod engine;
 pub mod eval;
 pub mod fetch;
@@ -48,4 +46,11 @@ pub fn pipeline_for(
 ) -> Result<pipeline::Pipeline, LoadError> {
     let engine = engine::tract::TractEngine::load(&set)?;
     Ok(pipeline::Pipeline::new(Box::new(engine), set.set, config))
+}
+
+/// Lowercase hex SHA-256 of `bytes`: the one hash of the project (model files, set identity,
+/// image digests in audit rows, dataset identity, API-key hashes).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(bytes))
 }

@@ -9,7 +9,6 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 /// The built-in sets: `(name, JSON text)`, the default first.
 pub const BUILTIN_SETS: [(&str, &str); 3] = [
@@ -423,10 +422,7 @@ impl LoadedSet {
     }
 }
 
-/// SHA-256 of bytes, lower-case hex.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
+pub use crate::sha256_hex;
 
 /// Read the file at `path` and check it against `f`'s hash; returns the bytes.
 pub fn read_verified(path: &Path, f: &ModelFile) -> Result<Vec<u8>, ModelError> {

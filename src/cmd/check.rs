@@ -82,8 +82,6 @@ enum Outcome {
     Error(ErrorLine),
 }
 
-const EXTENSIONS: [&str; 8] = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"];
-
 /// Whether a command-line argument names a URL rather than a path (`http://` or `https://`,
 /// any case). Other schemes are paths: a file may well be called `ftp:x.jpg`.
 fn looks_like_url(s: &str) -> bool {
@@ -110,11 +108,7 @@ pub fn collect_inputs(args: &[String]) -> anyhow::Result<Vec<Input>> {
                 .filter_map(Result::ok)
                 .filter(|e| e.file_type().is_file())
                 .map(|e| e.into_path())
-                .filter(|f| {
-                    f.extension()
-                        .and_then(|e| e.to_str())
-                        .is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
-                })
+                .filter(|f| livecheck::pipeline::decode::has_image_extension(f))
                 .collect();
             found.sort();
             out.extend(found.into_iter().map(Input::File));

@@ -27,9 +27,6 @@ use sha2::{Digest, Sha256};
 
 use super::metrics::Label;
 
-/// Image file extensions found in a folder layout (compared case-insensitively).
-pub const IMAGE_EXTENSIONS: [&str; 5] = ["jpg", "jpeg", "png", "webp", "bmp"];
-
 /// Attack type of spoofs without one.
 pub const UNKNOWN_ATTACK: &str = "unknown";
 /// Attack type of live samples.
@@ -170,7 +167,7 @@ pub fn file_sha256(path: &Path) -> Result<String, DatasetError> {
 
 /// Hex SHA-256 of byte content.
 pub fn bytes_sha256(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
+    crate::sha256_hex(bytes)
 }
 
 /// The dataset hash: SHA-256 over the entries `(file, label, attack_type, content sha256 hex)`
@@ -189,9 +186,7 @@ pub fn dataset_hash(mut entries: Vec<(String, Label, String, String)>) -> String
 }
 
 fn is_image(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
+    crate::pipeline::decode::has_image_extension(path)
 }
 
 fn rel_name(root: &Path, path: &Path) -> String {

@@ -19,6 +19,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::pipeline::Reason;
 
+/// File extensions of the formats [`decode`] reads (lowercase): what `check` and `eval` pick up
+/// from a directory.
+pub const IMAGE_EXTENSIONS: [&str; 8] = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"];
+
+/// True when `path` has one of [`IMAGE_EXTENSIONS`] (any case).
+pub fn has_image_extension(path: &std::path::Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
+}
+
 /// Limits enforced before decoding.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct DecodeLimits {

@@ -9,7 +9,6 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use tokio::sync::OwnedSemaphorePermit;
 use uuid::Uuid;
 
@@ -201,7 +200,7 @@ async fn run_check(
     let (result, bytes) = tokio::task::spawn_blocking(move || {
         let _cpu = cpu;
         let result = pipeline.check(&bytes);
-        let digest = hex::encode(Sha256::digest(&bytes));
+        let digest = crate::sha256_hex(&bytes);
         (result, (digest, bytes.len()))
     })
     .await

@@ -9,7 +9,6 @@ use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use rand::TryRngCore;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
@@ -92,7 +91,7 @@ fn generate_token() -> Result<String, StoreError> {
 
 /// Lowercase hex SHA-256 of the token, as stored in `api_keys.key_hash`.
 fn hash_token(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
+    crate::sha256_hex(token.as_bytes())
 }
 
 /// Could this be a token we issued? Anything else is refused without a query.
