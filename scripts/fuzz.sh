@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the cargo-fuzz targets in fuzz/ (nightly toolchain + `cargo install cargo-fuzz`) for
-# SECONDS each (default 3600), seeded from fuzz/seeds/<target>, corpora kept in fuzz/corpus/ (not
+# SECONDS each (default 3600), seeded from tests/fixtures/fuzz/<target>, corpora kept in fuzz/corpus/ (not
 # committed) so later runs continue where earlier ones stopped. Prints one Markdown row per run
 # for docs/security.md: date, target, seconds, executions, findings (crash files in
 # fuzz/artifacts/<target>/).
@@ -17,7 +17,7 @@ for t in "${targets[@]}"; do
   log="artifacts/$t/last-run.log"
   before=$(find "artifacts/$t" -name 'crash-*' -o -name 'oom-*' -o -name 'timeout-*' | wc -l)
   set +e
-  cargo +nightly fuzz run -O "$t" "corpus/$t" "seeds/$t" -- \
+  cargo +nightly fuzz run -O "$t" "corpus/$t" "../tests/fixtures/fuzz/$t" -- \
     -max_total_time="$secs" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 >"$log" 2>&1
   rc=$?
   set -e
