@@ -120,18 +120,9 @@ async fn never_answering_urls_do_not_lock_out_base64_checks() {
         .await;
         // A base64 check, from this key and from another, answers at its normal latency.
         let b64 = STANDARD.encode(silentface("image_T1.jpg"));
-        for token in [app.token.clone(), app.other_token.clone()] {
+        for token in [&app.token, &app.other_token] {
             let start = Instant::now();
-            let resp = app
-                .client
-                .post(app.url(CHECK))
-                .header("x-access-token", token)
-                .header("content-type", "application/json")
-                .body(serde_json::json!({ "image": b64 }).to_string())
-                .send()
-                .await
-                .unwrap();
-            let (status, _, body) = read(resp).await;
+            let (status, _, body) = read(app.check_with(token, &b64).await).await;
             assert_eq!(status, StatusCode::OK, "{body}");
             assert!(
                 start.elapsed() < Duration::from_secs(3),
@@ -197,16 +188,7 @@ async fn the_global_fetch_cap_answers_503() {
             ));
         }
         wait_until("2 fetches", || accepted.load(Ordering::SeqCst) >= 2).await;
-        let resp = app
-            .client
-            .post(app.url(CHECK))
-            .header("x-access-token", &app.other_token)
-            .header("content-type", "application/json")
-            .body(serde_json::json!({ "image": hang }).to_string())
-            .send()
-            .await
-            .unwrap();
-        let (status, headers, body) = read(resp).await;
+        let (status, headers, body) = read(app.check_with(&app.other_token, &hang).await).await;
         assert_eq!(
             (status, body.as_str()),
             (StatusCode::SERVICE_UNAVAILABLE, BUSY)

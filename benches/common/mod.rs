@@ -10,6 +10,7 @@ use std::sync::Arc;
 #[path = "../../tests/api/helpers.rs"]
 pub mod helpers;
 
+#[allow(unused_imports)] // used by load.rs, not by soak.rs
 pub use helpers::shared_dir;
 
 use axum::extract::Path as UrlPath;
@@ -26,9 +27,7 @@ pub const IMAGES: [(&str, bool); 3] = [
     ("image_T1.jpg", true),
 ];
 
-pub fn read_image(name: &str) -> Vec<u8> {
-    std::fs::read(shared_dir().join("testdata/silentface").join(name)).unwrap()
-}
+pub use helpers::silentface as read_image;
 
 /// Nearest-rank percentile of sorted values.
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {

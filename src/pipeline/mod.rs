@@ -320,30 +320,8 @@ impl Pipeline {
 
         // Detection.
         let (dw, dh) = detect::detector_input_size(w, h);
-        let faces = SCRATCH.with(|s| -> Result<detect::Faces, PipelineError> {
-            let mut s = s.borrow_mut();
-            let Scratch {
-                resized,
-                det_input,
-                priors,
-                priors_size,
-                ..
-            } = &mut *s;
-            detect::detector_input(&view, dw, dh, resized, det_input);
-            let out = self.engine.detect(det_input, dw, dh)?;
-            if *priors_size != (dw, dh) || priors.is_empty() {
-                *priors = detect::priors(dw, dh);
-                *priors_size = (dw, dh);
-            }
-            let floor = cfg.min_face_confidence.min(MULTI_FACE_CANDIDATE);
-            detect::select_faces(&out, priors, floor).map_err(|message| {
-                EngineError::Output {
-                    model: "detector".to_string(),
-                    message,
-                }
-                .into()
-            })
-        })?;
+        let floor = cfg.min_face_confidence.min(MULTI_FACE_CANDIDATE);
+        let faces = self.detect_at(&view, dw, dh, floor)?;
         v.timings.detect = ms(t0);
 
         let best = match faces.best {
@@ -406,6 +384,39 @@ impl Pipeline {
         Ok(v)
     }
 
+    /// Runs the detector on `view` resized to `dw x dh` and selects faces at `floor` or above.
+    fn detect_at(
+        &self,
+        view: &resize::ImageView<'_>,
+        dw: usize,
+        dh: usize,
+        floor: f32,
+    ) -> Result<detect::Faces, PipelineError> {
+        SCRATCH.with(|s| -> Result<detect::Faces, PipelineError> {
+            let mut s = s.borrow_mut();
+            let Scratch {
+                resized,
+                det_input,
+                priors,
+                priors_size,
+                ..
+            } = &mut *s;
+            detect::detector_input(view, dw, dh, resized, det_input);
+            let out = self.engine.detect(det_input, dw, dh)?;
+            if *priors_size != (dw, dh) || priors.is_empty() {
+                *priors = detect::priors(dw, dh);
+                *priors_size = (dw, dh);
+            }
+            detect::select_faces(&out, priors, floor).map_err(|message| {
+                EngineError::Output {
+                    model: "detector".to_string(),
+                    message,
+                }
+                .into()
+            })
+        })
+    }
+
     /// The multi-face scan: detection at [`MULTI_FACE_SCALE`] times the detector's working size,
     /// looking only for a face separate from `best` at `floor` or above (boxes are in normalised
     /// image coordinates at every scale, so they compare directly).
@@ -424,22 +435,7 @@ impl Pipeline {
             // The image is no larger than the detector's input: nothing more to see.
             return Ok(false);
         }
-        let faces = SCRATCH.with(|s| -> Result<detect::Faces, PipelineError> {
-            let mut s = s.borrow_mut();
-            let Scratch {
-                resized, det_input, ..
-            } = &mut *s;
-            detect::detector_input(view, dw, dh, resized, det_input);
-            let out = self.engine.detect(det_input, dw, dh)?;
-            let priors = detect::priors(dw, dh);
-            detect::select_faces(&out, &priors, floor).map_err(|message| {
-                EngineError::Output {
-                    model: "detector".to_string(),
-                    message,
-                }
-                .into()
-            })
-        })?;
+        let faces = self.detect_at(view, dw, dh, floor)?;
         Ok(faces.kept.iter().any(|d| {
             let b = d.bbox(w, h);
             detect::is_separate_face(best, d) && b[2].min(b[3]) >= min_px

@@ -26,13 +26,6 @@ pub struct ImageBody {
     reservation: Option<OwnedSemaphorePermit>,
 }
 
-impl ImageBody {
-    /// Bytes of the body budget this request holds (0 for a body not read from a request).
-    pub fn reserved_bytes(&self) -> usize {
-        self.reservation.as_ref().map_or(0, |p| p.num_permits())
-    }
-}
-
 /// The request body schema, for OpenAPI.
 #[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 pub struct CheckRequest {

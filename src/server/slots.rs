@@ -72,7 +72,8 @@ impl FetchSlots {
     }
 
     /// Fetches in flight for `key`.
-    pub fn in_flight(&self, key: Uuid) -> usize {
+    #[cfg(test)]
+    fn in_flight(&self, key: Uuid) -> usize {
         lock(&self.in_flight).get(&key).copied().unwrap_or(0)
     }
 }

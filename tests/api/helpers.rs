@@ -111,8 +111,19 @@ impl TestApp {
 
     /// POST `{"image": image}` with the main key.
     pub async fn check(&self, image: &str) -> reqwest::Response {
-        self.check_raw(serde_json::json!({ "image": image }).to_string())
+        self.check_with(&self.token, image).await
+    }
+
+    /// POST `{"image": image}` with the key `token`.
+    pub async fn check_with(&self, token: &str, image: &str) -> reqwest::Response {
+        self.client
+            .post(self.url(CHECK))
+            .header("x-access-token", token)
+            .header("content-type", "application/json")
+            .body(serde_json::json!({ "image": image }).to_string())
+            .send()
             .await
+            .unwrap()
     }
 
     pub async fn get(&self, path: &str, token: Option<&str>) -> reqwest::Response {
