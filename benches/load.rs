@@ -163,10 +163,9 @@ fn markdown(
     }
     if levels.iter().all(|l| l.other == 0) {
         s.push_str(&format!(
-            "\nWith more clients than CPU slots ({cores}), requests wait for a slot in the bounded \
-             queue (`--max-queued-checks 64` here; past it they would get 503 at once): throughput \
-             stays at the CPU limit and latency grows with the queue. No request was refused or \
-             failed.\n"
+            "\nWith more clients than CPU slots ({cores}), requests wait for a slot (admitted while \
+             the expected wait stays under `--max-queue-wait`): throughput stays at the CPU limit \
+             and latency grows with the queue. No request was refused or failed.\n"
         ));
     }
     s.push_str(
@@ -239,7 +238,6 @@ fn main() {
         let config = AppConfig {
             allow_fetch_from: vec!["127.0.0.1/32".parse().unwrap()],
             max_concurrent_checks: cores,
-            max_queued_checks: 64,
             rate_limit_per_minute: None,
             ..AppConfig::default()
         };

@@ -5,6 +5,7 @@
 #[path = "api/helpers.rs"]
 mod helpers;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD;
@@ -897,7 +898,7 @@ async fn wait_for_hits(server: &ImageServer, n: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overload_fails_fast_with_503_and_retry_after() {
     on_each_backend(one_slot_config, |app| async move {
-        let app = std::sync::Arc::new(app);
+        let app = Arc::new(app);
         let b64 = STANDARD.encode(silentface("image_F1.jpg"));
         let mut burst = Vec::new();
         for _ in 0..12 {
@@ -1028,4 +1029,78 @@ async fn serve_binary_answers_and_stops_on_sigterm() {
     let store = livecheck::store::Store::connect(&db).await.unwrap();
     assert_eq!(store.count_audit().await.unwrap(), 1);
     store.close().await;
+}
+
+/// Sixteen clients at once on two CPU slots are queued and all answered (the old fixed queue of
+/// 2 running + 8 waiting refused most of such a burst): admission is by expected waiting time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_sixteen_is_queued_not_refused() {
+    let config = || AppConfig {
+        max_concurrent_checks: 2,
+        max_queue_wait: AppConfig::default().max_queue_wait,
+        max_queued_checks: AppConfig::default().max_queued_checks,
+        ..test_config()
+    };
+    on_each_backend(config, |app| async move {
+        let app = Arc::new(app);
+        let b64 = STANDARD.encode(silentface("image_T1.jpg"));
+        let burst: Vec<_> = (0..16)
+            .map(|_| {
+                let (app, b64) = (Arc::clone(&app), b64.clone());
+                tokio::spawn(async move { read(app.check(&b64).await).await })
+            })
+            .collect();
+        for h in burst {
+            let (status, _, body) = h.await.unwrap();
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+    })
+    .await;
+}
+
+/// Authenticated keys are cached for `key_cache_ttl`: a key revoked meanwhile keeps working until
+/// its entry expires (the documented bound), then gets 401. A key never cached stops at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_takes_effect_within_the_key_cache_ttl() {
+    let config = || AppConfig {
+        key_cache_ttl: Duration::from_secs(2),
+        ..test_config()
+    };
+    on_each_backend(config, |app| async move {
+        let (key, token) = app.store.create_key("cached").await.unwrap();
+        let unknown_result = format!("{CHECK}{}/", Uuid::new_v4());
+        let status = |resp: reqwest::Response| resp.status();
+        // Authenticated (the reference is unknown: 404 after authentication), so now cached.
+        let first = Instant::now();
+        assert_eq!(
+            status(app.get(&unknown_result, Some(&token)).await),
+            StatusCode::NOT_FOUND
+        );
+        assert!(app.store.revoke_key(key.id).await.unwrap());
+        let still = status(app.get(&unknown_result, Some(&token)).await);
+        if first.elapsed() < Duration::from_millis(1500) {
+            assert_eq!(still, StatusCode::NOT_FOUND, "served from the cache");
+        }
+        tokio::time::sleep(Duration::from_millis(2100).saturating_sub(first.elapsed())).await;
+        assert_eq!(
+            status(app.get(&unknown_result, Some(&token)).await),
+            StatusCode::UNAUTHORIZED
+        );
+    })
+    .await;
+    // TTL zero: every request is looked up, so revocation is immediate even for a used key.
+    let config = || AppConfig {
+        key_cache_ttl: Duration::ZERO,
+        ..test_config()
+    };
+    on_each_backend(config, |app| async move {
+        let (key, token) = app.store.create_key("uncached").await.unwrap();
+        let unknown_result = format!("{CHECK}{}/", Uuid::new_v4());
+        let resp = app.get(&unknown_result, Some(&token)).await;
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+        assert!(app.store.revoke_key(key.id).await.unwrap());
+        let resp = app.get(&unknown_result, Some(&token)).await;
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    })
+    .await;
 }

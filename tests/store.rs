@@ -6,9 +6,11 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SubsecRound, Utc};
-use livecheck::store::{AuditRecord, Store, StoreError, StoreOptions, Timings};
+use livecheck::store::{AuditRecord, AuditWriter, Store, StoreError, StoreOptions, Timings};
 use sqlx::Connection;
 use uuid::Uuid;
+
+include!("common/skip.rs");
 
 const PG_ENV: &str = "LIVECHECK_TEST_POSTGRES_URL";
 
@@ -35,7 +37,10 @@ where
     }
 
     let Ok(base) = std::env::var(PG_ENV) else {
-        eprintln!("note: {PG_ENV} is unset; PostgreSQL half of this test skipped");
+        skip_unless_ci(
+            "the PostgreSQL half of this test",
+            &format!("{PG_ENV} is unset"),
+        );
         return;
     };
     let schema = format!("lc_test_{}", Uuid::new_v4().simple());
@@ -529,6 +534,163 @@ async fn concurrent_inserts_all_land() {
         }
     })
     .await;
+}
+
+/// Group commit: the rows of concurrent checks share transactions, and each caller is answered
+/// only once its row is committed (another connection, opened afterwards, reads it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn group_commit_shares_transactions_and_answers_after_commit() {
+    on_each_backend(|db| async move {
+        let (key, _) = db.store.create_key("busy").await.unwrap();
+        let writer = AuditWriter::spawn(db.store.clone());
+        let tasks: Vec<_> = (0..64)
+            .map(|_| {
+                let writer = writer.clone();
+                let url = db.url.clone();
+                tokio::spawn(async move {
+                    let record = full_record(Some(key.id));
+                    writer.insert(record.clone()).await.unwrap();
+                    let reader = Store::connect(&url).await.unwrap();
+                    let stored = reader.get_audit(record.reference, key.id).await.unwrap();
+                    reader.close().await;
+                    assert_eq!(stored, Some(record), "answered before its row was readable");
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let stats = writer.stats();
+        assert_eq!(stats.rows, 64);
+        assert!(
+            stats.commits < stats.rows,
+            "64 concurrent rows took {} transactions",
+            stats.commits
+        );
+        assert_eq!(db.store.count_audit().await.unwrap(), 64);
+    })
+    .await;
+}
+
+/// A record whose insert fails on its data (here a trigger refuses it) fails alone: the rows that
+/// shared its transaction are retried one by one and committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn group_commit_a_bad_record_fails_alone() {
+    on_each_backend(|db| async move {
+        let sql: &[&str] = match db.store.backend() {
+            "sqlite" => &["CREATE TRIGGER poison BEFORE INSERT ON audit WHEN NEW.reason = 'poison' \
+                 BEGIN SELECT RAISE(ABORT, 'poisoned record'); END"],
+            _ => &[
+                "CREATE FUNCTION poison() RETURNS trigger AS $$ BEGIN \
+                 IF NEW.reason = 'poison' THEN RAISE EXCEPTION 'poisoned record'; END IF; \
+                 RETURN NEW; END $$ LANGUAGE plpgsql",
+                "CREATE TRIGGER poison BEFORE INSERT ON audit FOR EACH ROW EXECUTE FUNCTION poison()",
+            ],
+        };
+        for statement in sql {
+            raw_execute(&db.url, statement).await;
+        }
+        let writer = AuditWriter::spawn(db.store.clone());
+        let tasks: Vec<_> = (0..40)
+            .map(|i| {
+                let writer = writer.clone();
+                tokio::spawn(async move {
+                    let mut record = sparse_record(None);
+                    if i % 5 == 0 {
+                        record.reason = "poison".into();
+                    }
+                    let result = writer.insert(record.clone()).await;
+                    (record, result)
+                })
+            })
+            .collect();
+        for task in tasks {
+            let (record, result) = task.await.unwrap();
+            if record.reason == "poison" {
+                let err = result.unwrap_err();
+                assert!(matches!(err, StoreError::Query(_)), "{err:?}");
+            } else {
+                result.unwrap();
+            }
+        }
+        assert_eq!(db.store.count_audit().await.unwrap(), 32);
+    })
+    .await;
+}
+
+/// A commit that fails because the database is unavailable fails exactly the requests in it:
+/// while another connection holds SQLite's write lock every transaction fails after the busy
+/// timeout and none of its rows exists; once the lock is released, the next ones commit. Each
+/// answer matches its row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn group_commit_a_failed_commit_fails_exactly_its_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("livecheck.db").display());
+    let options = StoreOptions {
+        busy_timeout: Duration::from_millis(50),
+        ..StoreOptions::default()
+    };
+    let store = Store::connect_with(&url, &options).await.unwrap();
+    let (key, _) = store.create_key("k").await.unwrap();
+    let writer = AuditWriter::spawn(store.clone());
+    let insert_many = |n: usize| {
+        let tasks: Vec<_> = (0..n)
+            .map(|_| {
+                let writer = writer.clone();
+                tokio::spawn(async move {
+                    let record = sparse_record(Some(key.id));
+                    let result = writer.insert(record.clone()).await;
+                    (record, result)
+                })
+            })
+            .collect();
+        async move {
+            let mut out = Vec::new();
+            for task in tasks {
+                out.push(task.await.unwrap());
+            }
+            out
+        }
+    };
+
+    let mut holder = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let refused = insert_many(20).await;
+    sqlx::query("COMMIT").execute(&mut holder).await.unwrap();
+    let accepted = insert_many(20).await;
+
+    for (record, result) in &refused {
+        let err = result.as_ref().unwrap_err();
+        assert!(err.is_unavailable(), "{err:?}");
+        assert_eq!(
+            store.get_audit(record.reference, key.id).await.unwrap(),
+            None
+        );
+    }
+    for (record, result) in &accepted {
+        assert!(result.is_ok(), "{result:?}");
+        assert!(store
+            .get_audit(record.reference, key.id)
+            .await
+            .unwrap()
+            .is_some());
+    }
+    assert_eq!(store.count_audit().await.unwrap(), 20);
+}
+
+async fn raw_execute(url: &str, sql: &str) {
+    if url.starts_with("sqlite:") {
+        let mut c = sqlx::SqliteConnection::connect(url).await.unwrap();
+        sqlx::query(sql).execute(&mut c).await.unwrap();
+        let _ = c.close().await;
+    } else {
+        let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+        sqlx::query(sql).execute(&mut c).await.unwrap();
+        let _ = c.close().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -84,10 +84,25 @@ pub struct ServeArgs {
         value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent_checks: Option<u32>,
 
-    /// Checks allowed to wait for a CPU slot; beyond running + waiting, requests get 503 with
-    /// Retry-After at once. Default: 4 x --max-concurrent-checks.
+    /// Longest expected wait for a CPU slot at which a check is still queued; beyond it, 503
+    /// with Retry-After at once. The wait is estimated from the checks already waiting and the
+    /// recent service time.
+    #[arg(long, env = "LIVECHECK_MAX_QUEUE_WAIT", default_value_t = 2.0, value_name = "SECONDS",
+        value_parser = super::common::parse_seconds)]
+    pub max_queue_wait: f64,
+
+    /// Hard ceiling on checks waiting for a CPU slot, whatever the expected wait; beyond it, 503
+    /// with Retry-After at once (0: only when a slot is free). Default: 256 x
+    /// --max-concurrent-checks.
     #[arg(long, env = "LIVECHECK_MAX_QUEUED_CHECKS", value_name = "N")]
     pub max_queued_checks: Option<usize>,
+
+    /// Seconds an authenticated API key is served from memory without a database lookup. A key
+    /// revoked with `keys revoke` stops working within this time; 0 looks up every request
+    /// (revocation at once).
+    #[arg(long, env = "LIVECHECK_KEY_CACHE_TTL", default_value_t = 5.0, value_name = "SECONDS",
+        value_parser = super::common::parse_seconds_or_zero)]
+    pub key_cache_ttl: f64,
 
     /// Check requests per minute allowed to each API key (bursts up to this many); 0 disables the
     /// limit. Over the limit: 429 with Retry-After and X-RateLimit-* headers.
@@ -130,7 +145,9 @@ impl ServeArgs {
             fetch_timeout: Duration::from_secs_f64(self.fetch.fetch_timeout),
             max_redirects: self.fetch.max_redirects,
             max_concurrent_checks: concurrent,
-            max_queued_checks: self.max_queued_checks.unwrap_or(concurrent * 4),
+            max_queue_wait: Duration::from_secs_f64(self.max_queue_wait),
+            max_queued_checks: self.max_queued_checks.unwrap_or(concurrent * 256),
+            key_cache_ttl: Duration::from_secs_f64(self.key_cache_ttl),
             rate_limit_per_minute: NonZeroU32::new(self.rate_limit_per_minute),
             ..defaults
         }
@@ -169,9 +186,10 @@ async fn serve(
         "audit store ready"
     );
     let summary = format!(
-        "max_concurrent_checks={} max_queued_checks={} rate_limit_per_minute={} \
-         allow_fetch_from=[{}] model={}",
+        "max_concurrent_checks={} max_queue_wait={:?} max_queued_checks={} \
+         rate_limit_per_minute={} allow_fetch_from=[{}] model={}",
         config.max_concurrent_checks,
+        config.max_queue_wait,
         config.max_queued_checks,
         config
             .rate_limit_per_minute
@@ -184,6 +202,12 @@ async fn serve(
             .join(","),
         pipeline.model_hash(),
     );
+    if !livecheck::pipeline::decode::jpeg_simd() {
+        tracing::warn!(
+            "JPEG decoding runs without SIMD (this build of libjpeg-turbo has none): same results, \
+             slower; build with nasm installed (bash scripts/setup.sh)"
+        );
+    }
     let app = Application::build(config, pipeline, store.clone())?;
     let listener = tokio::net::TcpListener::bind(bind)
         .await
@@ -297,7 +321,8 @@ mod tests {
         assert_eq!(c.allow_fetch_from.len(), 2);
         assert_eq!(c.rate_limit_per_minute, None);
         assert_eq!(c.max_concurrent_checks, 3);
-        assert_eq!(c.max_queued_checks, 12);
+        assert_eq!(c.max_queued_checks, 768);
+        assert_eq!(c.max_queue_wait, Duration::from_secs(2));
         assert_eq!(c.fetch_timeout, Duration::from_millis(2500));
         assert_eq!(c.max_image_bytes, 1000);
         assert!(Cli::try_parse_from(["t", "--max-concurrent-checks", "0"]).is_err());

@@ -1,6 +1,8 @@
 //! API-key authentication (`x-access-token`) and, for checks, the per-key rate limit. Both are
 //! extractors that run before the body is read, so an unauthenticated or throttled client never
-//! makes the server buffer its upload. The token is never logged or stored.
+//! makes the server buffer its upload. The token is never logged or stored. Authenticated keys are
+//! cached briefly ([`super::keycache`]), so a revoked key stops working within
+//! `--key-cache-ttl`.
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -43,8 +45,14 @@ impl FromRequestParts<AppState> for Caller {
                 Ok(s) => s.trim(),
             },
         };
+        if let Some(key) = state.inner.keys.get(token) {
+            return Ok(Caller { key });
+        }
         match state.inner.store.authenticate(token).await {
-            Ok(Some(key)) => Ok(Caller { key }),
+            Ok(Some(key)) => {
+                state.inner.keys.insert(token, &key);
+                Ok(Caller { key })
+            }
             Ok(None) => Err(ApiError::InvalidToken),
             Err(err) => Err(ApiError::from_store("authenticate", &err)),
         }

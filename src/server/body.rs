@@ -52,7 +52,8 @@ impl FromRequest<AppState> for ImageBody {
     type Rejection = ApiError;
 
     /// Content type first, then a declared `Content-Length` over the cap (413 at once, before any
-    /// byte of the body is read), then the body budget for the declared length. The body is read
+    /// byte of the body is read), then admission (a check that would be shed now gets 503 without
+    /// its body being held), then the body budget for the declared length. The body is read
     /// within `body_timeout` (408), every chunk counted against the cap and, for bodies without a
     /// declared length, against the budget. A body that does not fit the budget is discarded as it
     /// arrives, never held, and answered with 503.
@@ -70,17 +71,19 @@ impl FromRequest<AppState> for ImageBody {
         if declared.is_some_and(|n| n > limit) {
             return Err(ApiError::BodyTooLarge { limit });
         }
+        // A check the admission controller would shed now is shed before its body is held.
+        let shed = state.inner.admission.check().err();
         let budget = &state.inner.body_budget;
         // `limit` fits in u32 (checked when the application is built), so these casts are exact.
         let mut reservation = match declared {
-            Some(n) => budget.clone().try_acquire_many_owned(n as u32).ok(),
-            None => None,
+            Some(n) if shed.is_none() => budget.clone().try_acquire_many_owned(n as u32).ok(),
+            _ => None,
         };
-        // Refused for lack of budget: the rest of the body is read and thrown away as it arrives
-        // (never held), then the 503 goes out. Answering before the body is read would make the
-        // server close a connection with unread data, and the client would see a reset instead
-        // of the 503.
-        let mut refused = declared.is_some() && reservation.is_none();
+        // Shed, or refused for lack of budget: the rest of the body is read and thrown away as it
+        // arrives (never held), then the 503 goes out. Answering before the body is read would
+        // make the server close a connection with unread data, and the client would see a reset
+        // instead of the 503.
+        let mut refused = shed.is_some() || (declared.is_some() && reservation.is_none());
 
         let deadline = config.body_timeout;
         let read = async {
@@ -123,15 +126,17 @@ impl FromRequest<AppState> for ImageBody {
                     secs: deadline.as_secs_f64(),
                 })??;
         if refused {
+            let (cause, retry_after_secs) = match shed {
+                Some(shed) => ("overloaded", shed.retry_after_secs()),
+                None => ("body_budget", 1),
+            };
             state
                 .inner
                 .metrics
                 .rejections
-                .with_label_values(&["body_budget"])
+                .with_label_values(&[cause])
                 .inc();
-            return Err(ApiError::Overloaded {
-                retry_after_secs: 1,
-            });
+            return Err(ApiError::Overloaded { retry_after_secs });
         }
         let mut body = parse_image_body(&bytes)?;
         body.reservation = reservation;

@@ -67,8 +67,8 @@ pub enum ApiError {
     /// This key already has as many image fetches in flight as it may.
     #[error("Too many image fetches in flight for this key: at most {limit} at once; retry after {retry_after_secs} s")]
     TooManyFetches { limit: usize, retry_after_secs: u64 },
-    /// All check slots (running and queued), all image-fetch slots, or the request-body memory
-    /// budget are taken.
+    /// The expected wait for a CPU slot is over `max_queue_wait` (or the hard queue ceiling is
+    /// reached), or all image-fetch slots or the request-body memory budget are taken.
     #[error("Server is busy; retry after {retry_after_secs} s")]
     Overloaded { retry_after_secs: u64 },
     /// The server is shutting down or a dependency (the database) is down. The text goes to the

@@ -10,16 +10,20 @@
 //! - [`envelope`]: the seed's success envelope.
 //! - [`body`]: the `{"image": ...}` body extractor (all rejections in the envelope).
 //! - [`auth`]: `x-access-token` authentication and the per-key rate limit.
+//! - [`keycache`]: authenticated keys kept for a few seconds.
 //! - [`ratelimit`]: the keyed GCRA limiter.
 //! - [`slots`]: bounded image-fetch concurrency, global and per key.
+//! - [`admission`]: CPU slots for checks, and admission by expected waiting time.
 //! - [`routes`]: one `async fn` per route.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`openapi`]: the OpenAPI document generated from the handlers.
 
+pub mod admission;
 pub mod auth;
 pub mod body;
 pub mod envelope;
 pub mod error;
+pub mod keycache;
 pub mod metrics;
 pub mod openapi;
 pub mod ratelimit;
@@ -53,7 +57,7 @@ use tracing::Level;
 
 use crate::fetch::{FetchConfig, Fetcher};
 use crate::pipeline::Pipeline;
-use crate::store::Store;
+use crate::store::{AuditWriter, Store};
 
 pub use body::{CheckRequest, ImageBody};
 pub use envelope::{CheckData, CheckEnvelope, CheckOutcome, FaceInfo, Verification};
@@ -102,9 +106,15 @@ pub struct AppConfig {
     pub max_redirects: usize,
     /// Checks running on the CPU at once.
     pub max_concurrent_checks: usize,
-    /// Checks admitted beyond the running ones, waiting for a CPU slot; past
-    /// `max_concurrent_checks + max_queued_checks` requests fail fast with 503.
+    /// Longest expected wait for a CPU slot at which a check is still admitted; beyond it the
+    /// check is shed at once with 503 and `Retry-After` (see [`admission`]).
+    pub max_queue_wait: Duration,
+    /// Hard ceiling on checks waiting for a CPU slot, whatever the expected wait; beyond it 503
+    /// at once. Zero: a check is admitted only when a slot is free.
     pub max_queued_checks: usize,
+    /// How long an authenticated key is served from memory without a database lookup; a key
+    /// revoked meanwhile keeps working until then. Zero: every request is looked up.
+    pub key_cache_ttl: Duration,
     /// Requests per minute and key on the check endpoint; `None` disables the limit.
     pub rate_limit_per_minute: Option<NonZeroU32>,
     /// Application version, stored with every verdict.
@@ -130,7 +140,9 @@ impl Default for AppConfig {
             fetch_timeout: Duration::from_secs(15),
             max_redirects: 3,
             max_concurrent_checks: cores,
-            max_queued_checks: cores * 4,
+            max_queue_wait: Duration::from_secs(2),
+            max_queued_checks: cores * 256,
+            key_cache_ttl: Duration::from_secs(5),
             rate_limit_per_minute: NonZeroU32::new(600),
             app_version: env!("CARGO_PKG_VERSION").to_owned(),
         }
@@ -150,6 +162,10 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
 }
 
+/// The service time assumed for a check until the first ones have been timed: about a 1 MP
+/// photo on one core of a small server.
+const INITIAL_SERVICE_ESTIMATE: Duration = Duration::from_millis(50);
+
 /// Shared state of every handler.
 #[derive(Clone)]
 pub struct AppState {
@@ -160,17 +176,19 @@ pub(crate) struct Inner {
     pub(crate) config: AppConfig,
     pub(crate) pipeline: Arc<Pipeline>,
     pub(crate) store: Store,
+    /// Group commit of audit rows.
+    pub(crate) audit: AuditWriter,
     pub(crate) fetcher: Fetcher,
     pub(crate) metrics: Metrics,
     pub(crate) limiter: Option<ratelimit::KeyRateLimiter>,
-    /// Admission: running + queued checks (image bytes in hand).
-    pub(crate) admission: Arc<Semaphore>,
+    /// Recently authenticated keys.
+    pub(crate) keys: keycache::KeyCache,
+    /// Checks with their image bytes in hand: CPU slots and the waiting queue.
+    pub(crate) admission: admission::Admission,
     /// Request-body bytes in memory.
     pub(crate) body_budget: Arc<Semaphore>,
     /// Image fetches in flight.
     pub(crate) fetch_slots: slots::FetchSlots,
-    /// CPU slots: running checks.
-    pub(crate) cpu: Arc<Semaphore>,
 }
 
 /// A built application, ready to serve.
@@ -180,7 +198,8 @@ pub struct Application {
 }
 
 impl Application {
-    /// Validates the configuration and assembles the router.
+    /// Validates the configuration and assembles the router. Call it inside a tokio runtime (it
+    /// starts the audit writer's task).
     pub fn build(
         config: AppConfig,
         pipeline: Arc<Pipeline>,
@@ -236,27 +255,31 @@ impl Application {
         let limiter = config
             .rate_limit_per_minute
             .map(ratelimit::KeyRateLimiter::new);
-        let admission = Arc::new(Semaphore::new(
-            config.max_concurrent_checks + config.max_queued_checks,
-        ));
-        let cpu = Arc::new(Semaphore::new(config.max_concurrent_checks));
+        let admission = admission::Admission::new(
+            config.max_concurrent_checks,
+            config.max_queue_wait,
+            config.max_queued_checks,
+            INITIAL_SERVICE_ESTIMATE,
+        );
         let body_budget = Arc::new(Semaphore::new(
             config.max_body_bytes_in_flight.min(Semaphore::MAX_PERMITS),
         ));
+        let keys = keycache::KeyCache::new(config.key_cache_ttl);
         let fetch_slots =
             slots::FetchSlots::new(config.max_concurrent_fetches, config.max_fetches_per_key);
         let state = AppState {
             inner: Arc::new(Inner {
                 config,
                 pipeline,
+                audit: AuditWriter::spawn(store.clone()),
                 store,
                 fetcher,
                 metrics,
                 limiter,
+                keys,
                 admission,
                 body_budget,
                 fetch_slots,
-                cpu,
             }),
         };
         let router = router(state.clone());

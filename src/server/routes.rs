@@ -9,7 +9,6 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use tokio::sync::OwnedSemaphorePermit;
 use uuid::Uuid;
 
 use super::auth::{Caller, RateLimitedCaller};
@@ -24,7 +23,6 @@ use crate::store::AuditRecord;
 /// Decrements the in-flight gauge when a check ends, however it ends.
 struct InFlight {
     gauge: prometheus::IntGauge,
-    _admission: OwnedSemaphorePermit,
 }
 
 impl Drop for InFlight {
@@ -128,7 +126,7 @@ struct Image {
             )),
         (status = 500, description = "Unexpected error (no details are disclosed)", body = ErrorEnvelope,
             example = json!({"status": "failed", "data": [], "message": "Internal server error"})),
-        (status = 503, description = "Overloaded (all check slots, all image-fetch slots, or the request-body memory budget are taken; the request did not count against the rate limit) or the database is unreachable", body = ErrorEnvelope,
+        (status = 503, description = "Overloaded (the expected wait for a CPU slot is over `--max-queue-wait`, or all image-fetch slots or the request-body memory budget are taken; `Retry-After` is the expected wait, rounded up; the request did not count against the rate limit) or the database is unreachable", body = ErrorEnvelope,
             headers(("Retry-After" = u64, description = "Seconds to wait")),
             examples(
                 ("busy" = (summary = "Overloaded",
@@ -172,33 +170,27 @@ async fn run_check(
         url_host,
     } = obtain_image(state, caller, &body.image).await?;
 
-    // Admission: fail fast when every running and queued slot is taken.
-    let admission = match inner.admission.clone().try_acquire_owned() {
-        Ok(permit) => permit,
-        Err(_) => {
-            metrics.rejections.with_label_values(&["overloaded"]).inc();
-            return Err(ApiError::Overloaded {
-                retry_after_secs: 1,
-            });
+    // Admission: queue for a CPU slot while the expected wait is within bounds, else fail fast.
+    let ticket = inner.admission.try_admit().map_err(|shed| {
+        metrics.rejections.with_label_values(&["overloaded"]).inc();
+        ApiError::Overloaded {
+            retry_after_secs: shed.retry_after_secs(),
         }
-    };
+    })?;
     metrics.in_flight.inc();
     let _in_flight = InFlight {
         gauge: metrics.in_flight.clone(),
-        _admission: admission,
     };
 
-    // Inference (and hashing) off the async workers, on a bounded number of CPU slots.
-    let cpu = inner
-        .cpu
-        .clone()
-        .acquire_owned()
+    // Inference (and hashing) off the async workers, on one of the CPU slots.
+    let running = ticket
+        .start()
         .await
-        .map_err(|_| ApiError::Unavailable("shutting down".into()))?;
+        .ok_or_else(|| ApiError::Unavailable("shutting down".into()))?;
     let pipeline = Arc::clone(&inner.pipeline);
     let started = Instant::now();
     let (result, bytes) = tokio::task::spawn_blocking(move || {
-        let _cpu = cpu;
+        let _running = running;
         let result = pipeline.check(&bytes);
         let digest = crate::sha256_hex(&bytes);
         (result, (digest, bytes.len()))
@@ -250,8 +242,8 @@ async fn run_check(
     // The audit row is committed before the verdict leaves; no row, no verdict.
     let audit_start = Instant::now();
     inner
-        .store
-        .insert_audit(&record)
+        .audit
+        .insert(record)
         .await
         .map_err(|e| ApiError::from_store("audit insert", &e))?;
     metrics.observe_stage_ms("audit", audit_start.elapsed().as_secs_f64() * 1000.0);

@@ -230,16 +230,41 @@ impl Store {
     /// hex digits, negative size, `url_host` that is not a bare host) and [`StoreError::Query`]
     /// for a duplicate `reference` or a `key_id` that names no key.
     pub async fn insert_audit(&self, record: &AuditRecord) -> Result<(), StoreError> {
-        validate(record)?;
+        self.insert_audit_batch(std::slice::from_ref(record)).await
+    }
+
+    /// Insert `records` in one transaction: all are committed when this returns `Ok`, none
+    /// otherwise. Errors as for [`Store::insert_audit`]; every record is validated before the
+    /// transaction starts.
+    pub async fn insert_audit_batch(&self, records: &[AuditRecord]) -> Result<(), StoreError> {
+        for record in records {
+            validate(record)?;
+        }
         let result = match &self.pool {
-            Pool::Sqlite(p) => bind_record!(sqlx::query(SQLITE_INSERT), record)
-                .execute(p)
+            Pool::Sqlite(p) => {
+                async {
+                    let mut tx = p.begin().await?;
+                    for record in records {
+                        bind_record!(sqlx::query(SQLITE_INSERT), record)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    tx.commit().await
+                }
                 .await
-                .map(|_| ()),
-            Pool::Postgres(p) => bind_record!(sqlx::query(PG_INSERT), record)
-                .execute(p)
+            }
+            Pool::Postgres(p) => {
+                async {
+                    let mut tx = p.begin().await?;
+                    for record in records {
+                        bind_record!(sqlx::query(PG_INSERT), record)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    tx.commit().await
+                }
                 .await
-                .map(|_| ()),
+            }
         };
         result.map_err(|e| self.db_err(e))
     }

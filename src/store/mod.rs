@@ -16,6 +16,7 @@
 
 mod audit;
 mod keys;
+mod writer;
 
 use std::fmt;
 use std::str::FromStr;
@@ -31,6 +32,7 @@ use sqlx::Connection;
 
 pub use self::audit::AuditRecord;
 pub use self::keys::{ApiKey, TOKEN_PREFIX};
+pub use self::writer::{AuditWriter, WriterStats};
 pub use crate::pipeline::Timings;
 
 /// Errors of the store. [`StoreError::is_unavailable`] tells "the database cannot be reached right
@@ -65,6 +67,10 @@ pub enum StoreError {
     /// The operating system's random source failed (no token could be generated).
     #[error("random source failed: {0}")]
     Random(String),
+    /// The error of the group commit this record was part of ([`AuditWriter`]): every record in
+    /// that transaction got it.
+    #[error("{0}")]
+    Batch(Arc<StoreError>),
     /// A stored value could not be decoded (not a UUID, not a timestamp).
     #[error("corrupt value in column `{column}`: {detail}")]
     Corrupt {
@@ -77,7 +83,11 @@ impl StoreError {
     /// True when the database could not be reached or opened: a transient condition for which an
     /// HTTP server should answer 503 and a client may retry.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, StoreError::Unavailable { .. })
+        match self {
+            StoreError::Unavailable { .. } => true,
+            StoreError::Batch(shared) => shared.is_unavailable(),
+            _ => false,
+        }
     }
 
     /// True for a malformed or unsupported database URL (a configuration mistake).
