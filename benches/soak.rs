@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use common::helpers::ServeProcess;
-use common::{percentile, read_image, CHECK, IMAGES};
+use common::{percentile, read_image, rss_kib, CHECK, IMAGES};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The `livecheck` binary: the release build when there is one (what operators run), else the
@@ -42,18 +42,6 @@ fn binary() -> PathBuf {
     } else {
         PathBuf::from(env!("CARGO_BIN_EXE_livecheck"))
     }
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 #[derive(Default)]

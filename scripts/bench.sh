@@ -15,7 +15,7 @@ fi
 SAMPLES=(../shared/testdata/silentface/*.jpg)
 mapfile -t DEVSET < <(ls ../shared/testdata/devset/live/* ../shared/testdata/devset/spoof/* | sort)
 
-command -v nasm >/dev/null || echo "warning: nasm not installed: JPEG decoding is built without SIMD (apt-get install nasm, then cargo clean -p mozjpeg-sys)" >&2
+bash scripts/setup.sh
 [ -n "${LIVECHECK_BENCH_SKIP_BUILD:-}" ] || cargo build --release --quiet --bench throughput --bin livecheck
 BENCH_BIN=$(ls -t target/release/deps/throughput-* | grep -v '\.d$' | head -n1)
 

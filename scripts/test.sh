@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export LIVECHECK_MODEL_DIR="${LIVECHECK_MODEL_DIR:-$(cd ../shared/models && pwd)}"
+bash scripts/setup.sh
 cargo test --all-features -- "$@"
 
 # The database-fault test mounts a tmpfs and stops/starts the local PostgreSQL cluster, so it needs

@@ -44,7 +44,16 @@ pub fn pipeline_for(
     set: models::LoadedSet,
     config: pipeline::PipelineConfig,
 ) -> Result<pipeline::Pipeline, LoadError> {
-    let engine = engine::tract::TractEngine::load(&set)?;
+    pipeline_with_kernels(set, config, engine::tract::Kernels::default())
+}
+
+/// [`pipeline_for`] with a choice of the engine's kernels.
+pub fn pipeline_with_kernels(
+    set: models::LoadedSet,
+    config: pipeline::PipelineConfig,
+    kernels: engine::tract::Kernels,
+) -> Result<pipeline::Pipeline, LoadError> {
+    let engine = engine::tract::TractEngine::load_with(&set, kernels)?;
     Ok(pipeline::Pipeline::new(Box::new(engine), set.set, config))
 }
 

@@ -124,7 +124,10 @@ async fn sqlite_answers_survive_sigkill() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_answers_survive_sigkill() {
     let Ok(base) = std::env::var("LIVECHECK_TEST_POSTGRES_URL") else {
-        eprintln!("note: LIVECHECK_TEST_POSTGRES_URL is unset; PostgreSQL crash test not run");
+        helpers::skip_unless_ci(
+            "the PostgreSQL crash test",
+            "LIVECHECK_TEST_POSTGRES_URL is unset",
+        );
         return;
     };
     let schema = helpers::PgSchema::create(&base).await;

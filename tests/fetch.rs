@@ -27,6 +27,8 @@ use livecheck::fetch::{
 };
 use url::Url;
 
+include!("common/skip.rs");
+
 const IMAGE: &[u8] = b"\x89PNG\r\n\x1a\n-not-really-a-png-but-bytes-are-bytes";
 
 /// A running test server and the number of requests it has seen.
@@ -51,8 +53,9 @@ async fn serve_on(bind: &str, router: Router) -> Option<Server> {
     let listener = match tokio::net::TcpListener::bind(bind).await {
         Ok(l) => l,
         Err(e) => {
-            eprintln!(
-                "note: cannot bind {bind} ({e}); skipping the part of the test that needs it"
+            skip_unless_ci(
+                &format!("the part of this test that needs {bind}"),
+                &format!("cannot bind it: {e}"),
             );
             return None;
         }

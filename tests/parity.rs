@@ -247,11 +247,43 @@ fn logits_and_p_real_from_reference_inputs() {
 
 #[test]
 fn end_to_end_from_jpeg() {
+    assert_end_to_end(pipeline());
+}
+
+/// The fallback without the engine's fused kernels (`--kernels tract`) meets the same tolerances,
+/// and agrees with the fused engine to float rounding.
+#[test]
+fn end_to_end_with_tract_kernels_only() {
+    let set = LoadedSet::resolve(Some("silentface"), Some(&model_dir())).unwrap();
+    let plain = livecheck::pipeline_with_kernels(
+        set,
+        PipelineConfig::default(),
+        livecheck::engine::tract::Kernels::Tract,
+    )
+    .unwrap();
+    assert_end_to_end(&plain);
+    for img in IMAGES {
+        let bytes = std::fs::read(shared().join(format!("testdata/silentface/{img}.jpg"))).unwrap();
+        let (a, b) = (
+            plain.check(&bytes).unwrap(),
+            pipeline().check(&bytes).unwrap(),
+        );
+        assert_eq!(a.face.unwrap().bbox, b.face.unwrap().bbox, "{img}");
+        assert!(
+            (a.p_real - b.p_real).abs() <= 1e-5,
+            "{img}: {} vs {}",
+            a.p_real,
+            b.p_real
+        );
+    }
+}
+
+fn assert_end_to_end(pipeline: &Pipeline) {
     let r = reference();
     for img in IMAGES {
         let entry = &r[format!("{img}.jpg")];
         let bytes = std::fs::read(shared().join(format!("testdata/silentface/{img}.jpg"))).unwrap();
-        let v = pipeline().check(&bytes).unwrap();
+        let v = pipeline.check(&bytes).unwrap();
         let face = v.face.unwrap();
         let want = ref_bbox(&r, img);
         for i in 0..4 {

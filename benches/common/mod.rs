@@ -68,6 +68,93 @@ pub async fn image_server() -> SocketAddr {
     addr
 }
 
+/// A `VmRSS:`-style field of `/proc/PID/status` or `smaps_rollup`, in KiB (0 if unreadable).
+fn proc_kib(file: &str, field: &str) -> u64 {
+    std::fs::read_to_string(file)
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Resident set size of one process, KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    proc_kib(&format!("/proc/{pid}/status"), "VmRSS:")
+}
+
+/// Proportional set size of one process (shared pages split between their users), KiB: the
+/// fair measure for a service made of several processes.
+pub fn pss_kib(pid: u32) -> u64 {
+    proc_kib(&format!("/proc/{pid}/smaps_rollup"), "Pss:")
+}
+
+/// `pid` and all its descendants, from the parent links in `/proc/*/stat`.
+pub fn process_tree(pid: u32) -> Vec<u32> {
+    let mut parents = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            let Some(child) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if let Some(ppid) = stat_fields(child).and_then(|f| f.get(1)?.parse::<u32>().ok()) {
+                parents.push((child, ppid));
+            }
+        }
+    }
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(
+            parents
+                .iter()
+                .filter(|(_, p)| *p == parent)
+                .map(|(c, _)| *c),
+        );
+        i += 1;
+    }
+    tree
+}
+
+/// Fields of `/proc/PID/stat` after the command name: state, ppid, ... (field 3 onwards).
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+/// CPU time (user + system) used so far by `pids`, in seconds.
+pub fn cpu_seconds(pids: &[u32]) -> f64 {
+    // utime and stime are fields 14 and 15 of stat, 11 and 12 after the name and state.
+    let ticks: u64 = pids
+        .iter()
+        .filter_map(|&p| stat_fields(p))
+        .map(|f| {
+            f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+                + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        })
+        .sum();
+    ticks as f64 / clock_ticks_per_second()
+}
+
+fn clock_ticks_per_second() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
 pub fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ipnet::IpNet;
+use livecheck::engine::tract::Kernels;
 use livecheck::fetch::FetchConfig;
 use livecheck::models::LoadedSet;
 
@@ -74,6 +75,13 @@ pub(crate) fn parse_seconds(s: &str) -> Result<f64, String> {
     }
 }
 
+pub(crate) fn parse_seconds_or_zero(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..=3600.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a number of seconds in [0, 3600]")),
+    }
+}
+
 /// Model location and decision settings. Every flag is also an environment variable.
 #[derive(clap::Args, Clone, Debug)]
 pub struct PipelineArgs {
@@ -115,6 +123,20 @@ pub struct PipelineArgs {
     #[arg(long, env = "LIVECHECK_MULTI_FACE_SCAN", default_value_t = true,
         action = clap::ArgAction::Set, value_name = "BOOL")]
     pub multi_face_scan: bool,
+
+    /// Convolution kernels: `fused` (the engine's own where they are fast on this CPU) or
+    /// `tract` (tract's only; for comparison, and as a fallback).
+    #[arg(long, env = "LIVECHECK_KERNELS", default_value = "fused", value_name = "fused|tract",
+        value_parser = parse_kernels)]
+    pub kernels: Kernels,
+}
+
+fn parse_kernels(s: &str) -> Result<Kernels, String> {
+    match s {
+        "fused" => Ok(Kernels::Fused),
+        "tract" => Ok(Kernels::Tract),
+        other => Err(format!("{other:?} is not `fused` or `tract`")),
+    }
 }
 
 impl PipelineArgs {
@@ -171,7 +193,7 @@ impl PipelineArgs {
         let set = self.model_set()?;
         let mut config = self.config(set.set.threshold)?;
         adjust(&mut config);
-        Ok(livecheck::pipeline_for(set, config)?)
+        Ok(livecheck::pipeline_with_kernels(set, config, self.kernels)?)
     }
 }
 

@@ -804,6 +804,20 @@ mod tests {
         }
     }
 
+    /// The proptests above call `run`, which takes the AVX-512 path where the CPU has it and the
+    /// portable one elsewhere: say which one went untested. (Not a CI failure: CI runs on
+    /// whichever x86-64 machine the session had, with or without AVX-512.)
+    #[test]
+    fn say_which_kernel_path_was_tested() {
+        if fast_kernels() {
+            eprintln!("note: AVX-512 here: the fused kernels' AVX-512 path was tested");
+        } else {
+            eprintln!(
+                "note: no AVX-512 here: only the portable path of the fused kernels was tested"
+            );
+        }
+    }
+
     #[test]
     fn wrong_sizes_are_errors() {
         let (product, ..) = make_product(2, 3, 1, 0);

@@ -70,7 +70,20 @@ pub fn detector_canvas(w: usize, h: usize) -> (usize, usize) {
     (up(w), up(h))
 }
 
+/// Which convolution kernels the engine runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Kernels {
+    /// The engine's own fused kernels where they are fast on this CPU (3x3 depthwise everywhere;
+    /// 1x1 and dense 3x3 where AVX-512 is present), tract's elsewhere.
+    #[default]
+    Fused,
+    /// tract's kernels only: what the models cost without the engine's own (for comparison with
+    /// other runtimes, and as a fallback).
+    Tract,
+}
+
 pub struct TractEngine {
+    kernels: Kernels,
     /// The detector up to its six head convolutions, typed and decluttered with symbolic H/W,
     /// with canvas masks as extra inputs.
     detector: TypedModel,
@@ -389,8 +402,11 @@ pub fn assemble_head(
 /// ([`fuse_depthwise`]), 1x1 convolutions ([`fuse_pointwise`]) and dense 3x3 convolutions
 /// ([`fuse_dense3x3`]), each with the per-channel affine and activation after it folded in.
 /// The last two only where their AVX-512 kernel runs ([`direct::fast_kernels`]): elsewhere
-/// tract's own AVX2/FMA matrix kernels keep them.
-fn fuse(model: &mut TypedModel) -> TractResult<()> {
+/// tract's own AVX2/FMA matrix kernels keep them. Nothing with [`Kernels::Tract`].
+fn fuse(model: &mut TypedModel, kernels: Kernels) -> TractResult<()> {
+    if kernels == Kernels::Tract {
+        return Ok(());
+    }
     fuse_depthwise(model)?;
     if direct::fast_kernels() {
         fuse_pointwise(model)?;
@@ -399,13 +415,18 @@ fn fuse(model: &mut TypedModel) -> TractResult<()> {
     Ok(())
 }
 
-fn optimize(model: InferenceModel, shape: [usize; 4], file: &str) -> Result<Plan, EngineError> {
+fn optimize(
+    model: InferenceModel,
+    shape: [usize; 4],
+    file: &str,
+    kernels: Kernels,
+) -> Result<Plan, EngineError> {
     let build = || -> TractResult<Plan> {
         let mut typed = model
             .with_input_fact(0, f32::fact(shape).into())?
             .into_typed()?
             .into_decluttered()?;
-        fuse(&mut typed)?;
+        fuse(&mut typed, kernels)?;
         typed.into_optimized()?.into_runnable()
     };
     build().map_err(|e| load_err(file, e))
@@ -414,12 +435,18 @@ fn optimize(model: InferenceModel, shape: [usize; 4], file: &str) -> Result<Plan
 /// An optimized plan for one model file as the engine builds its classifier plans (PReLU as
 /// mul + max, [`fuse_depthwise`]) at a fixed input shape; for profiling (`examples/profile_ops.rs`).
 pub fn optimized_plan(bytes: &[u8], file: &str, shape: [usize; 4]) -> Result<Plan, EngineError> {
-    optimize(parse(bytes, file)?, shape, file)
+    optimize(parse(bytes, file)?, shape, file, Kernels::Fused)
 }
 
 impl TractEngine {
-    /// Load and verify (SHA-256) the detector and every classifier of `set`.
+    /// Load and verify (SHA-256) the detector and every classifier of `set`, with the fused
+    /// kernels.
     pub fn load(set: &LoadedSet) -> Result<TractEngine, LoadError> {
+        Self::load_with(set, Kernels::Fused)
+    }
+
+    /// [`TractEngine::load`] with a choice of kernels.
+    pub fn load_with(set: &LoadedSet, kernels: Kernels) -> Result<TractEngine, LoadError> {
         let det = &set.set.detector;
         let headless = headless_detector(parse(&set.read(det)?, &det.file)?)
             .map_err(|e| load_err(&det.file, e))?;
@@ -433,6 +460,7 @@ impl TractEngine {
                     parse_classifier(&set.read(&m.model)?, file)?,
                     [1, 3, m.size, m.size],
                     file,
+                    kernels,
                 )?;
                 Ok(ClassifierPlan {
                     name: m.name.clone(),
@@ -443,6 +471,7 @@ impl TractEngine {
             .collect::<Result<Vec<_>, _>>()?;
         let cap = NonZeroUsize::new(DETECTOR_PLAN_CACHE).unwrap_or(NonZeroUsize::MIN);
         let engine = TractEngine {
+            kernels,
             detector: headless.model,
             height: headless.h,
             width: headless.w,
@@ -488,7 +517,7 @@ impl TractEngine {
         // Substituting the symbols leaves the Shape/Slice crops of the upsampling path constant;
         // declutter folds them before codegen.
         model.declutter()?;
-        fuse(&mut model)?;
+        fuse(&mut model, self.kernels)?;
         model.optimize()?;
         model.into_runnable()
     }

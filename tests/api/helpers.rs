@@ -27,6 +27,8 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 pub const CHECK: &str = "/api/onboarding/biometrics/face/liveliness_check/";
+include!("../common/skip.rs");
+
 const PG_ENV: &str = "LIVECHECK_TEST_POSTGRES_URL";
 
 /// `shared/` beside the checkout (CI layout); helper worktrees sit one level deeper.
@@ -253,7 +255,10 @@ where
     }
 
     let Ok(base) = std::env::var(PG_ENV) else {
-        eprintln!("note: {PG_ENV} is unset; PostgreSQL half of this test skipped");
+        skip_unless_ci(
+            "the PostgreSQL half of this test",
+            &format!("{PG_ENV} is unset"),
+        );
         return;
     };
     let schema = PgSchema::create(&base).await;
@@ -406,7 +411,10 @@ impl ImageServer {
         let listener = match tokio::net::TcpListener::bind(bind).await {
             Ok(l) => l,
             Err(e) => {
-                eprintln!("note: cannot bind {bind} ({e}); that part of the test is skipped");
+                skip_unless_ci(
+                    &format!("the part of this test that needs {bind}"),
+                    &format!("cannot bind it: {e}"),
+                );
                 return None;
             }
         };

@@ -1,0 +1,555 @@
+//! Side by side: `livecheck serve` (the release binary, default flags, rate limit off, SQLite
+//! audit) against the Python peer service (`scripts/peer_service.py`: the same recipe on FastAPI +
+//! uvicorn with 2 workers + onnxruntime + OpenCV, TCP_NODELAY set), each driven in turn by the same
+//! closed-loop clients sending the three upstream samples as base64. At 1, 4, 16 and 64 clients it
+//! reports successful req/s, p50/p99 latency, non-2xx answers, CPU per request and memory of each
+//! service, and the ratios; then a 512-client burst against livecheck with a `/healthz` prober.
+//!
+//!   bash scripts/loadbench.sh                     # installs the peer, builds, runs, ~4 minutes
+//!   bash scripts/loadbench.sh --write-docs        # also replaces the section in docs/benchmarks.md
+//!
+//! Environment: `VERSUS_SECS` (measured seconds per run, default 15), `VERSUS_LEVELS` (default
+//! `1,4,16,64`), `VERSUS_BURST` (burst clients, default 512; 0 skips), `VERSUS_PYTHON` (the
+//! peer's interpreter, default `.bench-venv/bin/python`), `LIVECHECK_MODEL_DIR`. The clients run
+//! on the same cores as the servers (the same for both). All traffic stays on loopback.
+//!
+//! Without `--bench` (e.g. `cargo test --benches`) it does nothing: it needs the release build
+//! and the Python peer.
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use common::helpers::ServeProcess;
+use common::{cpu_model, cpu_seconds, percentile, process_tree, pss_kib, read_image, rss_kib};
+use common::{CHECK, IMAGES};
+
+/// One service under test.
+struct Service {
+    name: &'static str,
+    base: String,
+    token: Option<String>,
+    pid: u32,
+}
+
+/// What one run at a number of clients measured.
+#[derive(Default, Clone)]
+struct Run {
+    clients: usize,
+    secs: f64,
+    answers: Tally,
+    cpu_s: f64,
+    rss_mb: f64,
+    pss_mb: f64,
+    healthz_ms: Vec<f64>,
+    /// livecheck only: mean wall time per check of each stage during the run, ms.
+    stages_ms: BTreeMap<String, f64>,
+}
+
+/// The answers seen by clients.
+#[derive(Default, Clone)]
+struct Tally {
+    ok: usize,
+    /// Non-2xx answers by status.
+    statuses: BTreeMap<u16, usize>,
+    /// 503s without `Retry-After`.
+    unavailable_without_retry_after: usize,
+    /// Transport errors (refused, reset).
+    errors: usize,
+    /// Verdicts that disagree with the sample's label.
+    wrong: usize,
+    /// Latencies of the 200s, ms.
+    latencies_ms: Vec<f64>,
+}
+
+impl Tally {
+    fn add(&mut self, other: Tally) {
+        self.ok += other.ok;
+        self.errors += other.errors;
+        self.wrong += other.wrong;
+        self.unavailable_without_retry_after += other.unavailable_without_retry_after;
+        self.latencies_ms.extend(other.latencies_ms);
+        for (s, n) in other.statuses {
+            *self.statuses.entry(s).or_default() += n;
+        }
+    }
+}
+
+impl Run {
+    fn ok_per_s(&self) -> f64 {
+        self.answers.ok as f64 / self.secs
+    }
+    fn p(&self, q: f64) -> f64 {
+        percentile(&self.answers.latencies_ms, q)
+    }
+    fn cpu_ms_per_ok(&self) -> f64 {
+        self.cpu_s * 1e3 / self.answers.ok.max(1) as f64
+    }
+}
+
+/// One closed-loop client: request after request until `stop`, counting only answers that
+/// started after `measure_from`.
+async fn client(
+    url: String,
+    token: Option<String>,
+    bodies: Arc<Vec<(Bytes, bool)>>,
+    offset: usize,
+    measure_from: Instant,
+    stop: Arc<AtomicBool>,
+) -> Tally {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .build()
+        .expect("client");
+    let mut tally = Tally::default();
+    let mut i = offset;
+    while !stop.load(Ordering::Relaxed) {
+        let (body, live) = &bodies[i % bodies.len()];
+        i += 1;
+        let mut req = http
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body.clone());
+        if let Some(t) = &token {
+            req = req.header("x-access-token", t);
+        }
+        let t0 = Instant::now();
+        let result = req.send().await;
+        let counted = t0 >= measure_from && !stop.load(Ordering::Relaxed);
+        match result {
+            Err(_) => {
+                if counted {
+                    tally.errors += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let retry_after = resp.headers().contains_key("retry-after");
+                let text = resp.text().await.unwrap_or_default();
+                let ms = t0.elapsed().as_secs_f64() * 1e3;
+                if !counted {
+                    continue;
+                }
+                if status == 200 {
+                    tally.ok += 1;
+                    tally.latencies_ms.push(ms);
+                    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+                    if v["data"]["status"].as_bool() != Some(*live) {
+                        tally.wrong += 1;
+                    }
+                } else {
+                    *tally.statuses.entry(status).or_default() += 1;
+                    if status == 503 && !retry_after {
+                        tally.unavailable_without_retry_after += 1;
+                    }
+                }
+            }
+        }
+    }
+    tally
+}
+
+/// GET /healthz every 20 ms on its own connection; latencies in ms.
+async fn healthz_prober(base: String, stop: Arc<AtomicBool>) -> Vec<f64> {
+    let http = reqwest::Client::new();
+    let mut out = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let t0 = Instant::now();
+        match http.get(format!("{base}/healthz")).send().await {
+            Ok(r) if r.status().is_success() => out.push(t0.elapsed().as_secs_f64() * 1e3),
+            // A failed probe counts as the whole timeout of a load balancer's check.
+            _ => out.push(f64::INFINITY),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    out
+}
+
+async fn run(
+    service: &Service,
+    bodies: &Arc<Vec<(Bytes, bool)>>,
+    clients: usize,
+    warmup: Duration,
+    secs: Duration,
+    probe: bool,
+) -> Run {
+    let stop = Arc::new(AtomicBool::new(false));
+    let measure_from = Instant::now() + warmup;
+    let url = format!("{}{CHECK}", service.base);
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            tokio::spawn(client(
+                url.clone(),
+                service.token.clone(),
+                Arc::clone(bodies),
+                c,
+                measure_from,
+                Arc::clone(&stop),
+            ))
+        })
+        .collect();
+    let prober = probe.then(|| tokio::spawn(healthz_prober(service.base.clone(), stop.clone())));
+    tokio::time::sleep_until(measure_from.into()).await;
+    let tree = process_tree(service.pid);
+    let stages0 = stage_totals(&service.base).await;
+    let cpu0 = cpu_seconds(&tree);
+    let started = Instant::now();
+    // Memory: the largest of samples taken through the run.
+    let (mut rss, mut pss) = (0u64, 0u64);
+    while started.elapsed() < secs {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        rss = rss.max(tree.iter().map(|&p| rss_kib(p)).sum());
+        pss = pss.max(tree.iter().map(|&p| pss_kib(p)).sum());
+    }
+    let cpu_s = cpu_seconds(&tree) - cpu0;
+    let elapsed = started.elapsed().as_secs_f64();
+    let stages1 = stage_totals(&service.base).await;
+    stop.store(true, Ordering::Relaxed);
+    let stages_ms = stages1
+        .iter()
+        .filter_map(|(stage, (sum1, n1))| {
+            let (sum0, n0) = stages0.get(stage).copied().unwrap_or((0.0, 0.0));
+            (n1 > &n0).then(|| (stage.clone(), (sum1 - sum0) * 1e3 / (n1 - n0)))
+        })
+        .collect();
+    let mut out = Run {
+        clients,
+        secs: elapsed,
+        cpu_s,
+        rss_mb: rss as f64 / 1024.0,
+        pss_mb: pss as f64 / 1024.0,
+        stages_ms,
+        ..Run::default()
+    };
+    for task in tasks {
+        out.answers.add(task.await.expect("client task"));
+    }
+    out.answers.latencies_ms.sort_by(f64::total_cmp);
+    if let Some(p) = prober {
+        out.healthz_ms = p.await.expect("prober");
+        out.healthz_ms.sort_by(f64::total_cmp);
+    }
+    out
+}
+
+/// `stage -> (seconds summed, count)` from livecheck's `/metrics` (empty for the peer).
+async fn stage_totals(base: &str) -> BTreeMap<String, (f64, f64)> {
+    let mut out: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    let Ok(resp) = reqwest::get(format!("{base}/metrics")).await else {
+        return out;
+    };
+    let text = resp.text().await.unwrap_or_default();
+    for line in text.lines() {
+        for (suffix, is_sum) in [("_sum{stage=\"", true), ("_count{stage=\"", false)] {
+            let prefix = format!("livecheck_stage_duration_seconds{suffix}");
+            let Some(rest) = line.strip_prefix(&prefix) else {
+                continue;
+            };
+            let Some((stage, value)) = rest.split_once("\"} ") else {
+                continue;
+            };
+            let Ok(value) = value.trim().parse::<f64>() else {
+                continue;
+            };
+            let entry = out.entry(stage.to_owned()).or_default();
+            if is_sum {
+                entry.0 = value;
+            } else {
+                entry.1 = value;
+            }
+        }
+    }
+    out
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+/// Starts the Python peer and waits until it answers `/healthz` (each worker loads the models).
+async fn start_peer(python: &Path, models: &Path) -> (Child, String) {
+    let port = free_port();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/peer_service.py");
+    let child = Command::new(python)
+        .arg(script)
+        .arg(models)
+        .arg(port.to_string())
+        .arg("2")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start the peer with {}: {e}", python.display()));
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = reqwest::get(format!("{base}/healthz")).await {
+            if r.status().is_success() {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "the peer did not start");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    (child, base)
+}
+
+fn statuses(r: &Run) -> String {
+    let a = &r.answers;
+    let mut parts: Vec<String> = a.statuses.iter().map(|(s, n)| format!("{n}x{s}")).collect();
+    if a.errors > 0 {
+        parts.push(format!("{} errors", a.errors));
+    }
+    if parts.is_empty() {
+        "0".to_owned()
+    } else {
+        parts.join(", ")
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if !args.iter().any(|a| a == "--bench") {
+        eprintln!("versus: skipped outside `cargo bench` (needs the release build and the peer)");
+        return;
+    }
+    let write_docs = args.iter().any(|a| a == "--write-docs");
+    let env_num = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let secs = Duration::from_secs(env_num("VERSUS_SECS", 15));
+    let warmup = Duration::from_secs(3);
+    let burst = env_num("VERSUS_BURST", 512) as usize;
+    let levels: Vec<usize> = std::env::var("VERSUS_LEVELS")
+        .unwrap_or_else(|_| "1,4,16,64".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let python = std::env::var_os("VERSUS_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join(".bench-venv/bin/python"));
+    let models = common::helpers::model_dir();
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_livecheck"));
+
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let bodies: Arc<Vec<(Bytes, bool)>> = Arc::new(
+        IMAGES
+            .iter()
+            .map(|(name, live)| {
+                let body = serde_json::json!({ "image": b64.encode(read_image(name)) });
+                (Bytes::from(body.to_string()), *live)
+            })
+            .collect(),
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = format!("sqlite://{}", dir.path().join("versus.db").display());
+    let token = common::helpers::create_key_cli(&db);
+    let lc = ServeProcess::spawn_binary(
+        &bin,
+        &db,
+        &["--rate-limit-per-minute", "0"],
+        &[("RUST_LOG", "warn")],
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (mut peer, peer_base) = rt.block_on(start_peer(&python, &models));
+    let lc_service = Service {
+        name: "livecheck",
+        base: format!("http://{}", lc.addr),
+        token: Some(token),
+        pid: lc.child.id(),
+    };
+    let peer_service = Service {
+        name: "peer",
+        base: peer_base,
+        token: None,
+        pid: peer.id(),
+    };
+
+    let mut rows = Vec::new();
+    for &clients in &levels {
+        let mut pair = Vec::new();
+        for service in [&lc_service, &peer_service] {
+            eprintln!("{} at {clients} clients ...", service.name);
+            let r = rt.block_on(run(service, &bodies, clients, warmup, secs, false));
+            eprintln!(
+                "  {:.1} ok/s, p50 {:.1} ms, p99 {:.1} ms, non-2xx {}, {:.1} ms CPU per ok",
+                r.ok_per_s(),
+                r.p(50.0),
+                r.p(99.0),
+                statuses(&r),
+                r.cpu_ms_per_ok()
+            );
+            pair.push(r);
+        }
+        rows.push((pair[0].clone(), pair[1].clone()));
+    }
+    // The fallback without the engine's fused kernels, at the level the peer was measured at.
+    let plain_level = env_num("VERSUS_PLAIN_CLIENTS", 4) as usize;
+    let plain_run = rows
+        .iter()
+        .find(|(l, _)| l.clients == plain_level)
+        .map(|(_, peer_run)| {
+            let db = format!("sqlite://{}", dir.path().join("plain.db").display());
+            let token = common::helpers::create_key_cli(&db);
+            let plain = ServeProcess::spawn_binary(
+                &bin,
+                &db,
+                &["--rate-limit-per-minute", "0", "--kernels", "tract"],
+                &[("RUST_LOG", "warn")],
+            );
+            let service = Service {
+                name: "livecheck --kernels tract",
+                base: format!("http://{}", plain.addr),
+                token: Some(token),
+                pid: plain.child.id(),
+            };
+            eprintln!("{} at {plain_level} clients ...", service.name);
+            let r = rt.block_on(run(&service, &bodies, plain_level, warmup, secs, false));
+            plain.stop("TERM");
+            (r, peer_run.clone())
+        });
+    let burst_run = (burst > 0).then(|| {
+        eprintln!("livecheck burst of {burst} clients ...");
+        rt.block_on(run(&lc_service, &bodies, burst, warmup, secs, true))
+    });
+    let _ = peer.kill();
+    let _ = peer.wait();
+    // Kill the uvicorn workers too (they are the peer's children).
+    let _ = Command::new("pkill").args(["-f", "peer_service"]).status();
+    let (_, logs) = lc.stop("TERM");
+
+    let mut md = String::new();
+    md.push_str("## Side by side with the Python service\n\n");
+    md.push_str(&format!(
+        "`bash scripts/loadbench.sh` ({}, {} cores shared by both servers and the load \
+         clients; {} s measured per run after {} s of warm-up; closed-loop clients sending the \
+         three upstream samples as base64). livecheck: the release binary with default flags and \
+         `--rate-limit-per-minute 0`, SQLite audit (every verdict committed before it is \
+         sent). Peer: `scripts/peer_service.py`, the same recipe on FastAPI + uvicorn (2 \
+         workers) + onnxruntime + OpenCV, with TCP_NODELAY set on its connections (stock \
+         uvicorn loses about 40 ms per kept-alive request to Nagle and delayed ACKs); it stores \
+         nothing. CPU is the servers' user + system time per successful check; memory is the \
+         largest sample during the run, RSS summed over the peer's processes and PSS (shared \
+         pages split).\n\n",
+        cpu_model(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        secs.as_secs(),
+        warmup.as_secs(),
+    ));
+    md.push_str(
+        "| clients | livecheck ok/s | peer ok/s | ratio | livecheck p50 / p99 ms | peer p50 / p99 ms \
+         | livecheck non-2xx | peer non-2xx | CPU ms per check (lc / peer) | RSS MB (lc / peer) \
+         | PSS MB (lc / peer) |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for (l, p) in &rows {
+        md.push_str(&format!(
+            "| {} | {:.1} | {:.1} | {:.2} | {:.1} / {:.1} | {:.1} / {:.1} | {} | {} | {:.1} / {:.1} \
+             | {:.0} / {:.0} | {:.0} / {:.0} |\n",
+            l.clients,
+            l.ok_per_s(),
+            p.ok_per_s(),
+            l.ok_per_s() / p.ok_per_s().max(1e-9),
+            l.p(50.0),
+            l.p(99.0),
+            p.p(50.0),
+            p.p(99.0),
+            statuses(l),
+            statuses(p),
+            l.cpu_ms_per_ok(),
+            p.cpu_ms_per_ok(),
+            l.rss_mb,
+            p.rss_mb,
+            l.pss_mb,
+            p.pss_mb,
+        ));
+    }
+    md.push_str(
+        "\nlivecheck per check, mean wall time of each stage (ms; `pipeline` is the time on a CPU \
+         slot: decode, detect, classify and the image hash) and the CPU spent outside it (CPU per \
+         check minus `pipeline`; meaningful at 1 client, where the pipeline does not wait for the \
+         CPU):\n\n| clients | pipeline | decode | detect | classify | audit | CPU per check | CPU \
+         outside the pipeline |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    for (l, _) in &rows {
+        let st = |k: &str| l.stages_ms.get(k).copied().unwrap_or(f64::NAN);
+        md.push_str(&format!(
+            "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |\n",
+            l.clients,
+            st("pipeline"),
+            st("decode"),
+            st("detect"),
+            st("classify"),
+            st("audit"),
+            l.cpu_ms_per_ok(),
+            l.cpu_ms_per_ok() - st("pipeline"),
+        ));
+    }
+    let wrong: usize = rows
+        .iter()
+        .map(|(l, p)| l.answers.wrong + p.answers.wrong)
+        .sum();
+    md.push_str(&format!(
+        "\nVerdicts that disagreed with the sample's label: {wrong}.\n"
+    ));
+    if let Some((r, peer_run)) = &plain_run {
+        md.push_str(&format!(
+            "\nWithout the fused kernels (`--kernels tract`, what a CPU without AVX-512 gets for \
+             the 1x1 and dense 3x3 convolutions, and less): {:.1} ok/s at {} clients against the \
+             peer's {:.1} (ratio {:.2}), p50 / p99 {:.1} / {:.1} ms, {:.1} ms CPU per check, \
+             non-2xx {}.\n",
+            r.ok_per_s(),
+            r.clients,
+            peer_run.ok_per_s(),
+            r.ok_per_s() / peer_run.ok_per_s().max(1e-9),
+            r.p(50.0),
+            r.p(99.0),
+            r.cpu_ms_per_ok(),
+            statuses(r),
+        ));
+    }
+    if let Some(b) = &burst_run {
+        let at16 = rows
+            .iter()
+            .find(|(l, _)| l.clients == 16)
+            .map(|(l, _)| l.ok_per_s());
+        md.push_str(&format!(
+            "\nBurst: {} clients against livecheck for {} s: {:.1} successful checks/s{}, \
+             answers other than 200: {} ({} of the 503s without `Retry-After`); `/healthz` \
+             every 20 ms meanwhile: p50 {:.1} ms, p99 {:.1} ms over {} probes.\n",
+            b.clients,
+            secs.as_secs(),
+            b.ok_per_s(),
+            at16.map_or(String::new(), |v| format!(" (16 clients: {v:.1})")),
+            statuses(b),
+            b.answers.unavailable_without_retry_after,
+            percentile(&b.healthz_ms, 50.0),
+            percentile(&b.healthz_ms, 99.0),
+            b.healthz_ms.len(),
+        ));
+    }
+    println!("{md}");
+    if logs.contains("ERROR") || logs.contains("panicked") {
+        eprintln!("server log:\n{logs}");
+    }
+    if write_docs {
+        common::write_docs("## Side by side with the Python service", &md);
+    }
+}
