@@ -21,7 +21,8 @@
 //!   result is compacted into the output. No im2col matrix is ever built.
 //!
 //! The weights are packed once, at load. The AVX-512 path (runtime detection) uses masked loads
-//! and stores for the tails; the portable path is the same loops in plain Rust.
+//! and stores for the tails; the AVX2 + FMA path computes each block as two halves of 4 rows
+//! over 24 outputs (16 vector registers); the portable path is the same loops in plain Rust.
 //!
 //! [`fuse_pointwise`] and [`fuse_dense3x3`] rewrite a concrete, decluttered model before codegen.
 
@@ -36,13 +37,14 @@ use super::depthwise::{
     replace_conv3x3, SpatialInput,
 };
 
-/// Whether this CPU runs [`Product`]'s AVX-512 kernel. Without it the portable path is correct
-/// but built for the baseline target (SSE2 on x86-64), against tract's AVX2/FMA matrix kernels,
-/// so the engine leaves these convolutions to tract there. (Not measured on such a CPU: the
-/// development machine has AVX-512.)
+/// Whether this CPU runs one of [`Product`]'s vector kernels (AVX-512F, or AVX2 + FMA). Without
+/// them the portable path is correct but built for the baseline target (SSE2 on x86-64), so the
+/// engine leaves these convolutions to tract's own kernels there.
 pub fn fast_kernels() -> bool {
     #[cfg(target_arch = "x86_64")]
-    return std::arch::is_x86_feature_detected!("avx512f");
+    return std::arch::is_x86_feature_detected!("avx512f")
+        || (std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma"));
     #[cfg(not(target_arch = "x86_64"))]
     return false;
 }
@@ -155,6 +157,14 @@ impl Product {
             // `src[offsets[k] + q]` and write `out[o * out_stride + q]` (`q < len`, `o < co`)
             // was checked in bounds above, which is all `avx512::run` relies on.
             unsafe { avx512::run(self, src, offsets, len, out, out_stride) };
+            return Ok(());
+        }
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has AVX2 and FMA (checked just above); the bounds are as for the
+            // AVX-512 path.
+            unsafe { avx2::run(self, src, offsets, len, out, out_stride) };
             return Ok(());
         }
         self.run_portable(src, offsets, len, out, out_stride);
@@ -281,6 +291,116 @@ mod avx512 {
                     unsafe {
                         _mm512_mask_storeu_ps(dst, m0, lo);
                         _mm512_mask_storeu_ps(dst.wrapping_add(16), m1, hi);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The same kernel for AVX2 + FMA (AMD Zen 2/3, Intel before AVX-512): 16 vector registers of 8
+/// lanes hold 4 rows x 24 outputs of accumulators (12), three input vectors and one broadcast
+/// weight, so each [`MR`]-row block is computed as two halves of 4 rows over 24 outputs at a time.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{Product, MR};
+    use std::arch::x86_64::*;
+
+    /// Outputs per block along `q`: three 8-lane vectors.
+    const NQ: usize = 24;
+    /// Rows per half block.
+    const HR: usize = MR / 2;
+
+    /// `maskload`/`maskstore` masks (lane on when its sign bit is set) of the three vectors of a
+    /// block of `lanes` (1 to [`NQ`]) outputs.
+    fn masks(lanes: usize) -> [__m256i; 3] {
+        let lane = |v: usize| if v < lanes { -1 } else { 0 };
+        // SAFETY: `_mm256_setr_epi32` only builds a register value (AVX, enabled by callers).
+        core::array::from_fn(|j| unsafe {
+            _mm256_setr_epi32(
+                lane(8 * j),
+                lane(8 * j + 1),
+                lane(8 * j + 2),
+                lane(8 * j + 3),
+                lane(8 * j + 4),
+                lane(8 * j + 5),
+                lane(8 * j + 6),
+                lane(8 * j + 7),
+            )
+        })
+    }
+
+    /// # Safety
+    /// The CPU must have AVX2 and FMA; `offsets.len() == op.k`, `src[offsets[k] + q]` must be in
+    /// bounds for every `k` and `q < len`, and `out[o * out_stride + q]` for `o < op.co`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn run(
+        op: &Product,
+        src: &[f32],
+        offsets: &[usize],
+        len: usize,
+        out: &mut [f32],
+        out_stride: usize,
+    ) {
+        let zero = _mm256_setzero_ps();
+        for q0 in (0..len).step_by(NQ) {
+            let lanes = NQ.min(len - q0);
+            let full = lanes == NQ;
+            let mask = masks(lanes);
+            let base = src.as_ptr().wrapping_add(q0);
+            for (b, w) in op.packed.chunks_exact(op.k * MR).enumerate() {
+                for half in 0..2 {
+                    let mut acc = [[zero; 3]; HR];
+                    for (wk, &off) in w.chunks_exact(MR).zip(offsets) {
+                        let Ok(wk) = <&[f32; MR]>::try_from(wk) else {
+                            continue;
+                        };
+                        let row = base.wrapping_add(off);
+                        // SAFETY: src[off + q0 + lane] is in bounds for every lane of a full
+                        // block, and for the lanes the masks keep otherwise (the caller's
+                        // contract); masked-off lanes are not read.
+                        let v: [__m256; 3] = core::array::from_fn(|j| unsafe {
+                            let p = row.wrapping_add(8 * j);
+                            if full {
+                                _mm256_loadu_ps(p)
+                            } else {
+                                _mm256_maskload_ps(p, mask[j])
+                            }
+                        });
+                        for (r, a) in acc.iter_mut().enumerate() {
+                            let s = _mm256_set1_ps(wk[half * HR + r]);
+                            for (a, &v) in a.iter_mut().zip(&v) {
+                                *a = _mm256_fmadd_ps(s, v, *a);
+                            }
+                        }
+                    }
+                    for (r, a) in acc.iter().enumerate() {
+                        let o = b * MR + half * HR + r;
+                        if o >= op.co {
+                            break;
+                        }
+                        let bias = _mm256_set1_ps(op.bias[o]);
+                        let slope = op.slopes.as_ref().map(|s| _mm256_set1_ps(s[o]));
+                        let dst = out.as_mut_ptr().wrapping_add(o * out_stride + q0);
+                        for (j, &a) in a.iter().enumerate() {
+                            let mut x = _mm256_add_ps(a, bias);
+                            if op.relu {
+                                x = _mm256_max_ps(x, zero);
+                            } else if let Some(s) = slope {
+                                x = _mm256_max_ps(x, _mm256_mul_ps(s, x));
+                            }
+                            // SAFETY: as for the loads, out[o * out_stride + q0 + lane] is in
+                            // bounds for every lane of a full block, else for the lanes the mask
+                            // keeps. (Masked stores are slow on AMD: full blocks avoid them.)
+                            unsafe {
+                                let p = dst.wrapping_add(8 * j);
+                                if full {
+                                    _mm256_storeu_ps(p, x);
+                                } else {
+                                    _mm256_maskstore_ps(p, mask[j], x);
+                                }
+                            }
+                        }
                     }
                 }
             }
@@ -804,17 +924,41 @@ mod tests {
         }
     }
 
-    /// The proptests above call `run`, which takes the AVX-512 path where the CPU has it and the
-    /// portable one elsewhere: say which one went untested. (Not a CI failure: CI runs on
-    /// whichever x86-64 machine the session had, with or without AVX-512.)
+    /// The proptests above call `run`, which takes the AVX-512 path where the CPU has it, else
+    /// the AVX2 + FMA one, else the portable one: say which ran. (Not a CI failure: CI runs on
+    /// whichever x86-64 machine the session had.) The portable path is compared with the
+    /// dispatched one below wherever that is not the portable path itself.
     #[test]
     fn say_which_kernel_path_was_tested() {
-        if fast_kernels() {
-            eprintln!("note: AVX-512 here: the fused kernels' AVX-512 path was tested");
+        #[cfg(target_arch = "x86_64")]
+        let path = if std::arch::is_x86_feature_detected!("avx512f") {
+            "AVX-512"
+        } else if fast_kernels() {
+            "AVX2 + FMA"
         } else {
-            eprintln!(
-                "note: no AVX-512 here: only the portable path of the fused kernels was tested"
-            );
+            "portable"
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let path = "portable";
+        eprintln!("note: the fused kernels' {path} path was tested here");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+        #[test]
+        fn the_portable_path_matches_the_dispatched_one(
+            co in 1usize..20, k in 1usize..30, len in 1usize..80, stride_extra in 0usize..5,
+            seed in 0u64..1000, act in 0u8..3,
+        ) {
+            let (product, ..) = make_product(co, k, seed, act);
+            let src = values(k * len + 7, seed + 5);
+            let offsets: Vec<usize> = (0..k).map(|i| i * len + (i % 3)).collect();
+            let stride = len + stride_extra;
+            let mut a = vec![0f32; co * stride];
+            let mut b = a.clone();
+            product.run(&src, &offsets, len, &mut a, stride).unwrap();
+            product.run_portable(&src, &offsets, len, &mut b, stride);
+            prop_assert!(close(&a, &b, k), "{a:?} vs {b:?}");
         }
     }
 

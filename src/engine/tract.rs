@@ -401,8 +401,9 @@ pub fn assemble_head(
 /// The engine's own kernels in place of tract's before codegen: 3x3 depthwise convolutions
 /// ([`fuse_depthwise`]), 1x1 convolutions ([`fuse_pointwise`]) and dense 3x3 convolutions
 /// ([`fuse_dense3x3`]), each with the per-channel affine and activation after it folded in.
-/// The last two only where their AVX-512 kernel runs ([`direct::fast_kernels`]): elsewhere
-/// tract's own AVX2/FMA matrix kernels keep them. Nothing with [`Kernels::Tract`].
+/// The last two only where one of their vector kernels runs (AVX-512F, or AVX2 + FMA:
+/// [`direct::fast_kernels`]): elsewhere tract's own kernels keep them. Nothing with
+/// [`Kernels::Tract`].
 fn fuse(model: &mut TypedModel, kernels: Kernels) -> TractResult<()> {
     if kernels == Kernels::Tract {
         return Ok(());
