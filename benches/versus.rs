@@ -96,7 +96,7 @@ impl Run {
 }
 
 /// One closed-loop client: request after request until `stop`, counting only answers that
-/// started after `measure_from`.
+/// started after `measure_from`. After a 503 or 429 it waits as `Retry-After` says.
 async fn client(
     url: String,
     token: Option<String>,
@@ -133,7 +133,18 @@ async fn client(
             }
             Ok(resp) => {
                 let status = resp.status().as_u16();
-                let retry_after = resp.headers().contains_key("retry-after");
+                let retry_after = resp
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<f64>().ok());
+                // A well-behaved client waits as told, spread over 1 to 2 times the hint so
+                // that shed clients do not come back in one wave.
+                if let Some(secs) = retry_after.filter(|_| status == 503 || status == 429) {
+                    let spread = 1.0 + (i % 7) as f64 / 7.0;
+                    tokio::time::sleep(Duration::from_secs_f64(secs.min(10.0) * spread)).await;
+                }
+                let retry_after = retry_after.is_some();
                 let text = resp.text().await.unwrap_or_default();
                 let ms = t0.elapsed().as_secs_f64() * 1e3;
                 if !counted {
@@ -430,10 +441,12 @@ fn main() {
         eprintln!("livecheck burst of {burst} clients ...");
         rt.block_on(run(&lc_service, &bodies, burst, warmup, secs, true))
     });
-    let _ = peer.kill();
+    // The uvicorn workers (and multiprocessing's helpers) are the peer's descendants: stop them
+    // all, children first, then reap the parent.
+    for pid in process_tree(peer.id()).into_iter().rev() {
+        let _ = Command::new("kill").arg(pid.to_string()).status();
+    }
     let _ = peer.wait();
-    // Kill the uvicorn workers too (they are the peer's children).
-    let _ = Command::new("pkill").args(["-f", "peer_service"]).status();
     let (_, logs) = lc.stop("TERM");
 
     let mut md = String::new();
@@ -533,7 +546,8 @@ fn main() {
         md.push_str(&format!(
             "\nBurst: {} clients against livecheck for {} s: {:.1} successful checks/s{}, \
              answers other than 200: {} ({} of the 503s without `Retry-After`); `/healthz` \
-             every 20 ms meanwhile: p50 {:.1} ms, p99 {:.1} ms over {} probes.\n",
+             every 20 ms meanwhile: p50 {:.1} ms, p99 {:.1} ms over {} probes. (Clients \
+             wait as `Retry-After` says before retrying.)\n",
             b.clients,
             secs.as_secs(),
             b.ok_per_s(),

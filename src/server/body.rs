@@ -35,6 +35,30 @@ pub struct CheckRequest {
     pub image: String,
 }
 
+/// Bytes of a refused over-limit body still read (and thrown away) before the answer, and how
+/// long to wait for them: a server that closes a connection with unread data makes the kernel
+/// reset it, and a client still sending can lose the 413 with it. Bounded, so a client that
+/// declares 200 MB costs at most this much.
+const DRAIN_BYTES: usize = 1024 * 1024;
+const DRAIN_IDLE: std::time::Duration = std::time::Duration::from_millis(200);
+const DRAIN_TOTAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Reads and discards up to [`DRAIN_BYTES`] of `body`, stopping when nothing arrives for
+/// [`DRAIN_IDLE`] or after [`DRAIN_TOTAL`].
+async fn drain(body: axum::body::Body) {
+    let mut stream = body.into_data_stream();
+    let mut seen = 0usize;
+    let _ = tokio::time::timeout(DRAIN_TOTAL, async {
+        while seen <= DRAIN_BYTES {
+            match tokio::time::timeout(DRAIN_IDLE, stream.next()).await {
+                Ok(Some(Ok(chunk))) => seen += chunk.len(),
+                _ => break,
+            }
+        }
+    })
+    .await;
+}
+
 /// The declared `Content-Length`, if any; a malformed one is a client error.
 fn declared_length(headers: &HeaderMap) -> Result<Option<usize>, ApiError> {
     let Some(value) = headers.get(header::CONTENT_LENGTH) else {
@@ -69,6 +93,7 @@ impl FromRequest<AppState> for ImageBody {
         }
         let declared = declared_length(req.headers())?;
         if declared.is_some_and(|n| n > limit) {
+            drain(req.into_body()).await;
             return Err(ApiError::BodyTooLarge { limit });
         }
         // A check the admission controller would shed now is shed before its body is held.
@@ -95,8 +120,14 @@ impl FromRequest<AppState> for ImageBody {
                     ApiError::BadRequest(format!("Could not read the request body: {e}"))
                 })?;
                 seen += chunk.len();
+                if seen > limit + DRAIN_BYTES {
+                    break;
+                }
                 if seen > limit {
-                    return Err(ApiError::BodyTooLarge { limit });
+                    // Over the cap: keep discarding a little (see `drain`), then answer 413.
+                    buf = BytesMut::new();
+                    reservation = None;
+                    continue;
                 }
                 if refused {
                     continue;
@@ -116,6 +147,9 @@ impl FromRequest<AppState> for ImageBody {
                     }
                 }
                 buf.extend_from_slice(&chunk);
+            }
+            if seen > limit {
+                return Err(ApiError::BodyTooLarge { limit });
             }
             Ok(buf)
         };

@@ -242,16 +242,37 @@ impl Store {
         }
         let result = match &self.pool {
             Pool::Sqlite(p) => {
-                async {
-                    let mut tx = p.begin().await?;
-                    for record in records {
-                        bind_record!(sqlx::query(SQLITE_INSERT), record)
-                            .execute(&mut *tx)
-                            .await?;
+                // An explicit transaction on one connection rather than sqlx's `Transaction`:
+                // SQLite rolls a transaction back by itself on some errors (disk full, I/O error),
+                // after which sqlx's own bookkeeping no longer matches the connection, and a
+                // connection returned to the pool like that kept the database "unwritable" after
+                // the disk had room again. A connection whose transaction failed for a database
+                // fault is closed instead (see `Store::probe_write` for why that matters).
+                let mut attempts = 0;
+                loop {
+                    attempts += 1;
+                    let mut conn = p.acquire().await.map_err(|e| self.db_err(e))?;
+                    let result = async {
+                        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+                        for record in records {
+                            bind_record!(sqlx::query(SQLITE_INSERT), record)
+                                .execute(&mut *conn)
+                                .await?;
+                        }
+                        sqlx::query("COMMIT").execute(&mut *conn).await.map(|_| ())
                     }
-                    tx.commit().await
+                    .await;
+                    let Err(e) = &result else { break result };
+                    let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                    if super::is_connectivity(e) {
+                        let _ = conn.close().await;
+                    }
+                    // A READONLY connection may be a stale one from the fault: try the next,
+                    // at most once per pooled connection.
+                    if !super::is_sqlite_readonly(e) || attempts > self.max_connections {
+                        break result;
+                    }
                 }
-                .await
             }
             Pool::Postgres(p) => {
                 async {

@@ -137,6 +137,8 @@ pub struct Store {
     /// Backend and address without credentials, for error messages.
     target: Arc<str>,
     last_used_resolution: chrono::Duration,
+    /// Pool size: how many stale connections a write may have to get past after a fault.
+    max_connections: u32,
 }
 
 impl fmt::Debug for Store {
@@ -289,6 +291,7 @@ impl Store {
         Store {
             pool,
             target: target.into(),
+            max_connections: options.max_connections.max(1),
             last_used_resolution: chrono::Duration::from_std(options.last_used_resolution)
                 .unwrap_or(chrono::Duration::MAX),
         }
@@ -322,14 +325,24 @@ impl Store {
     pub async fn probe_write(&self) -> Result<(), StoreError> {
         let at = now();
         let result = match &self.pool {
-            Pool::Sqlite(p) => sqlx::query(
-                "INSERT INTO health (id, checked_at) VALUES (1, ?1) \
-                 ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at",
-            )
-            .bind(ts_text(at))
-            .execute(p)
-            .await
-            .map(|_| ()),
+            Pool::Sqlite(p) => {
+                // A connection that failed on a database fault is closed, not pooled again: one
+                // opened while the files were read-only opened its WAL read-only and would answer
+                // "readonly database" forever, so readiness never came back by itself.
+                let mut conn = p.acquire().await.map_err(|e| self.db_err(e))?;
+                let result = sqlx::query(
+                    "INSERT INTO health (id, checked_at) VALUES (1, ?1) \
+                     ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at",
+                )
+                .bind(ts_text(at))
+                .execute(&mut *conn)
+                .await
+                .map(|_| ());
+                if result.as_ref().is_err_and(is_connectivity) {
+                    let _ = conn.close().await;
+                }
+                result
+            }
             Pool::Postgres(p) => sqlx::query(
                 "INSERT INTO health (id, checked_at) VALUES (1, $1::timestamptz) \
                  ON CONFLICT (id) DO UPDATE SET checked_at = EXCLUDED.checked_at",
@@ -361,6 +374,21 @@ impl Store {
         } else {
             StoreError::Query(cause)
         }
+    }
+}
+
+/// SQLite's READONLY: for a connection opened while the files could not be written, a lasting
+/// state of that connection (its WAL was opened read-only), not of the database.
+fn is_sqlite_readonly(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some()
+                && db
+                    .code()
+                    .and_then(|c| c.parse::<i32>().ok())
+                    .is_some_and(|c| c & 0xff == 8)
+        }
+        _ => false,
     }
 }
 
