@@ -69,16 +69,21 @@ pub(crate) fn parse_cidr(s: &str) -> Result<IpNet, String> {
 }
 
 pub(crate) fn parse_seconds(s: &str) -> Result<f64, String> {
-    match s.trim().parse::<f64>() {
-        Ok(v) if v.is_finite() && v > 0.0 && v <= 3600.0 => Ok(v),
-        _ => Err(format!("{s:?} is not a number of seconds in (0, 3600]")),
-    }
+    seconds(s, false)
 }
 
+/// [`parse_seconds`], zero allowed (a feature turned off).
 pub(crate) fn parse_seconds_or_zero(s: &str) -> Result<f64, String> {
+    seconds(s, true)
+}
+
+fn seconds(s: &str, zero_ok: bool) -> Result<f64, String> {
     match s.trim().parse::<f64>() {
-        Ok(v) if v.is_finite() && (0.0..=3600.0).contains(&v) => Ok(v),
-        _ => Err(format!("{s:?} is not a number of seconds in [0, 3600]")),
+        Ok(v) if v.is_finite() && (v > 0.0 || (zero_ok && v == 0.0)) && v <= 3600.0 => Ok(v),
+        _ => Err(format!(
+            "{s:?} is not a number of seconds in {}0, 3600]",
+            if zero_ok { "[" } else { "(" }
+        )),
     }
 }
 

@@ -105,34 +105,37 @@ async fn run(store: Store, mut jobs: mpsc::Receiver<Job>, stats: Arc<Stats>) {
 
 /// Commits `jobs` in one transaction and answers each; on a data error, one by one.
 async fn commit(store: &Store, jobs: Vec<Job>, stats: &Stats) {
-    let records: Vec<AuditRecord> = jobs.iter().map(|j| j.record.clone()).collect();
+    let (records, answers): (Vec<AuditRecord>, Vec<_>) =
+        jobs.into_iter().map(|j| (j.record, j.done)).unzip();
+    let committed = |rows: usize| {
+        stats.commits.fetch_add(1, Ordering::Relaxed);
+        stats.rows.fetch_add(rows as u64, Ordering::Relaxed);
+    };
     match store.insert_audit_batch(&records).await {
         Ok(()) => {
-            stats.commits.fetch_add(1, Ordering::Relaxed);
-            stats.rows.fetch_add(jobs.len() as u64, Ordering::Relaxed);
-            for job in jobs {
-                let _ = job.done.send(Ok(()));
+            committed(records.len());
+            for done in answers {
+                let _ = done.send(Ok(()));
             }
         }
-        Err(err) if jobs.len() > 1 && !err.is_unavailable() => {
-            for job in jobs {
-                let result = store.insert_audit(&job.record).await;
+        Err(err) if records.len() > 1 && !err.is_unavailable() => {
+            for (record, done) in records.iter().zip(answers) {
+                let result = store.insert_audit(record).await;
                 if result.is_ok() {
-                    stats.commits.fetch_add(1, Ordering::Relaxed);
-                    stats.rows.fetch_add(1, Ordering::Relaxed);
+                    committed(1);
                 }
-                let _ = job.done.send(result);
+                let _ = done.send(result);
             }
         }
-        Err(err) if jobs.len() == 1 => {
-            if let Some(job) = jobs.into_iter().next() {
-                let _ = job.done.send(Err(err));
+        Err(err) if records.len() == 1 => {
+            if let Some(done) = answers.into_iter().next() {
+                let _ = done.send(Err(err));
             }
         }
         Err(err) => {
             let shared = Arc::new(err);
-            for job in jobs {
-                let _ = job.done.send(Err(StoreError::Batch(Arc::clone(&shared))));
+            for done in answers {
+                let _ = done.send(Err(StoreError::Batch(Arc::clone(&shared))));
             }
         }
     }
