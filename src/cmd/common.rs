@@ -129,6 +129,13 @@ pub struct PipelineArgs {
         action = clap::ArgAction::Set, value_name = "BOOL")]
     pub multi_face_scan: bool,
 
+    /// When the best face is below --min-face-confidence, look again at 2x the detector's
+    /// working size and accept the face if it reaches the floor there (the detector
+    /// under-scores many clear faces at ~192 px). `false` reports `no_face` at once.
+    #[arg(long, env = "LIVECHECK_FACE_CONFIRM_SCAN", default_value_t = true,
+        action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub face_confirm_scan: bool,
+
     /// Convolution kernels: `fused` (the engine's own where they are fast on this CPU) or
     /// `tract` (tract's only; for comparison, and as a fallback).
     #[arg(long, env = "LIVECHECK_KERNELS", default_value = "fused", value_name = "fused|tract",
@@ -173,6 +180,7 @@ impl PipelineArgs {
                 max_pixels: self.max_pixels,
             },
             multi_face_scan: self.multi_face_scan,
+            face_confirm_scan: self.face_confirm_scan,
         })
     }
 

@@ -101,6 +101,12 @@ pub struct PipelineConfig {
     /// of group photos score low at the detector's ~192 px.
     #[serde(default = "default_true")]
     pub multi_face_scan: bool,
+    /// When the detector's best face is below `min_face_confidence`, look again at twice the
+    /// detector's working size ([`FACE_CONFIRM_SCALE`]) and accept upstream's box if a face
+    /// overlapping it ([`FACE_CONFIRM_IOU`]) reaches the floor there: at ~192 px the detector
+    /// under-scores many clear faces.
+    #[serde(default = "default_true")]
+    pub face_confirm_scan: bool,
 }
 
 fn default_true() -> bool {
@@ -193,6 +199,7 @@ impl Default for PipelineConfig {
             min_image_side: 32,
             limits: DecodeLimits::default(),
             multi_face_scan: true,
+            face_confirm_scan: true,
         }
     }
 }
@@ -226,6 +233,15 @@ pub const MULTI_FACE_CANDIDATE: f32 = 0.3;
 /// (capped at the image's size). A second face there counts with the usual
 /// [`MIN_SECOND_FACE_CONFIDENCE`]: no new floor is tuned for it.
 pub const MULTI_FACE_SCALE: f64 = 2.0;
+
+/// Detector input scale of the face-confirmation scan ([`PipelineConfig::face_confirm_scan`]),
+/// relative to the detector's working size (capped at the image's size). The face must reach the
+/// usual `min_face_confidence` there: no new floor is tuned for it.
+pub const FACE_CONFIRM_SCALE: f64 = 2.0;
+
+/// Overlap (intersection over union) with upstream's box at which a face found by the
+/// confirmation scan is the same face.
+pub const FACE_CONFIRM_IOU: f32 = 0.5;
 
 /// Reusable per-thread buffers: preprocessing allocates nothing once warm.
 #[derive(Default)]
@@ -324,8 +340,20 @@ impl Pipeline {
         let faces = self.detect_at(&view, dw, dh, floor)?;
         v.timings.detect = ms(t0);
 
-        let best = match faces.best {
-            Some(b) if b.confidence >= cfg.min_face_confidence => b,
+        // Upstream's box, and the confidence it was accepted at: its own, or the confirmation
+        // scan's when that had to look again.
+        let (best, accepted_at) = match faces.best {
+            Some(b) if b.confidence >= cfg.min_face_confidence => (b, b.confidence),
+            Some(b) if cfg.face_confirm_scan => {
+                match self.confirm_face(&view, &b, cfg.min_face_confidence)? {
+                    Some(c) => (b, c),
+                    None => {
+                        v.reason = Reason::NoFace;
+                        v.timings.total = ms(t0);
+                        return Ok(v);
+                    }
+                }
+            }
             _ => {
                 v.reason = Reason::NoFace;
                 v.timings.total = ms(t0);
@@ -335,7 +363,7 @@ impl Pipeline {
         let bbox = best.bbox(w, h);
         v.face = Some(Face {
             bbox,
-            confidence: best.confidence,
+            confidence: accepted_at,
         });
         let min_px = cfg.min_face_px.max(1) as i32;
         // A second face must clear the floor *and* MIN_SECOND_FACE_CONFIDENCE: lowering the floor
@@ -440,6 +468,31 @@ impl Pipeline {
             let b = d.bbox(w, h);
             detect::is_separate_face(best, d) && b[2].min(b[3]) >= min_px
         }))
+    }
+
+    /// The face-confirmation scan: detection at [`FACE_CONFIRM_SCALE`] times the detector's
+    /// working size. Returns the confidence of the best face there that reaches `floor` and
+    /// overlaps `best` by at least [`FACE_CONFIRM_IOU`]; `None` when there is none, or when the
+    /// image is no larger than the detector's input (nothing more to see).
+    fn confirm_face(
+        &self,
+        view: &resize::ImageView<'_>,
+        best: &detect::Detection,
+        floor: f32,
+    ) -> Result<Option<f32>, PipelineError> {
+        let (w, h) = (view.width, view.height);
+        let (dw0, dh0) = detect::detector_input_size(w, h);
+        let dw = ((dw0 as f64 * FACE_CONFIRM_SCALE) as usize).clamp(1, w);
+        let dh = ((dh0 as f64 * FACE_CONFIRM_SCALE) as usize).clamp(1, h);
+        if (dw, dh) == (dw0, dh0) {
+            return Ok(None);
+        }
+        let faces = self.detect_at(view, dw, dh, floor)?;
+        Ok(faces
+            .kept
+            .iter()
+            .find(|d| d.iou(best) >= FACE_CONFIRM_IOU)
+            .map(|d| d.confidence))
     }
 
     /// Member `index`'s input crop (BGR pixels, `size x size`) and answer for face box `bbox` in
