@@ -14,13 +14,12 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
-use common::{cpu_model, image_server, percentile, shared_dir, CHECK, IMAGES};
+use common::{cpu_model, image_server, percentile, CHECK, IMAGES};
 use livecheck::pipeline::PipelineConfig;
 use livecheck::server::{AppConfig, Application};
 use livecheck::store::Store;
@@ -218,9 +217,7 @@ fn main() {
         .map(|n| n.get())
         .unwrap_or(1);
 
-    let model_dir = std::env::var_os("LIVECHECK_MODEL_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| shared_dir().join("models"));
+    let model_dir = common::models();
     let pipeline = Arc::new(
         livecheck::load_pipeline(None, Some(&model_dir), PipelineConfig::default())
             .expect("load models (set LIVECHECK_MODEL_DIR)"),

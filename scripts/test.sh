@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The project's test command (README). Uses ../shared/models unless LIVECHECK_MODEL_DIR is set, and
-# runs the PostgreSQL variants of the storage and API tests when LIVECHECK_TEST_POSTGRES_URL is set
+# The project's test command (README). Needs nothing beside the checkout: the model files are in
+# models/ (and embedded in the binary), the samples in tests/fixtures. Tests on the labelled devset
+# run when LIVECHECK_DEVSET names it (CI sets it); the PostgreSQL variants of the storage and API tests when LIVECHECK_TEST_POSTGRES_URL is set
 # (CI sets it to the local server: postgres://postgres@127.0.0.1:5432/test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export LIVECHECK_MODEL_DIR="${LIVECHECK_MODEL_DIR:-$(cd ../shared/models && pwd)}"
 bash scripts/setup.sh
 cargo test --all-features -- "$@"
 

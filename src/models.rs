@@ -178,8 +178,67 @@ pub enum ModelError {
 #[derive(Debug, Clone)]
 pub struct LoadedSet {
     pub set: ModelSet,
-    /// Directories searched for each file, in order.
-    pub search: Vec<PathBuf>,
+    /// Places searched for each file, in order.
+    pub search: Vec<Place>,
+}
+
+/// A place model files are looked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Place {
+    Dir(PathBuf),
+    /// The files compiled into the binary ([`EMBEDDED_FILES`]).
+    Embedded,
+}
+
+/// Where a model file was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSource {
+    File(PathBuf),
+    Embedded,
+}
+
+impl std::fmt::Display for ModelSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ModelSource::File(p) => write!(f, "{}", p.display()),
+            ModelSource::Embedded => f.write_str("embedded in the binary"),
+        }
+    }
+}
+
+/// The model files of the built-in sets, compiled into the binary by the default feature
+/// `embedded-models` (`models/*.onnx`, with their licences beside them): `livecheck` then runs
+/// from any directory with no files around it. Their bytes are verified by SHA-256 like any file.
+#[cfg(feature = "embedded-models")]
+pub const EMBEDDED_FILES: &[(&str, &[u8])] = &[
+    (
+        "retinaface_silentface.onnx",
+        include_bytes!("../models/retinaface_silentface.onnx"),
+    ),
+    (
+        "MiniFASNetV2.onnx",
+        include_bytes!("../models/MiniFASNetV2.onnx"),
+    ),
+    (
+        "MiniFASNetV1SE.onnx",
+        include_bytes!("../models/MiniFASNetV1SE.onnx"),
+    ),
+    (
+        "faceantispoof_minifas_97.80.onnx",
+        include_bytes!("../models/faceantispoof_minifas_97.80.onnx"),
+    ),
+];
+
+/// Built without the `embedded-models` feature: no file is compiled in.
+#[cfg(not(feature = "embedded-models"))]
+pub const EMBEDDED_FILES: &[(&str, &[u8])] = &[];
+
+/// The embedded copy of the file named `name`, if there is one.
+pub fn embedded(name: &str) -> Option<&'static [u8]> {
+    EMBEDDED_FILES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, b)| *b)
 }
 
 impl ModelSet {
@@ -338,22 +397,24 @@ fn check_file(f: &ModelFile) -> Result<(), String> {
     Ok(())
 }
 
-/// The directories searched for model files, in order: `flag` (which clap also fills from
-/// `LIVECHECK_MODEL_DIR`), then `./models`, then `../shared/models` and its `candidates/`.
-pub fn search_path(flag: Option<&Path>) -> Vec<PathBuf> {
-    let mut dirs = Vec::new();
+/// The places searched for model files, in order: `flag` (which clap also fills from
+/// `LIVECHECK_MODEL_DIR`), the files embedded in the binary, then `./models`, then
+/// `../shared/models` and its `candidates/`.
+pub fn search_path(flag: Option<&Path>) -> Vec<Place> {
+    let mut places = Vec::new();
     if let Some(dir) = flag {
-        dirs.push(dir.to_path_buf());
+        places.push(Place::Dir(dir.to_path_buf()));
     } else if let Some(dir) = std::env::var_os("LIVECHECK_MODEL_DIR") {
-        dirs.push(PathBuf::from(dir));
+        places.push(Place::Dir(PathBuf::from(dir)));
     }
+    places.push(Place::Embedded);
     for d in ["models", "../shared/models", "../shared/models/candidates"] {
-        let d = PathBuf::from(d);
-        if !dirs.contains(&d) {
-            dirs.push(d);
+        let d = Place::Dir(PathBuf::from(d));
+        if !places.contains(&d) {
+            places.push(d);
         }
     }
-    dirs
+    places
 }
 
 impl LoadedSet {
@@ -376,7 +437,7 @@ impl LoadedSet {
                 } else {
                     parent.to_path_buf()
                 };
-                search.insert(0, parent);
+                search.insert(0, Place::Dir(parent));
             }
             ModelSet::parse(&json, &path.display().to_string())?
         } else {
@@ -388,18 +449,26 @@ impl LoadedSet {
         Ok(LoadedSet { set, search })
     }
 
-    /// Where `f` is: the first search directory holding a file of that name.
-    pub fn locate(&self, f: &ModelFile) -> Result<PathBuf, ModelError> {
+    /// Where `f` is: the first place holding a file of that name.
+    pub fn locate(&self, f: &ModelFile) -> Result<ModelSource, ModelError> {
         self.search
             .iter()
-            .map(|d| d.join(&f.file))
-            .find(|p| p.is_file())
+            .find_map(|place| match place {
+                Place::Dir(d) => {
+                    let p = d.join(&f.file);
+                    p.is_file().then_some(ModelSource::File(p))
+                }
+                Place::Embedded => embedded(&f.file).map(|_| ModelSource::Embedded),
+            })
             .ok_or_else(|| ModelError::Missing {
                 file: f.file.clone(),
                 tried: self
                     .search
                     .iter()
-                    .map(|d| d.display().to_string())
+                    .map(|place| match place {
+                        Place::Dir(d) => d.display().to_string(),
+                        Place::Embedded => "the binary's embedded files".to_string(),
+                    })
                     .collect::<Vec<_>>()
                     .join(", "),
             })
@@ -407,19 +476,42 @@ impl LoadedSet {
 
     /// Locate, read and verify `f`; returns the bytes.
     pub fn read(&self, f: &ModelFile) -> Result<Vec<u8>, ModelError> {
-        read_verified(&self.locate(f)?, f)
+        self.read_located(f).map(|(bytes, _)| bytes)
     }
 
-    /// Verify every file of the set: one result per file, with the path it was found at.
-    pub fn verify(&self) -> Vec<(ModelFile, Result<PathBuf, ModelError>)> {
+    fn read_located(&self, f: &ModelFile) -> Result<(Vec<u8>, ModelSource), ModelError> {
+        let source = self.locate(f)?;
+        let bytes = match &source {
+            ModelSource::File(p) => read_verified(p, f)?,
+            ModelSource::Embedded => {
+                let bytes = embedded(&f.file).unwrap_or_default();
+                check_hash(bytes, f, Path::new("<embedded>").join(&f.file))?;
+                bytes.to_vec()
+            }
+        };
+        Ok((bytes, source))
+    }
+
+    /// Verify every file of the set: one result per file, with where it was found.
+    pub fn verify(&self) -> Vec<(ModelFile, Result<ModelSource, ModelError>)> {
         self.set
             .files()
-            .map(|f| {
-                let r = self.locate(f).and_then(|p| read_verified(&p, f).map(|_| p));
-                (f.clone(), r)
-            })
+            .map(|f| (f.clone(), self.read_located(f).map(|(_, s)| s)))
             .collect()
     }
+}
+
+/// Check `bytes` against `f`'s hash (`path` names them in the error).
+fn check_hash(bytes: &[u8], f: &ModelFile, path: PathBuf) -> Result<(), ModelError> {
+    let actual = sha256_hex(bytes);
+    if actual != f.sha256 {
+        return Err(ModelError::HashMismatch {
+            path,
+            expected: f.sha256.clone(),
+            actual,
+        });
+    }
+    Ok(())
 }
 
 pub use crate::sha256_hex;
@@ -441,28 +533,14 @@ pub fn read_verified(path: &Path, f: &ModelFile) -> Result<Vec<u8>, ModelError> 
             })
         }
     };
-    let actual = sha256_hex(&bytes);
-    if actual != f.sha256 {
-        return Err(ModelError::HashMismatch {
-            path: path.to_path_buf(),
-            expected: f.sha256.clone(),
-            actual,
-        });
-    }
+    check_hash(&bytes, f, path.to_path_buf())?;
     Ok(bytes)
 }
 
 /// Check `bytes` against `f` and write them to `dir/f.file` atomically (temp file + rename).
 pub fn install_verified(dir: &Path, f: &ModelFile, bytes: &[u8]) -> Result<PathBuf, ModelError> {
     let path = dir.join(&f.file);
-    let actual = sha256_hex(bytes);
-    if actual != f.sha256 {
-        return Err(ModelError::HashMismatch {
-            path,
-            expected: f.sha256.clone(),
-            actual,
-        });
-    }
+    check_hash(bytes, f, path.clone())?;
     let io = |source| ModelError::Io {
         path: path.clone(),
         source,

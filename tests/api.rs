@@ -2,6 +2,7 @@
 //! SQLite file (and PostgreSQL when `LIVECHECK_TEST_POSTGRES_URL` is set), and a real local image
 //! server. Every URL used here points at loopback.
 
+mod common;
 #[path = "api/helpers.rs"]
 mod helpers;
 

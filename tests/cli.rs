@@ -1,16 +1,12 @@
 //! The `check` and `models` commands, run as a user would run them (the real binary).
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::PathBuf;
 use std::process::{Command, Output};
 
-fn shared() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared")
-}
-
 fn models() -> PathBuf {
-    std::env::var_os("LIVECHECK_MODEL_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| shared().join("models"))
+    common::models()
 }
 
 fn livecheck(args: &[&str]) -> Output {
@@ -30,7 +26,7 @@ fn lines(out: &Output) -> Vec<serde_json::Value> {
 
 #[test]
 fn check_directory_prints_one_json_line_per_image() {
-    let dir = shared().join("testdata/silentface");
+    let dir = common::silentface();
     let out = livecheck(&["check", "--threads", "2", dir.to_str().unwrap()]);
     assert!(
         out.status.success(),
@@ -69,7 +65,7 @@ fn check_reports_errors_and_quality_outcomes() {
     std::fs::write(&text, b"this is not a jpeg").unwrap();
     let truncated = tmp.path().join("trunc.png");
     std::fs::write(&truncated, b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR").unwrap();
-    let live = shared().join("testdata/silentface/image_T1.jpg");
+    let live = common::silentface().join("image_T1.jpg");
     let out = livecheck(&[
         "check",
         text.to_str().unwrap(),
@@ -93,7 +89,7 @@ fn check_reports_errors_and_quality_outcomes() {
 
 #[test]
 fn check_pretty_and_threshold() {
-    let live = shared().join("testdata/silentface/image_T1.jpg");
+    let live = common::silentface().join("image_T1.jpg");
     let out = livecheck(&[
         "check",
         "--pretty",
@@ -144,7 +140,7 @@ fn models_verify_and_fetch_from_directory() {
     let out = livecheck(&["models", "verify", to.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("MiniFASNetV1SE.onnx"));
-    let img = shared().join("testdata/silentface/image_T1.jpg");
+    let img = common::silentface().join("image_T1.jpg");
     let out = livecheck(&[
         "check",
         "--models",
@@ -158,10 +154,10 @@ fn models_verify_and_fetch_from_directory() {
         "{err}"
     );
 
-    // A file missing from every searched folder is named too (run from a folder with no
-    // ./models or ../shared beside it: --models is searched first, then those), and fetch from a
-    // directory lacking files fails.
+    // A file missing from --models falls back to the copy embedded in the binary (verified like
+    // any file), and `models verify` says which source it used.
     std::fs::remove_file(to.join("MiniFASNetV2.onnx")).unwrap();
+    std::fs::remove_file(to.join("MiniFASNetV1SE.onnx")).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_livecheck"))
         .args([
             "check",
@@ -172,9 +168,22 @@ fn models_verify_and_fetch_from_directory() {
         .current_dir(tmp.path())
         .output()
         .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("MiniFASNetV2.onnx not found"), "{err}");
-    assert!(err.contains(to.to_str().unwrap()), "{err}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = livecheck(&["models", "verify", to.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("MiniFASNetV2.onnx (embedded in the binary)")
+            && stdout.contains(&format!(
+                "{}",
+                to.join("retinaface_silentface.onnx").display()
+            )),
+        "{stdout}"
+    );
     let out = livecheck(&[
         "models",
         "fetch",
@@ -276,7 +285,7 @@ fn image_server(body: Vec<u8>) -> ImageServer {
 
 #[test]
 fn check_fetches_urls_under_the_address_policy() {
-    let body = std::fs::read(shared().join("testdata/silentface/image_T1.jpg")).unwrap();
+    let body = std::fs::read(common::silentface().join("image_T1.jpg")).unwrap();
     let server = image_server(body);
     let url = format!("http://127.0.0.1:{}/selfie.jpg?token=x", server.port);
 
@@ -291,7 +300,7 @@ fn check_fetches_urls_under_the_address_policy() {
     assert_eq!(server.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
 
     // Opened explicitly: fetched and checked like the file (T1 is live), mixed with a local file.
-    let file = shared().join("testdata/silentface/image_F1.jpg");
+    let file = common::silentface().join("image_F1.jpg");
     let out = livecheck(&[
         "check",
         "--allow-fetch-from",
@@ -315,4 +324,43 @@ fn check_fetches_urls_under_the_address_policy() {
     let out = livecheck(&["check", "http://[::1"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a valid URL"));
+}
+
+/// From an empty directory, with no model files around and no `LIVECHECK_*` environment, the
+/// binary uses the model files embedded in it (issue 12).
+#[test]
+fn check_runs_from_an_empty_directory_with_the_embedded_models() {
+    let tmp = tempfile::tempdir().unwrap();
+    let img = tmp.path().join("selfie.jpg");
+    std::fs::copy(common::silentface().join("image_T1.jpg"), &img).unwrap();
+    let run = |args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_livecheck"));
+        cmd.args(args).current_dir(tmp.path());
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("LIVECHECK_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.output().unwrap()
+    };
+    let out = run(&["check", "selfie.jpg"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let l = lines(&out);
+    assert_eq!(l.len(), 1);
+    assert_eq!(l[0]["reason"], "live");
+    assert!((l[0]["p_real"].as_f64().unwrap() - 0.993568).abs() < 1e-3);
+    for set in ["silentface", "silentface-minifas128", "minifas128"] {
+        let out = run(&["models", "verify", "--model-set", set]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{stdout}");
+        assert_eq!(
+            stdout.matches("(embedded in the binary)").count(),
+            stdout.matches("ok ").count(),
+            "{stdout}"
+        );
+    }
 }

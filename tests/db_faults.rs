@@ -13,6 +13,7 @@
 
 #![cfg(unix)]
 
+mod common;
 #[path = "api/helpers.rs"]
 #[allow(dead_code)]
 mod helpers;

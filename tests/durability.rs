@@ -5,6 +5,7 @@
 
 #![cfg(unix)]
 
+mod common;
 #[path = "api/helpers.rs"]
 #[allow(dead_code)]
 mod helpers;

@@ -4,32 +4,18 @@
 //! every image's score and reason), so a bug in `livecheck::eval::metrics` or in the way the
 //! binary feeds it shows up as a mismatch.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use serde_json::Value;
 
-/// `shared/` beside the checkout (CI layout); helper worktrees sit one level deeper.
-fn shared_dir() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for rel in ["../shared", "../../shared"] {
-        let p = root.join(rel);
-        if p.join("models").is_dir() && p.join("testdata/devset/manifest.csv").is_file() {
-            return p;
-        }
-    }
-    panic!(
-        "shared/ (models and testdata/devset) not found beside {}",
-        root.display()
-    );
-}
-
 fn livecheck(args: &[&str]) -> Output {
-    let shared = shared_dir();
     Command::new(env!("CARGO_BIN_EXE_livecheck"))
         .args(args)
-        .env("LIVECHECK_MODEL_DIR", shared.join("models"))
+        .env("LIVECHECK_MODEL_DIR", common::models())
         .env_remove("LIVECHECK_THRESHOLD")
         .output()
         .expect("run livecheck")
@@ -261,8 +247,10 @@ fn check_html(path: &Path) {
 
 #[test]
 fn devset_end_to_end() {
-    let shared = shared_dir();
-    let manifest = shared.join("testdata/devset/manifest.csv");
+    let Some(devset) = common::devset("devset_end_to_end") else {
+        return;
+    };
+    let manifest = devset.join("manifest.csv");
     let out = tempfile::tempdir().unwrap();
     let o = livecheck(&[
         "eval",
@@ -327,8 +315,9 @@ fn devset_end_to_end() {
 /// A folder-layout dataset built from a few devset images, grouped by attack type, with --json.
 #[test]
 fn folder_layout_grouped_json() {
-    let shared = shared_dir();
-    let devset = shared.join("testdata/devset");
+    let Some(devset) = common::devset("folder_layout_grouped_json") else {
+        return;
+    };
     let ds = livecheck::eval::dataset::Dataset::load(&devset.join("manifest.csv")).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("data");

@@ -27,7 +27,8 @@ use livecheck::fetch::{
 };
 use url::Url;
 
-include!("common/skip.rs");
+mod common;
+use common::skip_unless_ci;
 
 const IMAGE: &[u8] = b"\x89PNG\r\n\x1a\n-not-really-a-png-but-bytes-are-bytes";
 

@@ -5,6 +5,7 @@
 //! Network safety: the only peers are the server under test, the local image server and a local
 //! listener that never answers, all on loopback.
 
+mod common;
 #[path = "api/helpers.rs"]
 #[allow(dead_code)]
 mod helpers;

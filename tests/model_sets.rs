@@ -3,6 +3,8 @@
 //! in `tests/fixtures/faceantispoof`), a three-member set end to end, and the `crops`,
 //! `models list` and `--model-set` command-line paths.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -14,18 +16,12 @@ const IMAGES: [&str; 3] = ["image_F1", "image_F2", "image_T1"];
 const SET: &str = "silentface-minifas128";
 const MEMBER: usize = 2;
 
-fn shared() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared")
-}
-
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/faceantispoof")
 }
 
 fn model_dir() -> PathBuf {
-    std::env::var_os("LIVECHECK_MODEL_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| shared().join("models"))
+    common::models()
 }
 
 fn npy_u8(path: &Path) -> (Vec<u64>, Vec<u8>) {
@@ -40,9 +36,7 @@ fn reference() -> serde_json::Value {
 }
 
 fn decoded(img: &str) -> BgrImage {
-    let p = shared().join(format!(
-        "testdata/silentface/reference/{img}.decoded_bgr_u8.npy"
-    ));
+    let p = common::silentface().join(format!("reference/{img}.decoded_bgr_u8.npy"));
     let (shape, data) = npy_u8(&p);
     BgrImage::from_raw(shape[1] as u32, shape[0] as u32, data).unwrap()
 }
@@ -120,7 +114,7 @@ fn three_member_set_end_to_end() {
     let silentface = ModelSet::builtin("silentface").unwrap();
     assert_ne!(p.model_hash(), silentface.hash());
     for (img, live) in IMAGES.iter().zip([false, false, true]) {
-        let bytes = std::fs::read(shared().join(format!("testdata/silentface/{img}.jpg"))).unwrap();
+        let bytes = std::fs::read(common::silentface().join(format!("{img}.jpg"))).unwrap();
         let v = p.check(&bytes).unwrap();
         let scores = v.scores.as_ref().unwrap();
         let names: Vec<&str> = scores.0.iter().map(|m| m.name.as_str()).collect();
@@ -150,7 +144,7 @@ fn livecheck(args: &[&str]) -> Output {
 
 #[test]
 fn check_names_the_model_set_and_refuses_unknown_ones() {
-    let img = shared().join("testdata/silentface/image_T1.jpg");
+    let img = common::silentface().join("image_T1.jpg");
     let img = img.to_str().unwrap();
     let default = livecheck(&["check", img]);
     assert!(default.status.success());
@@ -223,7 +217,7 @@ fn crops_writes_member_inputs_and_logits() {
     let data = dir.path().join("data");
     std::fs::create_dir_all(data.join("live")).unwrap();
     std::fs::create_dir_all(data.join("spoof/replay")).unwrap();
-    let samples = shared().join("testdata/silentface");
+    let samples = common::silentface();
     std::fs::copy(samples.join("image_T1.jpg"), data.join("live/t1.jpg")).unwrap();
     std::fs::copy(
         samples.join("image_F2.jpg"),

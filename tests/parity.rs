@@ -5,7 +5,9 @@
 //! from reference inputs; end to end from the JPEG files bbox ±1 px and |Δp_real| ≤ 1e-3 (we decode
 //! with libjpeg-turbo's algorithms, as OpenCV does).
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use livecheck::engine::{tract::TractEngine, Engine};
@@ -29,14 +31,8 @@ fn member(index: usize) -> Member {
     silentface().classifiers[index].clone()
 }
 
-fn shared() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared")
-}
-
 fn model_dir() -> PathBuf {
-    std::env::var_os("LIVECHECK_MODEL_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| shared().join("models"))
+    common::models()
 }
 
 fn engine() -> &'static TractEngine {
@@ -55,13 +51,13 @@ fn pipeline() -> &'static Pipeline {
 }
 
 fn reference() -> serde_json::Value {
-    let p = shared().join("testdata/silentface/reference/upstream_reference.json");
+    let p = common::silentface().join("reference/upstream_reference.json");
     serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
 }
 
 fn npy<T: npyz::Deserialize>(name: &str) -> (Vec<u64>, Vec<T>) {
-    let p = shared()
-        .join("testdata/silentface/reference")
+    let p = common::silentface()
+        .join("reference")
         .join(format!("{name}.npy"));
     let f = npyz::NpyFile::new(std::io::BufReader::new(std::fs::File::open(&p).unwrap())).unwrap();
     let shape = f.shape().to_vec();
@@ -94,7 +90,7 @@ fn ref_bbox(r: &serde_json::Value, img: &str) -> [i32; 4] {
 #[test]
 fn decode_matches_libjpeg_turbo() {
     for img in IMAGES {
-        let bytes = std::fs::read(shared().join(format!("testdata/silentface/{img}.jpg"))).unwrap();
+        let bytes = std::fs::read(common::silentface().join(format!("{img}.jpg"))).unwrap();
         let ours = decode::decode(&bytes, &decode::DecodeLimits::default()).unwrap();
         let theirs = ref_decoded(img);
         assert_eq!(
@@ -263,7 +259,7 @@ fn end_to_end_with_tract_kernels_only() {
     .unwrap();
     assert_end_to_end(&plain);
     for img in IMAGES {
-        let bytes = std::fs::read(shared().join(format!("testdata/silentface/{img}.jpg"))).unwrap();
+        let bytes = std::fs::read(common::silentface().join(format!("{img}.jpg"))).unwrap();
         let (a, b) = (
             plain.check(&bytes).unwrap(),
             pipeline().check(&bytes).unwrap(),
@@ -282,7 +278,7 @@ fn assert_end_to_end(pipeline: &Pipeline) {
     let r = reference();
     for img in IMAGES {
         let entry = &r[format!("{img}.jpg")];
-        let bytes = std::fs::read(shared().join(format!("testdata/silentface/{img}.jpg"))).unwrap();
+        let bytes = std::fs::read(common::silentface().join(format!("{img}.jpg"))).unwrap();
         let v = pipeline.check(&bytes).unwrap();
         let face = v.face.unwrap();
         let want = ref_bbox(&r, img);

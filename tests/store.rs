@@ -10,7 +10,8 @@ use livecheck::store::{AuditRecord, AuditWriter, Store, StoreError, StoreOptions
 use sqlx::Connection;
 use uuid::Uuid;
 
-include!("common/skip.rs");
+mod common;
+use common::skip_unless_ci;
 
 const PG_ENV: &str = "LIVECHECK_TEST_POSTGRES_URL";
 

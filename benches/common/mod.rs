@@ -10,8 +10,9 @@ use std::sync::Arc;
 #[path = "../../tests/api/helpers.rs"]
 pub mod helpers;
 
-#[allow(unused_imports)] // used by load.rs, not by soak.rs
-pub use helpers::shared_dir;
+#[path = "../../tests/common/mod.rs"]
+mod testcommon;
+pub use testcommon::{models, sample, silentface, skip_unless_ci};
 
 use axum::extract::Path as UrlPath;
 use axum::http::{header, StatusCode};

@@ -122,7 +122,7 @@ pub fn run(args: ModelsArgs) -> anyhow::Result<ExitCode> {
             let mut bad = 0;
             for (f, r) in set.verify() {
                 match r {
-                    Ok(path) => println!("ok       {}", path.display()),
+                    Ok(source) => println!("ok       {} ({source})", f.file),
                     Err(e) => {
                         bad += 1;
                         println!("FAILED   {} ({e})", f.file);

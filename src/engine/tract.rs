@@ -684,9 +684,7 @@ mod tests {
     fn model_dir() -> std::path::PathBuf {
         std::env::var_os("LIVECHECK_MODEL_DIR")
             .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| {
-                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models")
-            })
+            .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models"))
     }
 
     fn test_set(name: &str) -> LoadedSet {

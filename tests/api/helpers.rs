@@ -7,7 +7,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -27,30 +27,15 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 pub const CHECK: &str = "/api/onboarding/biometrics/face/liveliness_check/";
-include!("../common/skip.rs");
+pub use crate::common::skip_unless_ci;
 
 const PG_ENV: &str = "LIVECHECK_TEST_POSTGRES_URL";
 
-/// `shared/` beside the checkout (CI layout); helper worktrees sit one level deeper.
-pub fn shared_dir() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for rel in ["../shared", "../../shared"] {
-        let p = root.join(rel);
-        if p.join("testdata/silentface").is_dir() {
-            return p;
-        }
-    }
-    panic!("shared/ not found beside {}", root.display());
-}
+pub use crate::common::models as model_dir;
 
-pub fn model_dir() -> PathBuf {
-    std::env::var_os("LIVECHECK_MODEL_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| shared_dir().join("models"))
-}
-
+/// One Silent-Face sample's bytes (`tests/fixtures/silentface`).
 pub fn silentface(name: &str) -> Vec<u8> {
-    std::fs::read(shared_dir().join("testdata/silentface").join(name)).unwrap()
+    crate::common::sample(name)
 }
 
 /// The real pipeline, loaded once per test binary.
@@ -474,7 +459,7 @@ fn file(name: &str) -> Response {
     if name.contains('/') || name.contains("..") {
         return StatusCode::NOT_FOUND.into_response();
     }
-    match std::fs::read(shared_dir().join("testdata/silentface").join(name)) {
+    match std::fs::read(crate::common::silentface().join(name)) {
         Ok(bytes) => ([(header::CONTENT_TYPE, "image/jpeg")], bytes).into_response(),
         Err(_) => StatusCode::NOT_FOUND.into_response(),
     }

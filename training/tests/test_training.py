@@ -13,8 +13,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from livetrain import augment, data, fit, metrics, models  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[3] / "shared"
-MODELS = SHARED / "models"
+MODELS = Path(__file__).resolve().parents[2] / "models"
 
 
 class Metrics(unittest.TestCase):
@@ -98,7 +97,7 @@ class Augment(unittest.TestCase):
             self.assertEqual((p.shape, p.dtype), (img.shape, np.uint8))
 
 
-@unittest.skipUnless((MODELS / "MiniFASNetV2.onnx").exists(), "shared models not present")
+@unittest.skipUnless((MODELS / "MiniFASNetV2.onnx").exists(), "models/ not present")
 class Models(unittest.TestCase):
     def test_head_reproduces_base_and_export_roundtrip(self):
         import onnxruntime as ort

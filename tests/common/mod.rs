@@ -1,0 +1,56 @@
+//! Helpers shared by the test binaries: fixture paths, the model directory, the optional devset.
+//! Each test binary uses a part of it.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+include!("skip.rs");
+
+/// The repository root.
+pub fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `tests/fixtures`.
+pub fn fixtures() -> PathBuf {
+    root().join("tests/fixtures")
+}
+
+/// The Silent-Face samples and upstream reference (`tests/fixtures/silentface`, Apache-2.0).
+pub fn silentface() -> PathBuf {
+    fixtures().join("silentface")
+}
+
+/// One Silent-Face sample's bytes (`image_F1.jpg`, `image_F2.jpg`, `image_T1.jpg`).
+pub fn sample(name: &str) -> Vec<u8> {
+    std::fs::read(silentface().join(name)).unwrap()
+}
+
+/// The model files: `$LIVECHECK_MODEL_DIR`, else the repository's `models/` (the files the
+/// binary embeds).
+pub fn models() -> PathBuf {
+    std::env::var_os("LIVECHECK_MODEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("models"))
+}
+
+/// The labelled devset (`$LIVECHECK_DEVSET`: a folder with `manifest.csv`, `live/`, `spoof/`
+/// and `multi/`). `None` (with a note) when it is not set; under CI, where `.ci/run` sets it, a
+/// missing devset fails the test instead.
+pub fn devset(what: &str) -> Option<PathBuf> {
+    match std::env::var_os("LIVECHECK_DEVSET") {
+        Some(dir) => {
+            let dir = PathBuf::from(dir);
+            assert!(
+                dir.join("manifest.csv").is_file(),
+                "LIVECHECK_DEVSET={} has no manifest.csv",
+                dir.display()
+            );
+            Some(dir)
+        }
+        None => {
+            skip_unless_ci(what, "LIVECHECK_DEVSET is not set");
+            None
+        }
+    }
+}
