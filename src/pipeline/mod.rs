@@ -456,18 +456,31 @@ impl Pipeline {
         min_px: i32,
     ) -> Result<bool, PipelineError> {
         let (w, h) = (view.width, view.height);
-        let (dw0, dh0) = detect::detector_input_size(w, h);
-        let dw = ((dw0 as f64 * MULTI_FACE_SCALE) as usize).clamp(1, w);
-        let dh = ((dh0 as f64 * MULTI_FACE_SCALE) as usize).clamp(1, h);
-        if (dw, dh) == (dw0, dh0) {
-            // The image is no larger than the detector's input: nothing more to see.
+        let Some(faces) = self.detect_scaled(view, MULTI_FACE_SCALE, floor)? else {
             return Ok(false);
-        }
-        let faces = self.detect_at(view, dw, dh, floor)?;
+        };
         Ok(faces.kept.iter().any(|d| {
             let b = d.bbox(w, h);
             detect::is_separate_face(best, d) && b[2].min(b[3]) >= min_px
         }))
+    }
+
+    /// Detection at `scale` times the detector's working size (capped at the image's size);
+    /// `None` when the image is no larger than the detector's input (nothing more to see).
+    fn detect_scaled(
+        &self,
+        view: &resize::ImageView<'_>,
+        scale: f64,
+        floor: f32,
+    ) -> Result<Option<detect::Faces>, PipelineError> {
+        let (w, h) = (view.width, view.height);
+        let (dw0, dh0) = detect::detector_input_size(w, h);
+        let dw = ((dw0 as f64 * scale) as usize).clamp(1, w);
+        let dh = ((dh0 as f64 * scale) as usize).clamp(1, h);
+        if (dw, dh) == (dw0, dh0) {
+            return Ok(None);
+        }
+        self.detect_at(view, dw, dh, floor).map(Some)
     }
 
     /// The face-confirmation scan: detection at [`FACE_CONFIRM_SCALE`] times the detector's
@@ -480,14 +493,9 @@ impl Pipeline {
         best: &detect::Detection,
         floor: f32,
     ) -> Result<Option<f32>, PipelineError> {
-        let (w, h) = (view.width, view.height);
-        let (dw0, dh0) = detect::detector_input_size(w, h);
-        let dw = ((dw0 as f64 * FACE_CONFIRM_SCALE) as usize).clamp(1, w);
-        let dh = ((dh0 as f64 * FACE_CONFIRM_SCALE) as usize).clamp(1, h);
-        if (dw, dh) == (dw0, dh0) {
+        let Some(faces) = self.detect_scaled(view, FACE_CONFIRM_SCALE, floor)? else {
             return Ok(None);
-        }
-        let faces = self.detect_at(view, dw, dh, floor)?;
+        };
         Ok(faces
             .kept
             .iter()
