@@ -356,6 +356,19 @@ fn strict(cfg: PipelineConfig) -> Pipeline {
     livecheck::load_pipeline(None, Some(&dir), cfg).unwrap()
 }
 
+/// `f` over `files` on two threads (the devset checks dominate the suite's time); results in
+/// file order.
+fn in_two_threads<T: Send>(files: &[PathBuf], f: impl Fn(&Path) -> Option<T> + Sync) -> Vec<T> {
+    let f = &f;
+    std::thread::scope(|scope| {
+        let halves: Vec<_> = files
+            .chunks(files.len().div_ceil(2).max(1))
+            .map(|part| scope.spawn(move || part.iter().filter_map(|p| f(p)).collect::<Vec<_>>()))
+            .collect();
+        halves.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    })
+}
+
 fn no_scan() -> &'static Pipeline {
     static P: OnceLock<Pipeline> = OnceLock::new();
     P.get_or_init(|| {
@@ -414,25 +427,12 @@ fn the_multi_face_scan_flags_no_single_face_devset_image() {
     let mut files = images_in(&devset.join("live"));
     files.extend(images_in(&devset.join("spoof")));
     assert!(files.len() > 300, "{}", files.len());
-    let newly: Vec<String> = std::thread::scope(|scope| {
-        let halves: Vec<_> = files
-            .chunks(files.len().div_ceil(2))
-            .map(|part| {
-                scope.spawn(move || {
-                    part.iter()
-                        .filter(|p| {
-                            let bytes = std::fs::read(p).unwrap();
-                            let with = pipeline().check(&bytes).map(|v| v.reason);
-                            let before = without.check(&bytes).map(|v| v.reason);
-                            matches!(with, Ok(Reason::MultipleFaces))
-                                && !matches!(before, Ok(Reason::MultipleFaces))
-                        })
-                        .map(|p| p.display().to_string())
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        halves.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    let newly: Vec<String> = in_two_threads(&files, |p| {
+        let bytes = std::fs::read(p).unwrap();
+        let with = pipeline().check(&bytes).map(|v| v.reason);
+        let before = without.check(&bytes).map(|v| v.reason);
+        (matches!(with, Ok(Reason::MultipleFaces)) && !matches!(before, Ok(Reason::MultipleFaces)))
+            .then(|| p.display().to_string())
     });
     assert!(newly.is_empty(), "newly flagged: {newly:?}");
 }
@@ -497,39 +497,26 @@ fn the_face_confirmation_scan_recovers_under_scored_devset_faces() {
     let n_live = files.len();
     files.extend(images_in(&devset.join("spoof")));
     let live_dir = devset.join("live");
-    let live_dir = &live_dir;
-    let changed: Vec<(bool, String)> = std::thread::scope(|scope| {
-        let halves: Vec<_> = files
-            .chunks(files.len().div_ceil(2))
-            .map(|part| {
-                scope.spawn(move || {
-                    part.iter()
-                        .filter_map(|p| {
-                            let bytes = std::fs::read(p).unwrap();
-                            let with = pipeline().check(&bytes).unwrap();
-                            let before = no_confirm().check(&bytes).unwrap();
-                            if before.reason != Reason::NoFace {
-                                // Only a no_face outcome is ever looked at again.
-                                assert_eq!(with.reason, before.reason, "{}", p.display());
-                                assert_eq!(with.p_real.to_bits(), before.p_real.to_bits());
-                                return None;
-                            }
-                            if with.reason == Reason::NoFace {
-                                return None;
-                            }
-                            // A recovered face keeps upstream's box (that of a floor-0 run).
-                            let upstream = floor0().check(&bytes).unwrap();
-                            assert_eq!(with.face.unwrap().bbox, upstream.face.unwrap().bbox);
-                            assert_eq!(with.p_real.to_bits(), upstream.p_real.to_bits());
-                            assert!(with.face.unwrap().confidence >= 0.6);
-                            let name = p.file_name().unwrap().to_string_lossy().to_string();
-                            Some((p.starts_with(live_dir), name))
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        halves.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    let changed: Vec<(bool, String)> = in_two_threads(&files, |p| {
+        let bytes = std::fs::read(p).unwrap();
+        let with = pipeline().check(&bytes).unwrap();
+        let before = no_confirm().check(&bytes).unwrap();
+        if before.reason != Reason::NoFace {
+            // Only a no_face outcome is ever looked at again.
+            assert_eq!(with.reason, before.reason, "{}", p.display());
+            assert_eq!(with.p_real.to_bits(), before.p_real.to_bits());
+            return None;
+        }
+        if with.reason == Reason::NoFace {
+            return None;
+        }
+        // A recovered face keeps upstream's box (that of a floor-0 run).
+        let upstream = floor0().check(&bytes).unwrap();
+        assert_eq!(with.face.unwrap().bbox, upstream.face.unwrap().bbox);
+        assert_eq!(with.p_real.to_bits(), upstream.p_real.to_bits());
+        assert!(with.face.unwrap().confidence >= 0.6);
+        let name = p.file_name().unwrap().to_string_lossy().to_string();
+        Some((p.starts_with(&live_dir), name))
     });
     assert!(n_live > 150);
     let live: Vec<&String> = changed.iter().filter(|c| c.0).map(|c| &c.1).collect();
