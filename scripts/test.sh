@@ -2,7 +2,8 @@
 # The project's test command (README). Needs nothing beside the checkout: the model files are in
 # models/ (and embedded in the binary), the samples in tests/fixtures. Tests on the labelled devset
 # run when LIVECHECK_DEVSET names it (CI sets it); the PostgreSQL variants of the storage and API tests when LIVECHECK_TEST_POSTGRES_URL is set
-# (CI sets it to the local server: postgres://postgres@127.0.0.1:5432/test).
+# (CI sets it to the local server: postgres://postgres@127.0.0.1:5432/test), the shared rate-limit
+# tests when LIVECHECK_TEST_REDIS_URL is set (CI: redis://127.0.0.1:6379/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

@@ -29,6 +29,8 @@ enum Command {
     Crops(cmd::crops::CropsArgs),
     /// Manage API keys.
     Keys(cmd::keys::KeysArgs),
+    /// Apply the database migrations (or check that none is pending).
+    Migrate(cmd::migrate::MigrateArgs),
     /// List model sets; verify or fetch their files.
     Models(cmd::models::ModelsArgs),
 }
@@ -41,6 +43,7 @@ fn main() -> std::process::ExitCode {
         Command::Eval(args) => cmd::eval::run(args),
         Command::Crops(args) => cmd::crops::run(args),
         Command::Keys(args) => cmd::keys::run(args),
+        Command::Migrate(args) => cmd::migrate::run(args),
         Command::Models(args) => cmd::models::run(args),
     };
     match result {

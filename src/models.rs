@@ -11,13 +11,17 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 /// The built-in sets: `(name, JSON text)`, the default first.
-pub const BUILTIN_SETS: [(&str, &str); 3] = [
+pub const BUILTIN_SETS: [(&str, &str); 4] = [
     ("silentface", include_str!("../models/sets/silentface.json")),
     (
         "silentface-minifas128",
         include_str!("../models/sets/silentface-minifas128.json"),
     ),
     ("minifas128", include_str!("../models/sets/minifas128.json")),
+    (
+        "silentface-minifas128-calibrated",
+        include_str!("../models/sets/silentface-minifas128-calibrated.json"),
+    ),
 ];
 
 /// The set `serve`, `check` and `eval` use without `--model-set`.

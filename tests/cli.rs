@@ -353,7 +353,12 @@ fn check_runs_from_an_empty_directory_with_the_embedded_models() {
     assert_eq!(l.len(), 1);
     assert_eq!(l[0]["reason"], "live");
     assert!((l[0]["p_real"].as_f64().unwrap() - 0.993568).abs() < 1e-3);
-    for set in ["silentface", "silentface-minifas128", "minifas128"] {
+    for set in [
+        "silentface",
+        "silentface-minifas128",
+        "minifas128",
+        "silentface-minifas128-calibrated",
+    ] {
         let out = run(&["models", "verify", "--model-set", set]);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{stdout}");

@@ -13,9 +13,7 @@ mod helpers;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine as _;
-use helpers::{silentface, ServeProcess, CHECK};
+use helpers::{post_check, sample_bodies, ServeProcess, CHECK};
 use reqwest::StatusCode;
 use serde_json::Value;
 use uuid::Uuid;
@@ -32,10 +30,7 @@ async fn crash_and_recover(db: &str) {
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap();
-    let bodies: Vec<String> = ["image_T1.jpg", "image_F1.jpg", "image_F2.jpg"]
-        .iter()
-        .map(|n| serde_json::json!({ "image": STANDARD.encode(silentface(n)) }).to_string())
-        .collect();
+    let bodies = sample_bodies();
 
     // Four clients send checks back to back and record every reference answered 200.
     let answered: Arc<Mutex<Vec<Uuid>>> = Arc::default();
@@ -51,13 +46,8 @@ async fn crash_and_recover(db: &str) {
         clients.push(tokio::spawn(async move {
             let mut i = c;
             loop {
-                let sent = client
-                    .post(format!("http://{addr}{CHECK}"))
-                    .header("x-access-token", &token)
-                    .header("content-type", "application/json")
-                    .body(bodies[i % bodies.len()].clone())
-                    .send()
-                    .await;
+                let sent =
+                    post_check(&client, &addr, &token, bodies[i % bodies.len()].clone()).await;
                 i += 1;
                 let Ok(resp) = sent else { break };
                 if resp.status() != StatusCode::OK {

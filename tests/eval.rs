@@ -245,20 +245,29 @@ fn check_html(path: &Path) {
     assert!(!html.contains("<script"), "report.html has a script");
 }
 
+/// `livecheck eval MANIFEST --out TMP EXTRA...`, checked to succeed: the output folder and the
+/// process output.
+fn eval_devset(manifest: &Path, extra: &[&str]) -> (tempfile::TempDir, Output) {
+    let out = tempfile::tempdir().unwrap();
+    let mut args = vec![
+        "eval",
+        manifest.to_str().unwrap(),
+        "--out",
+        out.path().to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let o = livecheck(&args);
+    assert_ok(&o);
+    (out, o)
+}
+
 #[test]
 fn devset_end_to_end() {
     let Some(devset) = common::devset("devset_end_to_end") else {
         return;
     };
     let manifest = devset.join("manifest.csv");
-    let out = tempfile::tempdir().unwrap();
-    let o = livecheck(&[
-        "eval",
-        manifest.to_str().unwrap(),
-        "--out",
-        out.path().to_str().unwrap(),
-    ]);
-    assert_ok(&o);
+    let (out, o) = eval_devset(&manifest, &[]);
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(
         stdout.contains("BPCER") && stdout.contains("APCER_max"),
@@ -310,6 +319,33 @@ fn devset_end_to_end() {
     }
     assert!(m["auc"].as_f64().unwrap() > 0.5, "AUC {}", m["auc"]);
     check_html(&out.path().join("report.html"));
+}
+
+/// The corpus-calibrated three-model set on the devset (sources it was never fitted on): its
+/// stored threshold is used, and the figures docs/accuracy.md reports are what it produces.
+#[test]
+fn the_calibrated_set_reproduces_its_documented_devset_figures() {
+    let Some(devset) =
+        common::devset("the_calibrated_set_reproduces_its_documented_devset_figures")
+    else {
+        return;
+    };
+    let manifest = devset.join("manifest.csv");
+    let (out, _) = eval_devset(
+        &manifest,
+        &["--model-set", "silentface-minifas128-calibrated"],
+    );
+    let m: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("metrics.json")).unwrap())
+            .unwrap();
+    let threshold = m["threshold"].as_f64().unwrap();
+    assert!((threshold - 0.723_851_86).abs() < 1e-6, "{threshold}");
+    // docs/accuracy.md: AUC 0.907, EER 0.138, BPCER 0.229 at the set's threshold.
+    for (key, want) in [("auc", 0.9075), ("eer", 0.1378), ("bpcer", 0.2289)] {
+        let got = m[key].as_f64().unwrap();
+        assert!((got - want).abs() < 0.002, "{key} {got}, documented {want}");
+    }
+    check_against_scores(&m, &read_scores(&out.path().join("scores.csv")));
 }
 
 /// A folder-layout dataset built from a few devset images, grouped by attack type, with --json.

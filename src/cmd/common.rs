@@ -223,3 +223,29 @@ pub fn image_progress(len: usize) -> indicatif::ProgressBar {
     pb.enable_steady_tick(std::time::Duration::from_millis(200));
     pb
 }
+
+/// The database flag of `serve`, `keys` and `migrate`.
+#[derive(clap::Args)]
+pub struct DatabaseArg {
+    /// Audit and key database: sqlite://PATH (created if missing) or
+    /// postgres://USER@HOST:PORT/DB. Its schema is migrated at connect (not with `migrate --check`).
+    #[arg(
+        long = "database",
+        global = true,
+        env = "LIVECHECK_DATABASE_URL",
+        default_value = "sqlite://livecheck.db",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub url: String,
+}
+
+impl std::fmt::Debug for DatabaseArg {
+    /// Never shows the URL: it may hold a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = self.url.split(':').next().unwrap_or_default();
+        f.debug_struct("DatabaseArg")
+            .field("url", &format_args!("{scheme}:<redacted>"))
+            .finish()
+    }
+}

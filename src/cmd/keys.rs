@@ -10,16 +10,8 @@ use uuid::Uuid;
 
 #[derive(clap::Args)]
 pub struct KeysArgs {
-    /// Database URL: sqlite://PATH or postgres://USER@HOST:PORT/DB.
-    #[arg(
-        long,
-        global = true,
-        env = "LIVECHECK_DATABASE_URL",
-        default_value = "sqlite://livecheck.db",
-        value_name = "URL",
-        hide_env_values = true
-    )]
-    database: String,
+    #[command(flatten)]
+    database: super::common::DatabaseArg,
 
     #[command(subcommand)]
     command: KeysCommand,
@@ -55,7 +47,7 @@ pub fn run(args: KeysArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let store = Store::connect(&args.database).await?;
+        let store = Store::connect(&args.database.url).await?;
         let result = execute(&store, args.command).await;
         store.close().await;
         result

@@ -4,5 +4,6 @@ pub mod common;
 pub mod crops;
 pub mod eval;
 pub mod keys;
+pub mod migrate;
 pub mod models;
 pub mod serve;

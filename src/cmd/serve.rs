@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use livecheck::server::ratelimit::RedisConfig;
 use livecheck::server::{AppConfig, Application};
-use livecheck::store::Store;
+use livecheck::store::{Store, StoreOptions};
 
 /// Serve the Adhere-compatible liveness API. Every flag is also an environment variable.
 #[derive(clap::Args, Debug)]
@@ -23,16 +24,14 @@ pub struct ServeArgs {
     )]
     pub bind: SocketAddr,
 
-    /// Audit and key database: sqlite://PATH (created if missing) or postgres://USER@HOST:PORT/DB.
-    /// Migrations run at start.
-    #[arg(
-        long,
-        env = "LIVECHECK_DATABASE_URL",
-        default_value = "sqlite://livecheck.db",
-        value_name = "URL",
-        hide_env_values = true
-    )]
-    pub database: String,
+    #[command(flatten)]
+    pub database: super::common::DatabaseArg,
+
+    /// Database connections each replica may open (its pool). With PostgreSQL, replicas x this
+    /// must stay under the server's max_connections (100 by default), or use a pooler.
+    #[arg(long, env = "LIVECHECK_DATABASE_POOL_SIZE", default_value_t = 10, value_name = "N",
+        value_parser = clap::value_parser!(u32).range(1..))]
+    pub database_pool_size: u32,
 
     #[command(flatten)]
     pub fetch: super::common::FetchArgs,
@@ -114,6 +113,41 @@ pub struct ServeArgs {
     )]
     pub rate_limit_per_minute: u32,
 
+    /// Share the per-key rate limit between replicas through this Redis
+    /// (redis://[USER:PASSWORD@]HOST:PORT[/DB]). Unset: each replica limits on its own. While Redis
+    /// fails or is slower than --redis-timeout, requests are counted by the replica's own limiter
+    /// (limits per replica, never none), with livecheck_ratelimit_redis_errors_total and a log line.
+    #[arg(
+        long,
+        env = "LIVECHECK_REDIS_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub redis_url: Option<String>,
+
+    /// Prefix of the rate limiter's Redis keys, so that deployments can share one Redis.
+    #[arg(
+        long,
+        env = "LIVECHECK_REDIS_KEY_PREFIX",
+        default_value = "livecheck:",
+        value_name = "PREFIX"
+    )]
+    pub redis_key_prefix: String,
+
+    /// Longest wait for one Redis round trip (connecting included) before a request is counted
+    /// by the replica's own limiter instead.
+    #[arg(long, env = "LIVECHECK_REDIS_TIMEOUT", default_value_t = 0.25, value_name = "SECONDS",
+        value_parser = super::common::parse_seconds)]
+    pub redis_timeout: f64,
+
+    /// On SIGTERM or Ctrl-C, seconds during which /readyz answers 503 "draining" while requests
+    /// are still served (so a load balancer or Kubernetes takes the replica out first); then the
+    /// listener closes and in-flight requests finish. A second signal ends the wait. 0: close at
+    /// once.
+    #[arg(long, env = "LIVECHECK_DRAIN_GRACE", default_value_t = 5.0, value_name = "SECONDS",
+        value_parser = super::common::parse_seconds_or_zero)]
+    pub drain_grace: f64,
+
     /// Log one JSON object per line instead of human-readable text. Set RUST_LOG to filter
     /// (default: info).
     #[arg(long, env = "LIVECHECK_LOG_JSON")]
@@ -149,6 +183,11 @@ impl ServeArgs {
             max_queued_checks: self.max_queued_checks.unwrap_or(concurrent * 256),
             key_cache_ttl: Duration::from_secs_f64(self.key_cache_ttl),
             rate_limit_per_minute: NonZeroU32::new(self.rate_limit_per_minute),
+            redis: self.redis_url.as_ref().map(|url| RedisConfig {
+                url: url.clone(),
+                key_prefix: self.redis_key_prefix.clone(),
+                timeout: Duration::from_secs_f64(self.redis_timeout),
+            }),
             ..defaults
         }
     }
@@ -169,7 +208,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .thread_name("livecheck-serve")
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(args.bind, &args.database, config, pipeline))?;
+    runtime.block_on(serve(
+        args.bind,
+        &args.database.url,
+        config,
+        pipeline,
+        args.drain_grace,
+        args.database_pool_size,
+    ))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -178,8 +224,14 @@ async fn serve(
     database: &str,
     config: AppConfig,
     pipeline: Arc<livecheck::pipeline::Pipeline>,
+    drain_grace: f64,
+    pool_size: u32,
 ) -> anyhow::Result<()> {
-    let store = Store::connect(database).await?;
+    let options = StoreOptions {
+        max_connections: pool_size,
+        ..StoreOptions::default()
+    };
+    let store = Store::connect_with(database, &options).await?;
     tracing::info!(
         database = store.target(),
         backend = store.backend(),
@@ -187,13 +239,18 @@ async fn serve(
     );
     let summary = format!(
         "max_concurrent_checks={} max_queue_wait={:?} max_queued_checks={} \
-         rate_limit_per_minute={} allow_fetch_from=[{}] model={}",
+         rate_limit_per_minute={} rate_limit_scope={} allow_fetch_from=[{}] model={}",
         config.max_concurrent_checks,
         config.max_queue_wait,
         config.max_queued_checks,
         config
             .rate_limit_per_minute
             .map_or("off".to_owned(), |n| n.to_string()),
+        if config.redis.is_some() {
+            "shared (redis)"
+        } else {
+            "replica"
+        },
         config
             .allow_fetch_from
             .iter()
@@ -215,7 +272,23 @@ async fn serve(
     let local = listener.local_addr().unwrap_or(bind);
     tracing::info!(address = %local, "{summary}");
     eprintln!("livecheck listening on http://{local}");
-    app.run(listener, shutdown_signal()).await?;
+    let drain = app.drain_switch();
+    let grace = Duration::from_secs_f64(drain_grace);
+    let shutdown = async move {
+        shutdown_signal().await;
+        drain.store(true, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(
+            grace = ?grace,
+            "shutting down: /readyz answers 503 draining; requests are served for the grace \
+             period, then the listener closes and in-flight requests finish (a second signal \
+             ends the grace period)"
+        );
+        tokio::select! {
+            () = tokio::time::sleep(grace) => {}
+            () = shutdown_signal() => {}
+        }
+    };
+    app.run(listener, shutdown).await?;
     tracing::info!("in-flight requests finished; closing the store");
     store.close().await;
     Ok(())

@@ -69,7 +69,7 @@ impl FromRequestParts<AppState> for RateLimitedCaller {
         let Caller { key } = Caller::from_request_parts(parts, state).await?;
         let rate_limit = match &state.inner.limiter {
             None => None,
-            Some(limiter) => match limiter.check(&key.id.to_string()) {
+            Some(limiter) => match limiter.check(&key.id.to_string()).await {
                 Ok(info) => Some(info),
                 Err(err) => {
                     state

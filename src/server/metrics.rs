@@ -2,7 +2,8 @@
 //! process never share counters). Histograms use explicit buckets chosen for this workload.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 /// Buckets for HTTP request latency (seconds): 1 ms .. 30 s.
@@ -30,6 +31,9 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     /// `livecheck_rejections_total{cause}`: rate_limited, overloaded.
     pub rejections: IntCounterVec,
+    /// `livecheck_ratelimit_redis_errors_total`: Redis round trips of the shared rate limit that
+    /// failed or timed out (those requests were counted by the replica's own limiter).
+    pub ratelimit_redis_errors: IntCounter,
 }
 
 impl Metrics {
@@ -74,6 +78,11 @@ impl Metrics {
             ),
             &["cause"],
         )?;
+        let ratelimit_redis_errors = IntCounter::new(
+            "livecheck_ratelimit_redis_errors_total",
+            "Shared rate-limit calls to Redis that failed or timed out (counted per replica instead)",
+        )?;
+        registry.register(Box::new(ratelimit_redis_errors.clone()))?;
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_duration.clone()))?;
         registry.register(Box::new(verdicts.clone()))?;
@@ -88,6 +97,7 @@ impl Metrics {
             stage_duration,
             in_flight,
             rejections,
+            ratelimit_redis_errors,
         })
     }
 

@@ -11,7 +11,7 @@
 //! - [`body`]: the `{"image": ...}` body extractor (all rejections in the envelope).
 //! - [`auth`]: `x-access-token` authentication and the per-key rate limit.
 //! - [`keycache`]: authenticated keys kept for a few seconds.
-//! - [`ratelimit`]: the keyed GCRA limiter.
+//! - [`ratelimit`]: the keyed GCRA limiter, per replica or shared through Redis.
 //! - [`slots`]: bounded image-fetch concurrency, global and per key.
 //! - [`admission`]: CPU slots for checks, and admission by expected waiting time.
 //! - [`routes`]: one `async fn` per route.
@@ -32,6 +32,7 @@ pub mod slots;
 
 use std::future::Future;
 use std::num::NonZeroU32;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -117,6 +118,9 @@ pub struct AppConfig {
     pub key_cache_ttl: Duration,
     /// Requests per minute and key on the check endpoint; `None` disables the limit.
     pub rate_limit_per_minute: Option<NonZeroU32>,
+    /// Where the rate limit is shared between replicas; `None`: each replica limits on its own
+    /// (see [`ratelimit`] for what happens while Redis fails).
+    pub redis: Option<ratelimit::RedisConfig>,
     /// Application version, stored with every verdict.
     pub app_version: String,
 }
@@ -144,6 +148,7 @@ impl Default for AppConfig {
             max_queued_checks: cores * 256,
             key_cache_ttl: Duration::from_secs(5),
             rate_limit_per_minute: NonZeroU32::new(600),
+            redis: None,
             app_version: env!("CARGO_PKG_VERSION").to_owned(),
         }
     }
@@ -180,7 +185,7 @@ pub(crate) struct Inner {
     pub(crate) audit: AuditWriter,
     pub(crate) fetcher: Fetcher,
     pub(crate) metrics: Metrics,
-    pub(crate) limiter: Option<ratelimit::KeyRateLimiter>,
+    pub(crate) limiter: Option<ratelimit::RateLimiter>,
     /// Recently authenticated keys.
     pub(crate) keys: keycache::KeyCache,
     /// Checks with their image bytes in hand: CPU slots and the waiting queue.
@@ -189,6 +194,8 @@ pub(crate) struct Inner {
     pub(crate) body_budget: Arc<Semaphore>,
     /// Image fetches in flight.
     pub(crate) fetch_slots: slots::FetchSlots,
+    /// Set when shutdown begins: `/readyz` answers 503 `draining` while requests are still served.
+    pub(crate) draining: Arc<AtomicBool>,
 }
 
 /// A built application, ready to serve.
@@ -252,9 +259,14 @@ impl Application {
         })
         .map_err(|e| ServerError::Fetch(e.to_string()))?;
         let metrics = Metrics::new()?;
-        let limiter = config
-            .rate_limit_per_minute
-            .map(ratelimit::KeyRateLimiter::new);
+        let limiter = match (config.rate_limit_per_minute, &config.redis) {
+            (None, _) => None,
+            (Some(n), None) => Some(ratelimit::RateLimiter::local(n)),
+            (Some(n), Some(redis)) => Some(
+                ratelimit::RateLimiter::shared(n, redis, metrics.ratelimit_redis_errors.clone())
+                    .map_err(|e| ServerError::Config(format!("invalid Redis URL: {e}")))?,
+            ),
+        };
         let admission = admission::Admission::new(
             config.max_concurrent_checks,
             config.max_queue_wait,
@@ -280,10 +292,18 @@ impl Application {
                 admission,
                 body_budget,
                 fetch_slots,
+                draining: Arc::new(AtomicBool::new(false)),
             }),
         };
         let router = router(state.clone());
         Ok(Application { state, router })
+    }
+
+    /// The switch that starts draining: once set, `/readyz` answers 503 `draining` (so load
+    /// balancers stop sending traffic) while requests are still served until [`Application::run`]'s
+    /// shutdown future resolves.
+    pub fn drain_switch(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.state.inner.draining)
     }
 
     /// The router (for embedding or `tower::ServiceExt::oneshot` tests).

@@ -147,9 +147,11 @@ pub async fn check(
     };
     // A request the server could not serve (overload, database down, a fault of ours) does not
     // use up the caller's rate allowance.
-    if let (Err(err), Some(limiter)) = (&result, &state.inner.limiter) {
+    if let (Err(err), Some(limiter), Some(counted)) =
+        (&result, &state.inner.limiter, &caller.rate_limit)
+    {
         if err.status().is_server_error() {
-            limiter.refund(&caller.key.id.to_string());
+            limiter.refund(&caller.key.id.to_string(), counted.counter);
         }
     }
     result
@@ -421,7 +423,8 @@ pub struct Health {
 /// Readiness: models loaded and database reachable.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Readiness {
-    /// `ready` or `unavailable`.
+    /// `ready`, `unavailable` (the database), or `draining` (shutting down: the process still
+    /// serves the requests it gets but should be taken out of the load balancer).
     #[schema(example = "ready")]
     pub status: &'static str,
     /// `loaded`.
@@ -442,7 +445,8 @@ pub async fn healthz() -> Response {
     json_response(StatusCode::OK, &Health { status: "ok" })
 }
 
-/// The service can answer checks: models are loaded and the database answers.
+/// The service can answer checks: models are loaded, the database answers, and the process is not
+/// shutting down.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "Ready", body = Readiness,
@@ -468,14 +472,19 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         },
     };
     let db_ok = database == "ok";
+    let draining = inner.draining.load(std::sync::atomic::Ordering::Relaxed);
     let body = Readiness {
-        status: if db_ok { "ready" } else { "unavailable" },
+        status: match (draining, db_ok) {
+            (true, _) => "draining",
+            (false, true) => "ready",
+            (false, false) => "unavailable",
+        },
         models: "loaded",
         database,
         model: inner.pipeline.model_hash().to_owned(),
         version: inner.config.app_version.clone(),
     };
-    let status = if db_ok {
+    let status = if db_ok && !draining {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

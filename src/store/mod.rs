@@ -96,6 +96,27 @@ impl StoreError {
     }
 }
 
+/// One migration of the schema, as [`Store::schema`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SchemaMigration {
+    /// The migration's version (its file name's timestamp, e.g. `20250101000001`).
+    pub version: i64,
+    pub description: String,
+    pub state: MigrationState,
+}
+
+/// Whether a migration is in the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MigrationState {
+    /// Embedded in this build and applied.
+    Applied,
+    /// Embedded in this build, not applied (only seen with [`StoreOptions::migrate`] off).
+    Pending,
+    /// Applied by a newer release; this build does not know it (tolerated).
+    Newer,
+}
+
 /// Connection settings. [`Store::connect`] uses [`StoreOptions::default`].
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
@@ -111,6 +132,9 @@ pub struct StoreOptions {
     /// old, so a busy key does not cost one write per request. Default 60 s; zero writes on every
     /// successful authentication.
     pub last_used_resolution: Duration,
+    /// Apply the embedded migrations at connect (default). Off only to inspect a schema without
+    /// changing it (`livecheck migrate --check`): the store's other calls need a current schema.
+    pub migrate: bool,
 }
 
 impl Default for StoreOptions {
@@ -120,6 +144,7 @@ impl Default for StoreOptions {
             connect_timeout: Duration::from_secs(10),
             busy_timeout: Duration::from_secs(5),
             last_used_resolution: Duration::from_secs(60),
+            migrate: true,
         }
     }
 }
@@ -202,7 +227,8 @@ impl Store {
         }
         let target = format!("sqlite {name}");
         let opts = opts
-            .create_if_missing(true)
+            // Inspecting a schema (`migrate --check`) must not create a database.
+            .create_if_missing(options.migrate)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(options.busy_timeout)
@@ -224,6 +250,7 @@ impl Store {
         // `run_direct` on a connection rather than `run(&pool)`: the latter's `Acquire` bound makes
         // the future not `Send` in generic contexts (so `Store::connect` could not be spawned).
         let migrated = match pool.acquire().await {
+            Ok(_) if !options.migrate => Ok(()),
             Ok(mut conn) => migrator.run_direct(&mut *conn).await,
             Err(cause) => {
                 pool.close().await;
@@ -274,7 +301,11 @@ impl Store {
         // migration once.
         let mut migrator = sqlx::migrate!("migrations/postgres");
         migrator.set_ignore_missing(true);
-        let migrated = migrator.run_direct(&mut conn).await;
+        let migrated = if options.migrate {
+            migrator.run_direct(&mut conn).await
+        } else {
+            Ok(())
+        };
         let _ = conn.close().await;
         if let Err(cause) = migrated {
             return Err(StoreError::Migrate { target, cause });
@@ -309,6 +340,71 @@ impl Store {
     /// `sqlite livecheck.db`.
     pub fn target(&self) -> &str {
         &self.target
+    }
+
+    /// The schema's migrations: every migration this build embeds, in order, with whether the
+    /// database records it as applied (`_sqlx_migrations`), and versions the database has applied
+    /// that this build does not know (a newer release migrated it).
+    pub async fn schema(&self) -> Result<Vec<SchemaMigration>, StoreError> {
+        const SQL: &str = "SELECT version, description FROM _sqlx_migrations \
+                           WHERE success ORDER BY version";
+        // The table exists once any migration ran; without it, nothing is applied.
+        let exists: i64 = match &self.pool {
+            Pool::Sqlite(p) => {
+                sqlx::query_scalar(
+                    "SELECT count(*) FROM sqlite_master \
+                     WHERE type = 'table' AND name = '_sqlx_migrations'",
+                )
+                .fetch_one(p)
+                .await
+            }
+            Pool::Postgres(p) => {
+                sqlx::query_scalar(
+                    "SELECT count(*) FROM information_schema.tables \
+                     WHERE table_name = '_sqlx_migrations' AND table_schema = current_schema()",
+                )
+                .fetch_one(p)
+                .await
+            }
+        }
+        .map_err(|e| self.db_err(e))?;
+        let applied: Vec<(i64, String)> = if exists == 0 {
+            Vec::new()
+        } else {
+            match &self.pool {
+                Pool::Sqlite(p) => sqlx::query_as(SQL).fetch_all(p).await,
+                Pool::Postgres(p) => sqlx::query_as(SQL).fetch_all(p).await,
+            }
+            .map_err(|e| self.db_err(e))?
+        };
+        let migrator = match self.pool {
+            Pool::Sqlite(_) => sqlx::migrate!("migrations/sqlite"),
+            Pool::Postgres(_) => sqlx::migrate!("migrations/postgres"),
+        };
+        let mut out: Vec<SchemaMigration> = migrator
+            .iter()
+            .filter(|m| !m.migration_type.is_down_migration())
+            .map(|m| SchemaMigration {
+                version: m.version,
+                description: m.description.to_string(),
+                state: if applied.iter().any(|(v, _)| *v == m.version) {
+                    MigrationState::Applied
+                } else {
+                    MigrationState::Pending
+                },
+            })
+            .collect();
+        for (version, description) in applied {
+            if !out.iter().any(|m| m.version == version) {
+                out.push(SchemaMigration {
+                    version,
+                    description,
+                    state: MigrationState::Newer,
+                });
+            }
+        }
+        out.sort_by_key(|m| m.version);
+        Ok(out)
     }
 
     /// Readiness: one round-trip (`SELECT 1`) through the pool.

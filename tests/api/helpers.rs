@@ -18,6 +18,8 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
 use livecheck::pipeline::{Pipeline, PipelineConfig};
 use livecheck::server::{AppConfig, Application};
 use livecheck::store::Store;
@@ -313,12 +315,61 @@ pub fn create_key_cli(db: &str) -> String {
     key["token"].as_str().unwrap().to_owned()
 }
 
+/// A client for servers the tests start on loopback: no proxy, a 60 s ceiling per request.
+#[allow(dead_code)] // tests/api.rs does not use it
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+/// `GET url`: the body as text (panics on a transport error).
+#[allow(dead_code)] // tests/api.rs does not use it
+pub async fn get_text(url: &str) -> String {
+    http_client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// `POST` a check body (JSON text) to the server at `addr` with `token`.
+#[allow(dead_code)] // tests/api.rs does not use it
+pub async fn post_check(
+    client: &reqwest::Client,
+    addr: &str,
+    token: &str,
+    body: String,
+) -> reqwest::Result<reqwest::Response> {
+    client
+        .post(format!("http://{addr}{CHECK}"))
+        .header("x-access-token", token)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+}
+
+/// Check bodies with the three upstream samples as base64 (T1 live, F1 and F2 attacks).
+#[allow(dead_code)] // tests/api.rs does not use it
+pub fn sample_bodies() -> Vec<String> {
+    ["image_T1.jpg", "image_F1.jpg", "image_F2.jpg"]
+        .iter()
+        .map(|n| serde_json::json!({ "image": STANDARD.encode(silentface(n)) }).to_string())
+        .collect()
+}
+
 /// `livecheck serve` as a process on 127.0.0.1:0, with the test models.
 pub struct ServeProcess {
     pub child: std::process::Child,
     /// `127.0.0.1:PORT`.
     pub addr: String,
-    logs: std::thread::JoinHandle<String>,
+    logs: Option<std::thread::JoinHandle<String>>,
 }
 
 impl ServeProcess {
@@ -336,6 +387,8 @@ impl ServeProcess {
             .arg(model_dir())
             .args(args)
             .env_remove("LIVECHECK_ALLOW_FETCH_FROM")
+            // Stop at once on SIGTERM unless a test asks for a drain period (through `env`).
+            .env("LIVECHECK_DRAIN_GRACE", "0")
             .envs(env.iter().copied())
             .stderr(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())
@@ -357,18 +410,51 @@ impl ServeProcess {
         let addr = rx
             .recv_timeout(Duration::from_secs(60))
             .expect("server did not start");
-        ServeProcess { child, addr, logs }
+        ServeProcess {
+            child,
+            addr,
+            logs: Some(logs),
+        }
     }
 
-    /// Sends `signal` (`TERM`, `KILL`) and waits for the exit; returns the status and the logs.
-    pub fn stop(mut self, signal: &str) -> (std::process::ExitStatus, String) {
+    fn take_logs(&mut self) -> String {
+        self.logs
+            .take()
+            .map(|t| t.join().unwrap())
+            .unwrap_or_default()
+    }
+
+    /// The logs of a process that has exited (waits for its stderr to close).
+    #[allow(dead_code)] // tests/api.rs does not use it
+    pub fn stop_logs(mut self) -> String {
+        self.take_logs()
+    }
+
+    /// Sends `signal` (`TERM`, `KILL`) without waiting for the exit.
+    pub fn signal(&self, signal: &str) {
         let sent = std::process::Command::new("kill")
             .args([&format!("-{signal}"), &self.child.id().to_string()])
             .status()
             .unwrap();
         assert!(sent.success());
+    }
+
+    /// Sends `signal` (`TERM`, `KILL`) and waits for the exit; returns the status and the logs.
+    pub fn stop(mut self, signal: &str) -> (std::process::ExitStatus, String) {
+        self.signal(signal);
         let status = self.child.wait().unwrap();
-        (status, self.logs.join().unwrap())
+        (status, self.take_logs())
+    }
+}
+
+/// A test that panics must not leave its servers running (they would hold the test harness's
+/// output pipes open).
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
