@@ -329,7 +329,7 @@ fn check_fetches_urls_under_the_address_policy() {
 /// From an empty directory, with no model files around and no `LIVECHECK_*` environment, the
 /// binary uses the model files embedded in it (issue 12).
 #[test]
-fn check_runs_from_an_empty_directory_with_the_embedded_models() {
+fn check_and_serve_run_from_an_empty_directory_with_the_embedded_models() {
     let tmp = tempfile::tempdir().unwrap();
     let img = tmp.path().join("selfie.jpg");
     std::fs::copy(common::silentface().join("image_T1.jpg"), &img).unwrap();
@@ -366,6 +366,121 @@ fn check_runs_from_an_empty_directory_with_the_embedded_models() {
             stdout.matches("(embedded in the binary)").count(),
             stdout.matches("ok ").count(),
             "{stdout}"
+        );
+    }
+
+    // `serve` from the same empty directory (SQLite file created there), a key from `keys`, one
+    // check over plain HTTP/1.1.
+    let key = run(&["keys", "create", "--name", "t", "--json"]);
+    assert!(key.status.success());
+    let token = lines(&key)[0]["token"].as_str().unwrap().to_owned();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_livecheck"));
+    cmd.args(["serve", "--bind", "127.0.0.1:0"])
+        .current_dir(tmp.path())
+        .stderr(std::process::Stdio::piped());
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("LIVECHECK_") {
+            cmd.env_remove(k);
+        }
+    }
+    let mut child = cmd.spawn().unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Keep reading the server's log until it exits (a closed pipe would fail its writes).
+    let logs = std::thread::spawn(move || {
+        let mut all = String::new();
+        for l in std::io::BufRead::lines(stderr).map_while(Result::ok) {
+            if let Some(a) = l.strip_prefix("livecheck listening on http://") {
+                let _ = tx.send(a.to_owned());
+            }
+            all.push_str(&l);
+            all.push('\n');
+        }
+        all
+    });
+    let addr = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("serve did not start");
+    let http = |request: String| raw_http(&addr, &request);
+    let ready = http("GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".into());
+    let answer = http(check_request(&token, &img));
+    let _ = child.kill();
+    let _ = child.wait();
+    let logs = logs.join().unwrap();
+    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}\n{logs}");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}\n{logs}");
+    assert!(answer.contains("VERIFIED"), "{answer}");
+    assert!(tmp.path().join("livecheck.db").exists());
+}
+
+/// One request over a fresh connection (HTTP/1.1, `Connection: close`): the whole answer.
+fn raw_http(addr: &str, request: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer
+}
+
+/// A check request for the image file `img` with `token`.
+fn check_request(token: &str, img: &std::path::Path) -> String {
+    let body = format!(
+        "{{\"image\":\"{}\"}}",
+        base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            std::fs::read(img).unwrap()
+        )
+    );
+    format!(
+        "POST /api/onboarding/biometrics/face/liveliness_check/ HTTP/1.1\r\nHost: x\r\n\
+         x-access-token: {token}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// A log collector that goes away closes the server's stderr. Logging must not take the
+/// requests with it: tracing-subscriber reported the failed write with `eprintln!`, which panicked
+/// inside the request, and every check's connection was dropped unanswered.
+#[test]
+fn serve_keeps_answering_when_its_stderr_is_closed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let img = common::silentface().join("image_T1.jpg");
+    let db = format!("sqlite://{}", tmp.path().join("l.db").display());
+    let key = livecheck(&["keys", "create", "--name", "t", "--json", "--database", &db]);
+    assert!(key.status.success());
+    let token = lines(&key)[0]["token"].as_str().unwrap().to_owned();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_livecheck"))
+        .args(["serve", "--bind", "127.0.0.1:0", "--database", &db])
+        .env("RUST_LOG", "info")
+        .env("LIVECHECK_DRAIN_GRACE", "0")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut addr = None;
+    let mut line = String::new();
+    while std::io::BufRead::read_line(&mut stderr, &mut line).unwrap_or(0) > 0 {
+        if let Some(a) = line.trim().strip_prefix("livecheck listening on http://") {
+            addr = Some(a.to_owned());
+            break;
+        }
+        line.clear();
+    }
+    let addr = addr.expect("serve did not start");
+    drop(stderr); // the collector is gone
+    let answers: Vec<String> = (0..3)
+        .map(|_| raw_http(&addr, &check_request(&token, &img)))
+        .collect();
+    let alive = child.try_wait().unwrap().is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(alive, "serve exited");
+    for a in answers {
+        assert!(
+            a.starts_with("HTTP/1.1 200") && a.contains("VERIFIED"),
+            "{a:?}"
         );
     }
 }

@@ -1,6 +1,7 @@
 //! `livecheck serve`: load the models, connect the audit store, and serve the HTTP API until
 //! SIGTERM or Ctrl-C (then finish the checks in flight).
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::process::ExitCode;
@@ -271,7 +272,8 @@ async fn serve(
         .with_context(|| format!("cannot listen on {bind}"))?;
     let local = listener.local_addr().unwrap_or(bind);
     tracing::info!(address = %local, "{summary}");
-    eprintln!("livecheck listening on http://{local}");
+    // Not `eprintln!`, which panics when stderr is closed.
+    let _ = writeln!(std::io::stderr(), "livecheck listening on http://{local}");
     let drain = app.drain_switch();
     let grace = Duration::from_secs_f64(drain_grace);
     let shutdown = async move {
@@ -330,7 +332,11 @@ fn init_tracing(json: bool) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // A log line that cannot be written (stderr closed: a log collector gone) is dropped.
+        // Otherwise tracing-subscriber reports it with `eprintln!`, which panics on the same
+        // closed stderr, inside the request: every check's connection was dropped unanswered.
+        .log_internal_errors(false);
     let _ = if json {
         builder.json().try_init()
     } else {
