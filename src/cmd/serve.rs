@@ -14,7 +14,7 @@ use livecheck::server::{AppConfig, Application};
 use livecheck::store::{Store, StoreOptions};
 
 /// Serve the Adhere-compatible liveness API. Every flag is also an environment variable.
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args)]
 pub struct ServeArgs {
     /// Address and port to listen on.
     #[arg(
