@@ -30,8 +30,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use helpers::{
-    create_key_cli, get_text, http_client as client, post_check, sample_bodies, PgSchema,
-    ServeProcess, CHECK,
+    create_key_cli, free_port, get_text, http_client as client, post_check, sample_bodies,
+    PgSchema, ServeProcess, CHECK,
 };
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -48,14 +48,6 @@ const LIMIT_PROBES: usize = 800;
 const PHASE: Duration = Duration::from_secs(8);
 /// Seconds of drain grace for the replica that gets SIGTERM.
 const DRAIN_GRACE: &str = "2";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn nginx_binary() -> PathBuf {
     if let Ok(path) = std::env::var("NGINX") {
@@ -82,7 +74,7 @@ impl Nginx {
         let port = free_port();
         let d = dir.path().display();
         // As root, nginx's workers would switch to `nobody`, who cannot write the temp folders.
-        let user = if unsafe_is_root() { "user root;" } else { "" };
+        let user = if running_as_root() { "user root;" } else { "" };
         let servers: String = upstreams
             .iter()
             .map(|a| format!("    server {a} max_fails=1 fail_timeout=5s;\n"))
@@ -164,7 +156,7 @@ impl Drop for Nginx {
     }
 }
 
-fn unsafe_is_root() -> bool {
+fn running_as_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()

@@ -135,10 +135,7 @@ async fn three_replicas_starting_together_apply_each_migration_once() {
             .build()
             .unwrap();
         for replica in &replicas {
-            let url = format!("http://{}/readyz", replica.addr);
-            let status =
-                runtime.block_on(async { client().get(url).send().await.unwrap().status() });
-            assert_eq!(status, StatusCode::OK);
+            assert_eq!(runtime.block_on(readyz(&replica.addr)).0, StatusCode::OK);
         }
         for replica in replicas {
             let (_, logs) = replica.stop("TERM");
@@ -195,6 +192,20 @@ async fn send(addr: &str, token: &str) -> reqwest::Response {
     post_check(&client(), addr, token, r#"{"image":"%%%"}"#.into())
         .await
         .unwrap()
+}
+
+/// `GET /readyz`: the status and the JSON body.
+async fn readyz(addr: &str) -> (StatusCode, Value) {
+    let resp = client()
+        .get(format!("http://{addr}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    (
+        status,
+        serde_json::from_str(&resp.text().await.unwrap()).unwrap(),
+    )
 }
 
 async fn metric(addr: &str, name: &str) -> f64 {
@@ -269,13 +280,7 @@ async fn the_rate_limit_holds_across_replicas_through_redis() {
 /// log says so once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_down_the_limit_falls_back_to_the_replica() {
-    // A port that was just free: bind, note, close.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let redis = format!("redis://127.0.0.1:{port}/");
+    let redis = format!("redis://127.0.0.1:{}/", helpers::free_port());
     fallback_case(&redis, Duration::from_millis(250)).await;
 }
 
@@ -362,12 +367,7 @@ async fn sigterm_drains_readiness_first_and_finishes_in_flight_requests() {
         &[("RUST_LOG", "info"), ("LIVECHECK_DRAIN_GRACE", "2")],
     );
     let addr = replica.addr.clone();
-    let ready = client()
-        .get(format!("http://{addr}/readyz"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ready.status(), StatusCode::OK);
+    assert_eq!(readyz(&addr).await.0, StatusCode::OK);
 
     // A check whose image takes 3 s to arrive: in flight across the signal and the grace period.
     let slow = {
@@ -380,13 +380,8 @@ async fn sigterm_drains_readiness_first_and_finishes_in_flight_requests() {
     replica.signal("TERM");
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    let ready = client()
-        .get(format!("http://{addr}/readyz"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
-    let body: Value = serde_json::from_str(&ready.text().await.unwrap()).unwrap();
+    let (status, body) = readyz(&addr).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(body["status"], "draining");
 
     // Still served during the grace period.

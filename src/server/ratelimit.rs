@@ -84,14 +84,25 @@ impl Quota {
         self.interval * self.per_minute.get()
     }
 
+    /// `(interval, window)` in whole microseconds: the units of the Redis script.
+    fn micros(&self) -> (u64, u64) {
+        let interval = self.interval.as_micros() as u64;
+        (interval, interval * u64::from(self.per_minute.get()))
+    }
+
+    /// The refusal of a request whose new TAT would lie `over` beyond the window.
+    fn refused(&self, over: Duration) -> ApiError {
+        ApiError::RateLimited {
+            limit: self.per_minute.get(),
+            retry_after_secs: ceil_secs(over).max(1),
+        }
+    }
+
     /// The answer for a request whose new TAT would lie `ahead` of now.
     fn outcome(&self, ahead: Duration, counter: Counter) -> Result<RateLimitInfo, ApiError> {
         let limit = self.per_minute.get();
         if ahead > self.window() {
-            return Err(ApiError::RateLimited {
-                limit,
-                retry_after_secs: ceil_secs(ahead - self.window()).max(1),
-            });
+            return Err(self.refused(ahead - self.window()));
         }
         let remaining = ((self.window() - ahead).as_nanos() / self.interval.as_nanos()) as u32;
         let reset_secs = if remaining >= limit {
@@ -281,10 +292,9 @@ impl SharedRateLimiter {
     /// One script call, bounded by the timeout.
     async fn step(&self, key: &str, take: bool) -> Result<(i64, i64), RedisFailure> {
         let mut conn = self.conn.clone();
+        let (interval_us, window_us) = self.quota.micros();
         let mut call = self.script.key(self.redis_key(key));
-        call.arg(self.quota.interval.as_micros() as u64)
-            .arg(self.quota.interval.as_micros() as u64 * u64::from(self.quota.per_minute.get()))
-            .arg(u8::from(take));
+        call.arg(interval_us).arg(window_us).arg(u8::from(take));
         match tokio::time::timeout(self.timeout, call.invoke_async(&mut conn)).await {
             Ok(reply) => Ok(reply?),
             Err(_) => Err(RedisFailure::Timeout(self.timeout)),
@@ -327,13 +337,11 @@ impl SharedRateLimiter {
                     self.quota
                         .outcome(ahead.min(self.quota.window()), Counter::Shared)
                 } else {
-                    let window = self.quota.interval.as_micros() as u64
-                        * u64::from(self.quota.per_minute.get());
-                    let over = ahead.saturating_sub(Duration::from_micros(window));
-                    Err(ApiError::RateLimited {
-                        limit: self.quota.per_minute.get(),
-                        retry_after_secs: ceil_secs(over).max(1),
-                    })
+                    // Redis compared in whole microseconds: its decision stands.
+                    let (_, window_us) = self.quota.micros();
+                    Err(self
+                        .quota
+                        .refused(ahead.saturating_sub(Duration::from_micros(window_us))))
                 })
             }
             Err(err) => {

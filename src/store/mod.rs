@@ -174,6 +174,18 @@ impl fmt::Debug for Store {
     }
 }
 
+/// The embedded migrations of one backend. Migrations applied by a newer release are tolerated,
+/// so replicas can be upgraded one by one.
+fn migrator(postgres: bool) -> sqlx::migrate::Migrator {
+    let mut migrator = if postgres {
+        sqlx::migrate!("migrations/postgres")
+    } else {
+        sqlx::migrate!("migrations/sqlite")
+    };
+    migrator.set_ignore_missing(true);
+    migrator
+}
+
 const URL_HELP: &str = "expected sqlite://PATH or postgres://USER@HOST:PORT/DB";
 
 impl Store {
@@ -245,8 +257,7 @@ impl Store {
                     cause,
                 },
             })?;
-        let mut migrator = sqlx::migrate!("migrations/sqlite");
-        migrator.set_ignore_missing(true);
+        let migrator = migrator(false);
         // `run_direct` on a connection rather than `run(&pool)`: the latter's `Acquire` bound makes
         // the future not `Send` in generic contexts (so `Store::connect` could not be spawned).
         let migrated = match pool.acquire().await {
@@ -299,8 +310,7 @@ impl Store {
         };
         // The migrator holds a PostgreSQL advisory lock, so replicas starting together apply each
         // migration once.
-        let mut migrator = sqlx::migrate!("migrations/postgres");
-        migrator.set_ignore_missing(true);
+        let migrator = migrator(true);
         let migrated = if options.migrate {
             migrator.run_direct(&mut conn).await
         } else {
@@ -377,10 +387,7 @@ impl Store {
             }
             .map_err(|e| self.db_err(e))?
         };
-        let migrator = match self.pool {
-            Pool::Sqlite(_) => sqlx::migrate!("migrations/sqlite"),
-            Pool::Postgres(_) => sqlx::migrate!("migrations/postgres"),
-        };
+        let migrator = migrator(matches!(self.pool, Pool::Postgres(_)));
         let mut out: Vec<SchemaMigration> = migrator
             .iter()
             .filter(|m| !m.migration_type.is_down_migration())

@@ -315,6 +315,16 @@ pub fn create_key_cli(db: &str) -> String {
     key["token"].as_str().unwrap().to_owned()
 }
 
+/// A loopback port that was free a moment ago (bound, noted, closed).
+#[allow(dead_code)] // tests/api.rs does not use it
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A client for servers the tests start on loopback: no proxy, a 60 s ceiling per request.
 #[allow(dead_code)] // tests/api.rs does not use it
 pub fn http_client() -> reqwest::Client {
