@@ -1,6 +1,8 @@
 //! End-to-end throughput: the three samples on one core, and the devset on one core and on all
 //! cores, with the per-stage split. Run by `scripts/bench.sh` next to the Python baseline, whose
 //! time it is reported against; `cargo bench --bench throughput` alone prints JSON.
+//! `LIVECHECK_MODEL_SET` (a built-in name or a set file) picks the model set; the default set
+//! otherwise.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -83,7 +85,8 @@ fn main() {
     let dir = std::env::var_os("LIVECHECK_MODEL_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| shared().join("models"));
-    let p = livecheck::load_pipeline(None, Some(&dir), PipelineConfig::default()).unwrap();
+    let set = std::env::var("LIVECHECK_MODEL_SET").ok();
+    let p = livecheck::load_pipeline(set.as_deref(), Some(&dir), PipelineConfig::default()).unwrap();
     let samples = images(&shared().join("testdata/silentface"));
     let devset: Vec<Vec<u8>> = ["live", "spoof"]
         .iter()
@@ -99,6 +102,7 @@ fn main() {
     let ips1 = parallel(&p, &devset, 1, 2);
     let ipsn = parallel(&p, &devset, cores, 2);
     let out = serde_json::json!({
+        "model_set": p.model_set().name,
         "samples_per_image_ms": samples_ms,
         "samples_split_ms": samples_split,
         "devset_images": devset.len(),

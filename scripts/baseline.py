@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """The reference recipe (recipe.py) timed over files: the CLI peer of `livecheck check`.
 
-    baseline.py MODEL_DIR ROUNDS IMAGE...   -> prints JSON {"per_image_ms": ..., "p_real": {...}}
+    baseline.py [--model-set FILE] MODEL_DIR ROUNDS IMAGE...
+        -> prints JSON {"per_image_ms": ..., "p_real": {...}}
+
+Without --model-set: the Silent-Face pair. FILE is a livecheck model-set file (models/sets/).
 """
 import json, sys, time
 
@@ -9,8 +12,12 @@ import cv2
 
 from recipe import Recipe, VERSIONS
 
-model_dir, rounds, images = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
-recipe = Recipe(model_dir)
+args = sys.argv[1:]
+set_file = None
+if args[:1] == ["--model-set"]:
+    set_file, args = args[1], args[2:]
+model_dir, rounds, images = args[0], int(args[1]), args[2:]
+recipe = Recipe(model_dir, set_file)
 
 
 def check(path):
