@@ -233,7 +233,10 @@ fn main() {
         let (_, token) = store.create_key("load").await.unwrap();
         let images = image_server().await;
         let config = AppConfig {
-            allow_fetch_from: vec!["127.0.0.1/32".parse().unwrap()],
+            fetch: livecheck::fetch::FetchConfig {
+                allow: vec!["127.0.0.1/32".parse().unwrap()],
+                ..Default::default()
+            },
             max_concurrent_checks: cores,
             rate_limit_per_minute: None,
             ..AppConfig::default()

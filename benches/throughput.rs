@@ -86,7 +86,8 @@ fn main() {
         .map(PathBuf::from)
         .unwrap_or_else(|| shared().join("models"));
     let set = std::env::var("LIVECHECK_MODEL_SET").ok();
-    let p = livecheck::load_pipeline(set.as_deref(), Some(&dir), PipelineConfig::default()).unwrap();
+    let p =
+        livecheck::load_pipeline(set.as_deref(), Some(&dir), PipelineConfig::default()).unwrap();
     let samples = images(&shared().join("testdata/silentface"));
     let devset: Vec<Vec<u8>> = ["live", "spoof"]
         .iter()

@@ -2,6 +2,8 @@
 //!
 //! # Layout
 //! - [`pipeline`]: image bytes → verdict (decode, detect, crop, classify, fuse). No I/O beyond CPU.
+//! - [`service`]: the one check every front end runs (HTTP, `check`, `eval`): typed outcome and
+//!   error, the audit row and the envelope built from the same outcome.
 //! - [`engine`]: the inference trait and its tract implementation.
 //! - [`models`]: model sets, directory resolution, SHA-256 verification, fetch.
 //! - [`fetch`]: SSRF-safe image fetching and request image parsing (URL / data URI / base64).
@@ -15,17 +17,19 @@ pub mod fetch;
 pub mod models;
 pub mod pipeline;
 pub mod server;
+pub mod service;
 pub mod store;
 
 use std::path::Path;
 
-/// Why a pipeline could not be loaded.
+/// Why a pipeline (or an engine) could not be loaded: a model set or file that does not resolve
+/// or verify, or a model the engine cannot build.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error(transparent)]
     Models(#[from] models::ModelError),
     #[error(transparent)]
-    Engine(#[from] engine::tract::LoadError),
+    Engine(#[from] engine::EngineError),
 }
 
 /// Load a pipeline for `model_set` (a built-in name or a set file; `None` is

@@ -194,12 +194,12 @@ async fn reference_images_by_url_base64_and_data_uri() {
                 let sent: f64 = raw_number(&body, "confidence").parse().unwrap();
                 assert_eq!(rec.p_real, sent);
                 assert_eq!(rec.threshold, 0.5);
-                assert_eq!(rec.reason, v["data"]["reason"].as_str().unwrap());
+                assert_eq!(rec.reason.code(), v["data"]["reason"].as_str().unwrap());
                 assert_eq!(rec.detail, v["data"]["detail"].as_str().unwrap());
                 assert_eq!(rec.image_sha256, hex::encode(Sha256::digest(&bytes)));
                 assert_eq!(rec.image_bytes, bytes.len() as i64);
                 assert!(rec.image_width.unwrap() > 0 && rec.image_height.unwrap() > 0);
-                assert_eq!(rec.input_kind, kind);
+                assert_eq!(rec.input_kind.code(), kind);
                 if kind == "url" {
                     assert_eq!(rec.url_host.as_deref(), Some("127.0.0.1"));
                 } else {
@@ -668,10 +668,9 @@ async fn image_byte_and_pixel_caps_apply_to_urls_and_base64() {
 }
 
 fn short_timeout_config() -> AppConfig {
-    AppConfig {
-        fetch_timeout: Duration::from_millis(600),
-        ..test_config()
-    }
+    let mut c = test_config();
+    c.fetch.total_timeout = Duration::from_millis(600);
+    c
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -699,10 +698,9 @@ async fn slow_image_server_trips_the_fetch_timeout() {
 }
 
 fn no_allow_list_config() -> AppConfig {
-    AppConfig {
-        allow_fetch_from: Vec::new(),
-        ..test_config()
-    }
+    let mut c = test_config();
+    c.fetch.allow = Vec::new();
+    c
 }
 
 /// With no allow-list, loopback targets in every spelling are refused before any connection.

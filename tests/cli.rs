@@ -59,7 +59,7 @@ fn check_directory_prints_one_json_line_per_image() {
 }
 
 #[test]
-fn check_reports_errors_and_quality_outcomes() {
+fn check_reports_undecodable_images_as_errors_never_verdicts() {
     let tmp = tempfile::tempdir().unwrap();
     let text = tmp.path().join("notes.jpg");
     std::fs::write(&text, b"this is not a jpeg").unwrap();
@@ -80,10 +80,20 @@ fn check_reports_errors_and_quality_outcomes() {
     );
     let l = lines(&out);
     assert_eq!(l.len(), 4);
-    assert!(l[0]["error"].as_str().unwrap().contains("not an image"));
+    assert!(l[0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("not a valid image"));
+    assert_eq!(l[0]["reason"], "not_an_image");
+    // A decode failure is an input error (as over HTTP and in eval): an error line, no verdict.
     assert_eq!(l[1]["reason"], "image_corrupt");
-    assert_eq!(l[1]["live"], false);
+    assert!(l[1].get("live").is_none(), "{}", l[1]);
+    assert!(l[1]["error"]
+        .as_str()
+        .unwrap()
+        .contains("truncated or corrupt"));
     assert_eq!(l[2]["live"], true);
+    assert!(l[3].get("reason").is_none());
     assert!(l[3]["error"].as_str().unwrap().contains("cannot read"));
 }
 

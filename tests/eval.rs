@@ -409,12 +409,15 @@ fn folder_layout_grouped_json() {
     assert_eq!(m["counts"]["spoof"], 5);
     assert_eq!(m["counts"]["per_attack"]["replay"]["total"], 3);
     assert_eq!(m["counts"]["per_attack"]["unknown"]["total"], 2);
-    // The corrupt file is a non-response: a verdict (image_corrupt...) or an error, never a score.
+    // The corrupt file is a non-response (`decode_error`), never a score.
     let rows = read_scores(&out.join("scores.csv"));
     assert_eq!(rows.len(), 9);
     let broken = rows.iter().find(|r| r.file == "spoof/broken.jpg").unwrap();
     assert_eq!(broken.p_real, None);
-    assert_ne!(broken.verdict, "live");
+    assert_eq!(
+        (broken.verdict.as_str(), broken.reason.as_str()),
+        ("error", "decode_error")
+    );
     assert!(rows.iter().any(|r| r.file.starts_with("live/sub/")));
     check_against_scores(&m, &rows);
     // Groups: one per attack type value (live rows are "none").

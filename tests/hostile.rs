@@ -89,13 +89,14 @@ async fn metric(app: &TestApp, line_prefix: &str) -> f64 {
 }
 
 fn slow_fetch_config() -> AppConfig {
-    AppConfig {
-        fetch_timeout: Duration::from_secs(4),
+    let mut c = AppConfig {
         max_concurrent_checks: 1,
         max_queued_checks: 1,
         max_fetches_per_key: 4,
         ..test_config()
-    }
+    };
+    c.fetch.total_timeout = Duration::from_secs(4);
+    c
 }
 
 /// Finding 1: ten image URLs that never answer used to hold every check slot for the whole fetch
@@ -167,12 +168,13 @@ async fn never_answering_urls_do_not_lock_out_base64_checks() {
 }
 
 fn global_fetch_config() -> AppConfig {
-    AppConfig {
-        fetch_timeout: Duration::from_secs(3),
+    let mut c = AppConfig {
         max_concurrent_fetches: 2,
         max_fetches_per_key: 2,
         ..test_config()
-    }
+    };
+    c.fetch.total_timeout = Duration::from_secs(3);
+    c
 }
 
 /// The global fetch cap: beyond it 503 (overload), whichever key asks.

@@ -6,7 +6,10 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SubsecRound, Utc};
-use livecheck::store::{AuditRecord, AuditWriter, Store, StoreError, StoreOptions, Timings};
+use livecheck::pipeline::Reason;
+use livecheck::store::{
+    AuditRecord, AuditWriter, ImageSource, Store, StoreError, StoreOptions, Timings,
+};
 use sqlx::Connection;
 use uuid::Uuid;
 
@@ -91,7 +94,7 @@ fn full_record(key_id: Option<Uuid>) -> AuditRecord {
         live: true,
         p_real: 0.1 + 0.2,
         threshold: 0.5,
-        reason: "live".into(),
+        reason: Reason::Live,
         detail: "Liveliness Detected — \"quoted\" 'text' ✓".into(),
         bbox: Some([-3, 17, 2_000_000, 1]),
         detector_confidence: Some(0.999_999_999_999),
@@ -99,7 +102,7 @@ fn full_record(key_id: Option<Uuid>) -> AuditRecord {
         image_bytes: 5_000_000_000,
         image_width: Some(4032),
         image_height: Some(3024),
-        input_kind: "url".into(),
+        input_kind: ImageSource::Url,
         url_host: Some("cdn.example.com".into()),
         model_hash: "9f86d081884c7d65".into(),
         engine: "tract".into(),
@@ -122,7 +125,7 @@ fn sparse_record(key_id: Option<Uuid>) -> AuditRecord {
         live: false,
         p_real: 0.0,
         threshold: 0.75,
-        reason: "image_corrupt".into(),
+        reason: Reason::NoFace,
         detail: String::new(),
         bbox: None,
         detector_confidence: None,
@@ -130,7 +133,7 @@ fn sparse_record(key_id: Option<Uuid>) -> AuditRecord {
         image_bytes: 0,
         image_width: None,
         image_height: None,
-        input_kind: "base64".into(),
+        input_kind: ImageSource::Base64,
         url_host: None,
         model_hash: "m".into(),
         engine: "tract".into(),
@@ -579,11 +582,11 @@ async fn group_commit_shares_transactions_and_answers_after_commit() {
 async fn group_commit_a_bad_record_fails_alone() {
     on_each_backend(|db| async move {
         let sql: &[&str] = match db.store.backend() {
-            "sqlite" => &["CREATE TRIGGER poison BEFORE INSERT ON audit WHEN NEW.reason = 'poison' \
+            "sqlite" => &["CREATE TRIGGER poison BEFORE INSERT ON audit WHEN NEW.detail = 'poison' \
                  BEGIN SELECT RAISE(ABORT, 'poisoned record'); END"],
             _ => &[
                 "CREATE FUNCTION poison() RETURNS trigger AS $$ BEGIN \
-                 IF NEW.reason = 'poison' THEN RAISE EXCEPTION 'poisoned record'; END IF; \
+                 IF NEW.detail = 'poison' THEN RAISE EXCEPTION 'poisoned record'; END IF; \
                  RETURN NEW; END $$ LANGUAGE plpgsql",
                 "CREATE TRIGGER poison BEFORE INSERT ON audit FOR EACH ROW EXECUTE FUNCTION poison()",
             ],
@@ -598,7 +601,7 @@ async fn group_commit_a_bad_record_fails_alone() {
                 tokio::spawn(async move {
                     let mut record = sparse_record(None);
                     if i % 5 == 0 {
-                        record.reason = "poison".into();
+                        record.detail = "poison".into();
                     }
                     let result = writer.insert(record.clone()).await;
                     (record, result)
@@ -607,7 +610,7 @@ async fn group_commit_a_bad_record_fails_alone() {
             .collect();
         for task in tasks {
             let (record, result) = task.await.unwrap();
-            if record.reason == "poison" {
+            if record.detail == "poison" {
                 let err = result.unwrap_err();
                 assert!(matches!(err, StoreError::Query(_)), "{err:?}");
             } else {

@@ -8,7 +8,8 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use livecheck::fetch::Fetcher;
-use livecheck::pipeline::{Pipeline, PipelineError, Scores, Timings, Verdict};
+use livecheck::pipeline::{Scores, Timings, Verdict};
+use livecheck::service::{CheckError, CheckService};
 use url::Url;
 
 use super::common::{FetchArgs, PipelineArgs};
@@ -66,7 +67,7 @@ pub struct CheckLine {
     pub reason: &'static str,
     pub detail: &'static str,
     pub scores: Option<Scores>,
-    /// The model set's hash ([`Pipeline::model_hash`]).
+    /// The model set's hash (`Pipeline::model_hash`).
     pub model_set: String,
     pub timings_ms: Timings,
 }
@@ -75,6 +76,10 @@ pub struct CheckLine {
 struct ErrorLine {
     file: String,
     error: String,
+    /// The failure's code when the bytes were read: `not_an_image`, `unsupported_format`,
+    /// `image_corrupt`, `too_many_pixels` or `engine_error` (absent for read and fetch failures).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
 }
 
 enum Outcome {
@@ -178,29 +183,28 @@ fn line(file: String, v: Verdict, model_set: &str) -> CheckLine {
     }
 }
 
-fn check_one(pipeline: &Pipeline, loader: &Loader, input: &Input) -> Outcome {
+fn check_one(service: &CheckService, loader: &Loader, input: &Input) -> Outcome {
     let file = input.name();
     let bytes = match loader.load(input) {
         Ok(b) => b,
-        Err(error) => return Outcome::Error(ErrorLine { file, error }),
+        Err(error) => {
+            return Outcome::Error(ErrorLine {
+                file,
+                error,
+                reason: None,
+            })
+        }
     };
-    match pipeline.check(&bytes) {
-        Ok(v) => Outcome::Line(line(file, v, pipeline.model_hash())),
-        // An image that does not decode (corrupt, unsupported, too large) is a quality outcome.
-        Err(PipelineError::Decode(e)) => match e.reason() {
-            Some(r) => Outcome::Line(line(
-                file,
-                Verdict::quality(r, pipeline.config().threshold),
-                pipeline.model_hash(),
-            )),
-            None => Outcome::Error(ErrorLine {
-                file,
-                error: e.to_string(),
-            }),
-        },
+    match service.check(&bytes) {
+        Ok(c) => Outcome::Line(line(file, c.verdict, service.model_hash())),
+        // A decode failure is an input error, never a verdict (`service` module docs).
         Err(e) => Outcome::Error(ErrorLine {
             file,
-            error: e.to_string(),
+            reason: Some(e.code()),
+            error: match &e {
+                CheckError::Input(d) => d.client_message(),
+                CheckError::Engine(_) => e.to_string(),
+            },
         }),
     }
 }
@@ -211,7 +215,8 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         !inputs.is_empty(),
         "no image files found in the given paths"
     );
-    let pipeline = args.pipeline.build()?;
+    let service = CheckService::new(std::sync::Arc::new(args.pipeline.build()?));
+    let pipeline = service.pipeline();
     let loader = Loader::new(&args, &inputs, pipeline.config().limits.max_bytes)?;
     let threads = args.threads.unwrap_or_else(|| {
         std::thread::available_parallelism()
@@ -241,7 +246,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
             chunk
                 .par_iter()
                 .with_max_len(1)
-                .map(|i| check_one(&pipeline, &loader, i))
+                .map(|i| check_one(&service, &loader, i))
                 .collect()
         });
         for o in outcomes {

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use livecheck::engine::tract::Kernels;
-use livecheck::fetch::FetchConfig;
+use livecheck::fetch::{self, FetchConfig};
 use livecheck::models::LoadedSet;
+use livecheck::pipeline;
 
 /// How image URLs are fetched (`serve` for the API's `image` field, `check` for URL arguments).
 /// Every flag is also an environment variable.
@@ -26,12 +27,12 @@ pub struct FetchArgs {
     pub allow_fetch_from: Vec<IpNet>,
 
     /// Total time allowed for fetching one image URL (all redirects and the body), in seconds.
-    #[arg(long, env = "LIVECHECK_FETCH_TIMEOUT", default_value_t = 15.0, value_name = "SECONDS",
+    #[arg(long, env = "LIVECHECK_FETCH_TIMEOUT", default_value_t = fetch::DEFAULT_TOTAL_TIMEOUT_SECS, value_name = "SECONDS",
         value_parser = parse_seconds)]
     pub fetch_timeout: f64,
 
     /// Time allowed for connecting to an image host, in seconds.
-    #[arg(long, env = "LIVECHECK_FETCH_CONNECT_TIMEOUT", default_value_t = 5.0, value_name = "SECONDS",
+    #[arg(long, env = "LIVECHECK_FETCH_CONNECT_TIMEOUT", default_value_t = fetch::DEFAULT_CONNECT_TIMEOUT_SECS, value_name = "SECONDS",
         value_parser = parse_seconds)]
     pub fetch_connect_timeout: f64,
 
@@ -39,7 +40,7 @@ pub struct FetchArgs {
     #[arg(
         long,
         env = "LIVECHECK_MAX_REDIRECTS",
-        default_value_t = 3,
+        default_value_t = fetch::DEFAULT_MAX_REDIRECTS,
         value_name = "N"
     )]
     pub max_redirects: usize,
@@ -106,21 +107,21 @@ pub struct PipelineArgs {
     pub threshold: Option<f32>,
 
     /// Minimum detector confidence for a face to count.
-    #[arg(long, env = "LIVECHECK_MIN_FACE_CONFIDENCE", default_value_t = 0.6)]
+    #[arg(long, env = "LIVECHECK_MIN_FACE_CONFIDENCE", default_value_t = pipeline::DEFAULT_MIN_FACE_CONFIDENCE)]
     pub min_face_confidence: f32,
 
     /// Minimum face-box side in pixels (smaller faces give reason `face_too_small`).
-    #[arg(long, env = "LIVECHECK_MIN_FACE_PX", default_value_t = 32)]
+    #[arg(long, env = "LIVECHECK_MIN_FACE_PX", default_value_t = pipeline::DEFAULT_MIN_FACE_PX)]
     pub min_face_px: u32,
 
     /// Minimum ratio of image side to face-box side, on the tighter axis (less context gives reason
     /// `face_too_close`). 0.75 refuses faces whose box overflows the frame by more than a quarter;
     /// see docs/accuracy.md for the devset measurements behind it.
-    #[arg(long, env = "LIVECHECK_MIN_CONTEXT_RATIO", default_value_t = 0.75)]
+    #[arg(long, env = "LIVECHECK_MIN_CONTEXT_RATIO", default_value_t = pipeline::DEFAULT_MIN_CONTEXT_RATIO)]
     pub min_context_ratio: f32,
 
     /// Largest image accepted, in pixels (checked from the header, before decoding).
-    #[arg(long, env = "LIVECHECK_MAX_PIXELS", default_value_t = 40_000_000)]
+    #[arg(long, env = "LIVECHECK_MAX_PIXELS", default_value_t = pipeline::DEFAULT_MAX_PIXELS)]
     pub max_pixels: u64,
 
     /// When one face is found with a weaker candidate beside it, look again at 2x the detector's

@@ -8,7 +8,7 @@ use anyhow::Context;
 use livecheck::eval::calibrate::{self, CalSample};
 use livecheck::eval::dataset::Dataset;
 use livecheck::eval::report::{self, MetricsReport, ReportParams};
-use livecheck::eval::{dataset_hash_of, run_dataset, Outcome};
+use livecheck::eval::{dataset_hash_of, run_dataset, CheckService, Outcome};
 
 use super::common::PipelineArgs;
 
@@ -68,12 +68,15 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
     if let Some(col) = &args.group_by {
         ds.check_group_column(col)?;
     }
-    let pipeline = args.pipeline.build().context("cannot build the pipeline")?;
+    let service = CheckService::new(std::sync::Arc::new(
+        args.pipeline.build().context("cannot build the pipeline")?,
+    ));
+    let pipeline = service.pipeline();
     // The identity of the model set (the pipeline refuses files whose SHA-256 differ from it).
     let model_hash = pipeline.model_hash().to_string();
 
     let pb = super::common::image_progress(ds.items.len());
-    let samples = run_dataset(&pipeline, &ds, threads, |done| pb.set_position(done as u64));
+    let samples = run_dataset(&service, &ds, threads, |done| pb.set_position(done as u64));
     pb.finish_and_clear();
 
     for s in samples.iter().take(5) {
@@ -113,7 +116,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
         paths[2].display()
     );
     if let Some(path) = &args.calibrate {
-        calibrate(&pipeline, &samples, &args, &rep, path)?;
+        calibrate(pipeline, &samples, &args, &rep, path)?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -12,6 +12,7 @@ use anyhow::Context as _;
 use livecheck::server::ratelimit::RedisConfig;
 use livecheck::server::{AppConfig, Application};
 use livecheck::store::{Store, StoreOptions};
+use livecheck::{pipeline, server};
 
 /// Serve the Adhere-compatible liveness API. Every flag is also an environment variable.
 #[derive(clap::Args)]
@@ -38,44 +39,44 @@ pub struct ServeArgs {
     pub fetch: super::common::FetchArgs,
 
     /// Largest image accepted, in bytes, whether fetched from a URL or sent as base64.
-    #[arg(long, env = "LIVECHECK_MAX_IMAGE_BYTES", default_value_t = 10 * 1024 * 1024, value_name = "BYTES")]
+    #[arg(long, env = "LIVECHECK_MAX_IMAGE_BYTES", default_value_t = pipeline::DEFAULT_MAX_IMAGE_BYTES, value_name = "BYTES")]
     pub max_image_bytes: usize,
 
     /// Largest request body accepted, in bytes (413 above). Leave room for base64 of the largest
     /// image: at least 4/3 of --max-image-bytes plus a few hundred bytes.
-    #[arg(long, env = "LIVECHECK_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024, value_name = "BYTES")]
+    #[arg(long, env = "LIVECHECK_MAX_BODY_BYTES", default_value_t = server::DEFAULT_MAX_BODY_BYTES, value_name = "BYTES")]
     pub max_body_bytes: usize,
 
     /// Seconds allowed to receive a check's whole request body; a slower client gets 408.
-    #[arg(long, env = "LIVECHECK_BODY_TIMEOUT", default_value_t = 60.0, value_name = "SECONDS",
+    #[arg(long, env = "LIVECHECK_BODY_TIMEOUT", default_value_t = server::DEFAULT_BODY_TIMEOUT_SECS, value_name = "SECONDS",
         value_parser = super::common::parse_seconds)]
     pub body_timeout: f64,
 
     /// Request-body bytes held in memory at once by all requests together. A request whose
     /// declared body does not fit gets 503 with Retry-After before its body is read. At least
     /// --max-body-bytes.
-    #[arg(long, env = "LIVECHECK_MAX_BODY_BYTES_IN_FLIGHT", default_value_t = 64 * 1024 * 1024, value_name = "BYTES")]
+    #[arg(long, env = "LIVECHECK_MAX_BODY_BYTES_IN_FLIGHT", default_value_t = server::DEFAULT_MAX_BODY_BYTES_IN_FLIGHT, value_name = "BYTES")]
     pub max_body_bytes_in_flight: usize,
 
     /// Seconds allowed to receive a request's headers; also how long an idle kept-alive
     /// connection, or one that sends nothing, stays open.
-    #[arg(long, env = "LIVECHECK_HEADER_TIMEOUT", default_value_t = 10.0, value_name = "SECONDS",
+    #[arg(long, env = "LIVECHECK_HEADER_TIMEOUT", default_value_t = server::DEFAULT_HEADER_TIMEOUT_SECS, value_name = "SECONDS",
         value_parser = super::common::parse_seconds)]
     pub header_timeout: f64,
 
     /// Client connections open at once; more wait in the listen backlog.
-    #[arg(long, env = "LIVECHECK_MAX_CONNECTIONS", default_value_t = 1024, value_name = "N",
+    #[arg(long, env = "LIVECHECK_MAX_CONNECTIONS", default_value_t = server::DEFAULT_MAX_CONNECTIONS, value_name = "N",
         value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
 
     /// Image-URL fetches in flight, all keys together; beyond it 503 with Retry-After. Fetches
     /// wait on other servers, so they have their own slots and never hold a check slot.
-    #[arg(long, env = "LIVECHECK_MAX_CONCURRENT_FETCHES", default_value_t = 32, value_name = "N",
+    #[arg(long, env = "LIVECHECK_MAX_CONCURRENT_FETCHES", default_value_t = server::DEFAULT_MAX_CONCURRENT_FETCHES, value_name = "N",
         value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent_fetches: u32,
 
     /// Image-URL fetches in flight per API key; beyond it 429 with Retry-After.
-    #[arg(long, env = "LIVECHECK_MAX_FETCHES_PER_KEY", default_value_t = 4, value_name = "N",
+    #[arg(long, env = "LIVECHECK_MAX_FETCHES_PER_KEY", default_value_t = server::DEFAULT_MAX_FETCHES_PER_KEY, value_name = "N",
         value_parser = clap::value_parser!(u32).range(1..))]
     pub max_fetches_per_key: u32,
 
@@ -87,20 +88,20 @@ pub struct ServeArgs {
     /// Longest expected wait for a CPU slot at which a check is still queued; beyond it, 503
     /// with Retry-After at once. The wait is estimated from the checks already waiting and the
     /// recent service time.
-    #[arg(long, env = "LIVECHECK_MAX_QUEUE_WAIT", default_value_t = 2.0, value_name = "SECONDS",
+    #[arg(long, env = "LIVECHECK_MAX_QUEUE_WAIT", default_value_t = server::DEFAULT_MAX_QUEUE_WAIT_SECS, value_name = "SECONDS",
         value_parser = super::common::parse_seconds)]
     pub max_queue_wait: f64,
 
     /// Hard ceiling on checks waiting for a CPU slot, whatever the expected wait; beyond it, 503
     /// with Retry-After at once (0: only when a slot is free). Default: 256 x
-    /// --max-concurrent-checks.
+    /// --max-concurrent-checks (`server::DEFAULT_QUEUED_CHECKS_PER_SLOT`).
     #[arg(long, env = "LIVECHECK_MAX_QUEUED_CHECKS", value_name = "N")]
     pub max_queued_checks: Option<usize>,
 
     /// Seconds an authenticated API key is served from memory without a database lookup. A key
     /// revoked with `keys revoke` stops working within this time; 0 looks up every request
     /// (revocation at once).
-    #[arg(long, env = "LIVECHECK_KEY_CACHE_TTL", default_value_t = 5.0, value_name = "SECONDS",
+    #[arg(long, env = "LIVECHECK_KEY_CACHE_TTL", default_value_t = server::DEFAULT_KEY_CACHE_TTL_SECS, value_name = "SECONDS",
         value_parser = super::common::parse_seconds_or_zero)]
     pub key_cache_ttl: f64,
 
@@ -109,7 +110,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "LIVECHECK_RATE_LIMIT_PER_MINUTE",
-        default_value_t = 600,
+        default_value_t = server::DEFAULT_RATE_LIMIT_PER_MINUTE,
         value_name = "N"
     )]
     pub rate_limit_per_minute: u32,
@@ -175,13 +176,12 @@ impl ServeArgs {
             max_connections: self.max_connections as usize,
             max_concurrent_fetches: self.max_concurrent_fetches as usize,
             max_fetches_per_key: self.max_fetches_per_key as usize,
-            allow_fetch_from: self.fetch.allow_fetch_from.clone(),
-            fetch_connect_timeout: Duration::from_secs_f64(self.fetch.fetch_connect_timeout),
-            fetch_timeout: Duration::from_secs_f64(self.fetch.fetch_timeout),
-            max_redirects: self.fetch.max_redirects,
+            fetch: self.fetch.fetch_config(self.max_image_bytes),
             max_concurrent_checks: concurrent,
             max_queue_wait: Duration::from_secs_f64(self.max_queue_wait),
-            max_queued_checks: self.max_queued_checks.unwrap_or(concurrent * 256),
+            max_queued_checks: self
+                .max_queued_checks
+                .unwrap_or(concurrent * server::DEFAULT_QUEUED_CHECKS_PER_SLOT),
             key_cache_ttl: Duration::from_secs_f64(self.key_cache_ttl),
             rate_limit_per_minute: NonZeroU32::new(self.rate_limit_per_minute),
             redis: self.redis_url.as_ref().map(|url| RedisConfig {
@@ -253,7 +253,8 @@ async fn serve(
             "replica"
         },
         config
-            .allow_fetch_from
+            .fetch
+            .allow
             .iter()
             .map(ToString::to_string)
             .collect::<Vec<_>>()
@@ -380,6 +381,20 @@ mod tests {
         }
     }
 
+    /// Each default is defined once (a named constant): the flags' defaults are the library's.
+    #[test]
+    fn default_flags_are_the_library_defaults() {
+        let cli = Cli::try_parse_from(["t"]).unwrap();
+        assert_eq!(
+            format!("{:?}", cli.serve.app_config()),
+            format!("{:?}", AppConfig::default())
+        );
+        let mut want = pipeline::PipelineConfig::default();
+        let got = cli.serve.pipeline.config(0.5).unwrap();
+        want.threshold = got.threshold;
+        assert_eq!(got, want);
+    }
+
     #[test]
     fn flags_become_the_app_config() {
         let cli = Cli::try_parse_from([
@@ -397,13 +412,14 @@ mod tests {
         ])
         .unwrap();
         let c = cli.serve.app_config();
-        assert_eq!(c.allow_fetch_from.len(), 2);
+        assert_eq!(c.fetch.allow.len(), 2);
         assert_eq!(c.rate_limit_per_minute, None);
         assert_eq!(c.max_concurrent_checks, 3);
         assert_eq!(c.max_queued_checks, 768);
         assert_eq!(c.max_queue_wait, Duration::from_secs(2));
-        assert_eq!(c.fetch_timeout, Duration::from_millis(2500));
+        assert_eq!(c.fetch.total_timeout, Duration::from_millis(2500));
         assert_eq!(c.max_image_bytes, 1000);
+        assert_eq!(c.fetch.max_bytes, 1000);
         assert!(Cli::try_parse_from(["t", "--max-concurrent-checks", "0"]).is_err());
         assert!(Cli::try_parse_from(["t", "--allow-fetch-from", "bogus"]).is_err());
     }

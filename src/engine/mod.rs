@@ -3,8 +3,6 @@
 //! The only engine today is [`tract::TractEngine`] (pure Rust). A second backend (ONNX Runtime)
 //! implements [`Engine`] and nothing in `pipeline` changes.
 
-pub mod depthwise;
-pub mod direct;
 pub mod tract;
 
 /// Raw detector outputs for one image: `loc` is `[P,4]` box deltas, `conf` is `[P,2]` softmaxed

@@ -5,7 +5,7 @@
 //! - [`plot`]: ROC, DET and histogram SVGs (plotters), and the inverse normal CDF for DET axes.
 //! - [`report`]: `metrics.json`, `scores.csv`, `report.html` and the terminal summary.
 //!
-//! This module runs the [`Pipeline`] over the dataset ([`run_dataset`]) and turns its verdicts into
+//! This module runs the [`CheckService`] over the dataset ([`run_dataset`]) and turns its verdicts into
 //! pure [`metrics::Sample`]s: a verdict whose reason is neither `live` nor `spoof`, and every
 //! `Err`, is a non-response (`p_real = None`).
 
@@ -20,7 +20,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rayon::prelude::*;
 
-use crate::pipeline::{Pipeline, PipelineError, Reason, Verdict};
+use crate::pipeline::{Reason, Verdict};
+use crate::service::CheckError;
+pub use crate::service::CheckService;
 use dataset::{bytes_sha256, Dataset, DatasetItem};
 use metrics::{Label, Sample};
 
@@ -55,14 +57,14 @@ impl ScoredSample {
     pub fn from_result(
         item: &DatasetItem,
         content_sha256: Option<String>,
-        result: Result<Verdict, PipelineError>,
+        result: Result<Verdict, CheckError>,
     ) -> ScoredSample {
         let outcome = match result {
             Ok(v) => Outcome::Verdict(v),
             Err(e) => Outcome::Failed {
                 reason: match e {
-                    PipelineError::Decode(_) => "decode_error",
-                    PipelineError::Engine(_) | PipelineError::Crop { .. } => "engine_error",
+                    CheckError::Input(_) => "decode_error",
+                    CheckError::Engine(_) => "engine_error",
                 },
                 message: e.to_string(),
             },
@@ -137,12 +139,12 @@ pub fn dataset_hash_of(samples: &[ScoredSample]) -> Option<String> {
     Some(dataset::dataset_hash(entries))
 }
 
-fn run_one(pipeline: &Pipeline, item: &DatasetItem) -> ScoredSample {
+fn run_one(service: &CheckService, item: &DatasetItem) -> ScoredSample {
     match std::fs::read(&item.path) {
-        Ok(bytes) => {
-            let sha = bytes_sha256(&bytes);
-            ScoredSample::from_result(item, Some(sha), pipeline.check(&bytes))
-        }
+        Ok(bytes) => match service.check(&bytes) {
+            Ok(c) => ScoredSample::from_result(item, Some(c.image_sha256), Ok(c.verdict)),
+            Err(e) => ScoredSample::from_result(item, Some(bytes_sha256(&bytes)), Err(e)),
+        },
         Err(e) => ScoredSample {
             file: item.file.clone(),
             label: item.label,
@@ -161,7 +163,7 @@ fn run_one(pipeline: &Pipeline, item: &DatasetItem) -> ScoredSample {
 /// (at least 1). Results are in dataset order. `progress` is called after each image with the
 /// number of images done so far.
 pub fn run_dataset(
-    pipeline: &Pipeline,
+    service: &CheckService,
     ds: &Dataset,
     threads: usize,
     progress: impl Fn(usize) + Sync,
@@ -175,7 +177,7 @@ pub fn run_dataset(
             .par_iter()
             .with_max_len(1)
             .map(|item| {
-                let s = run_one(pipeline, item);
+                let s = run_one(service, item);
                 progress(done.fetch_add(1, Ordering::Relaxed) + 1);
                 s
             })
@@ -192,7 +194,7 @@ pub fn run_dataset(
             .items
             .iter()
             .map(|item| {
-                let s = run_one(pipeline, item);
+                let s = run_one(service, item);
                 progress(done.fetch_add(1, Ordering::Relaxed) + 1);
                 s
             })
@@ -204,7 +206,7 @@ pub fn run_dataset(
 mod tests {
     use super::*;
     use crate::engine::EngineError;
-    use crate::pipeline::{DecodeError, Timings};
+    use crate::pipeline::{DecodeError, PipelineError, Timings};
 
     fn item(label: Label) -> DatasetItem {
         let mut fields = BTreeMap::new();
@@ -266,7 +268,7 @@ mod tests {
         let s = ScoredSample::from_result(
             &item(Label::Spoof),
             None,
-            Err(PipelineError::Decode(DecodeError::NotAnImage)),
+            Err(CheckError::Input(DecodeError::NotAnImage)),
         );
         assert_eq!(s.p_real(), None);
         assert_eq!((s.verdict(), s.reason()), ("error", "decode_error"));
@@ -274,10 +276,12 @@ mod tests {
         let s = ScoredSample::from_result(
             &item(Label::Spoof),
             None,
-            Err(PipelineError::Engine(EngineError::Run {
-                model: "x".to_string(),
-                message: "boom".into(),
-            })),
+            Err(CheckError::Engine(PipelineError::Engine(
+                EngineError::Run {
+                    model: "x".to_string(),
+                    message: "boom".into(),
+                },
+            ))),
         );
         assert_eq!(s.reason(), "engine_error");
         let m = s.to_sample(Some("source"));

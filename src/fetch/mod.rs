@@ -64,15 +64,22 @@ pub struct FetchConfig {
     pub max_redirects: usize,
 }
 
+/// Default of [`FetchConfig::connect_timeout`] (`--fetch-connect-timeout`), in seconds.
+pub const DEFAULT_CONNECT_TIMEOUT_SECS: f64 = 5.0;
+/// Default of [`FetchConfig::total_timeout`] (`--fetch-timeout`), in seconds.
+pub const DEFAULT_TOTAL_TIMEOUT_SECS: f64 = 15.0;
+/// Default of [`FetchConfig::max_redirects`] (`--max-redirects`).
+pub const DEFAULT_MAX_REDIRECTS: usize = 3;
+
 impl Default for FetchConfig {
-    /// Empty allow-list, 5 s connect, 15 s total, 10 MiB, 3 redirects.
+    /// Empty allow-list and the `DEFAULT_*` constants.
     fn default() -> Self {
         Self {
             allow: Vec::new(),
-            connect_timeout: Duration::from_secs(5),
-            total_timeout: Duration::from_secs(15),
-            max_bytes: 10 * 1024 * 1024,
-            max_redirects: 3,
+            connect_timeout: Duration::from_secs_f64(DEFAULT_CONNECT_TIMEOUT_SECS),
+            total_timeout: Duration::from_secs_f64(DEFAULT_TOTAL_TIMEOUT_SECS),
+            max_bytes: crate::pipeline::DEFAULT_MAX_IMAGE_BYTES,
+            max_redirects: DEFAULT_MAX_REDIRECTS,
         }
     }
 }

@@ -17,8 +17,6 @@ use std::io::Cursor;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader};
 use serde::{Deserialize, Serialize};
 
-use crate::pipeline::Reason;
-
 /// File extensions of the formats [`decode`] reads (lowercase): what `check` and `eval` pick up
 /// from a directory.
 pub const IMAGE_EXTENSIONS: [&str; 8] = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"];
@@ -39,11 +37,17 @@ pub struct DecodeLimits {
     pub max_pixels: u64,
 }
 
+/// Default of [`DecodeLimits::max_bytes`]: the largest image accepted anywhere (the service's
+/// `--max-image-bytes`, the fetcher's body cap).
+pub const DEFAULT_MAX_IMAGE_BYTES: usize = 10 * 1024 * 1024;
+/// Default of [`DecodeLimits::max_pixels`] (`--max-pixels`).
+pub const DEFAULT_MAX_PIXELS: u64 = 40_000_000;
+
 impl Default for DecodeLimits {
     fn default() -> Self {
         DecodeLimits {
-            max_bytes: 10 * 1024 * 1024,
-            max_pixels: 40_000_000,
+            max_bytes: DEFAULT_MAX_IMAGE_BYTES,
+            max_pixels: DEFAULT_MAX_PIXELS,
         }
     }
 }
@@ -93,15 +97,15 @@ pub enum DecodeError {
 }
 
 impl DecodeError {
-    /// The verdict reason for this failure, or `None` when the bytes are not an image at all.
-    pub fn reason(&self) -> Option<Reason> {
+    /// A stable code for this failure: `not_an_image`, `unsupported_format`, `image_corrupt` or
+    /// `too_many_pixels` (pixels or bytes over the limits). A decode failure is never a verdict
+    /// (`service` module docs).
+    pub fn code(&self) -> &'static str {
         match self {
-            DecodeError::NotAnImage => None,
-            DecodeError::Unsupported(_) => Some(Reason::UnsupportedFormat),
-            DecodeError::Corrupt(_) => Some(Reason::ImageCorrupt),
-            DecodeError::TooManyPixels { .. } | DecodeError::TooLarge { .. } => {
-                Some(Reason::TooManyPixels)
-            }
+            DecodeError::NotAnImage => "not_an_image",
+            DecodeError::Unsupported(_) => "unsupported_format",
+            DecodeError::Corrupt(_) => "image_corrupt",
+            DecodeError::TooManyPixels { .. } | DecodeError::TooLarge { .. } => "too_many_pixels",
         }
     }
 

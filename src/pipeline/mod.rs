@@ -17,7 +17,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::{Engine, EngineError};
 use crate::models::{CropSpec, Member, ModelSet, ResizeKind};
-pub use decode::{BgrImage, DecodeError, DecodeLimits};
+pub use decode::{
+    BgrImage, DecodeError, DecodeLimits, DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_PIXELS,
+};
 
 /// Stable machine-readable reason for a verdict. Serialized in snake_case (`"no_face"`...).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -37,12 +39,6 @@ pub enum Reason {
     FaceTooClose,
     /// The image is smaller than the minimum side.
     ImageTooSmall,
-    /// The bytes are an image but could not be decoded (truncated, corrupt).
-    ImageCorrupt,
-    /// The bytes are an image in a format livecheck does not decode.
-    UnsupportedFormat,
-    /// The declared dimensions exceed the pixel limit (decompression-bomb guard).
-    TooManyPixels,
 }
 
 impl Reason {
@@ -56,10 +52,23 @@ impl Reason {
             Reason::FaceTooSmall => "face_too_small",
             Reason::FaceTooClose => "face_too_close",
             Reason::ImageTooSmall => "image_too_small",
-            Reason::ImageCorrupt => "image_corrupt",
-            Reason::UnsupportedFormat => "unsupported_format",
-            Reason::TooManyPixels => "too_many_pixels",
         }
+    }
+
+    /// Every reason, in declaration order.
+    pub const ALL: [Reason; 7] = [
+        Reason::Live,
+        Reason::Spoof,
+        Reason::NoFace,
+        Reason::MultipleFaces,
+        Reason::FaceTooSmall,
+        Reason::FaceTooClose,
+        Reason::ImageTooSmall,
+    ];
+
+    /// The reason with this stable code.
+    pub fn from_code(code: &str) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| r.code() == code)
     }
 
     /// A human sentence for this reason (used as `detail` by the API).
@@ -74,9 +83,6 @@ impl Reason {
                 "Face is too close to the camera; the image must show more of the head and background"
             }
             Reason::ImageTooSmall => "Image is too small",
-            Reason::ImageCorrupt => "Image could not be decoded (truncated or corrupt)",
-            Reason::UnsupportedFormat => "Image format is not supported",
-            Reason::TooManyPixels => "Image has too many pixels",
         }
     }
 }
@@ -189,14 +195,25 @@ pub enum PipelineError {
     Crop { member: String, bbox: [i32; 4] },
 }
 
+/// Default of [`PipelineConfig::threshold`] when no model set says otherwise.
+pub const DEFAULT_THRESHOLD: f32 = 0.5;
+/// Default of [`PipelineConfig::min_face_confidence`] (`--min-face-confidence`).
+pub const DEFAULT_MIN_FACE_CONFIDENCE: f32 = 0.6;
+/// Default of [`PipelineConfig::min_face_px`] (`--min-face-px`).
+pub const DEFAULT_MIN_FACE_PX: u32 = 32;
+/// Default of [`PipelineConfig::min_context_ratio`] (`--min-context-ratio`; docs/accuracy.md).
+pub const DEFAULT_MIN_CONTEXT_RATIO: f32 = 0.75;
+/// Default of [`PipelineConfig::min_image_side`].
+pub const DEFAULT_MIN_IMAGE_SIDE: u32 = 32;
+
 impl Default for PipelineConfig {
     fn default() -> Self {
         PipelineConfig {
-            threshold: 0.5,
-            min_face_confidence: 0.6,
-            min_face_px: 32,
-            min_context_ratio: 0.75,
-            min_image_side: 32,
+            threshold: DEFAULT_THRESHOLD,
+            min_face_confidence: DEFAULT_MIN_FACE_CONFIDENCE,
+            min_face_px: DEFAULT_MIN_FACE_PX,
+            min_context_ratio: DEFAULT_MIN_CONTEXT_RATIO,
+            min_image_side: DEFAULT_MIN_IMAGE_SIDE,
             limits: DecodeLimits::default(),
             multi_face_scan: true,
             face_confirm_scan: true,

@@ -4,28 +4,12 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::service::{CheckOutcome, OutcomeFace};
+
 /// Top-level `message` of a live verdict.
 pub const MSG_LIVE: &str = "Face Liveliness successful";
 /// Top-level `message` of a not-live verdict.
 pub const MSG_NOT_LIVE: &str = "Face Liveliness failed";
-
-/// What the envelope needs to know about a check, whether it was just computed or read back from
-/// the audit store (so the POST and the GET by reference answer with the same bytes).
-#[derive(Debug, Clone, PartialEq)]
-pub struct CheckOutcome {
-    pub reference: Uuid,
-    pub live: bool,
-    /// Fused liveness probability; `p_real as f64` of the pipeline's f32.
-    pub p_real: f64,
-    pub threshold: f64,
-    /// Stable reason code (`live`, `spoof`, `no_face`, ...).
-    pub reason: String,
-    /// The human sentence for `reason`.
-    pub detail: String,
-    pub face: Option<FaceInfo>,
-    /// Model manifest hash.
-    pub model: String,
-}
 
 /// The successful response: HTTP 200 for both live and not-live verdicts.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -105,9 +89,18 @@ pub struct FaceInfo {
     pub confidence: f64,
 }
 
-impl CheckEnvelope {
-    /// Builds the envelope of a verdict.
-    pub fn from_outcome(outcome: &CheckOutcome) -> Self {
+impl From<OutcomeFace> for FaceInfo {
+    fn from(f: OutcomeFace) -> Self {
+        FaceInfo {
+            bbox: f.bbox,
+            confidence: f.confidence,
+        }
+    }
+}
+
+/// The envelope of a verdict.
+impl From<&CheckOutcome> for CheckEnvelope {
+    fn from(outcome: &CheckOutcome) -> Self {
         let (verification, message) = if outcome.live {
             ("VERIFIED", MSG_LIVE)
         } else {
@@ -127,8 +120,8 @@ impl CheckEnvelope {
                 },
                 widget_info: serde_json::Map::new(),
                 session: serde_json::Map::new(),
-                reason: outcome.reason.clone(),
-                face: outcome.face,
+                reason: outcome.reason.code().to_owned(),
+                face: outcome.face.map(FaceInfo::from),
                 threshold: outcome.threshold,
                 model: outcome.model.clone(),
             },
@@ -140,6 +133,7 @@ impl CheckEnvelope {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::Reason;
 
     fn outcome(live: bool) -> CheckOutcome {
         CheckOutcome {
@@ -147,14 +141,14 @@ mod tests {
             live,
             p_real: if live { 0.75 } else { 0.25 },
             threshold: 0.5,
-            reason: if live { "live" } else { "spoof" }.to_owned(),
+            reason: if live { Reason::Live } else { Reason::Spoof },
             detail: if live {
                 "Liveliness Detected"
             } else {
                 "Liveliness Not Detected"
             }
             .to_owned(),
-            face: Some(FaceInfo {
+            face: Some(OutcomeFace {
                 bbox: [1, 2, 3, 4],
                 confidence: 0.5,
             }),
@@ -164,7 +158,7 @@ mod tests {
 
     #[test]
     fn live_envelope_has_the_seed_fields_in_the_seed_order() {
-        let body = serde_json::to_string(&CheckEnvelope::from_outcome(&outcome(true))).unwrap();
+        let body = serde_json::to_string(&CheckEnvelope::from(&outcome(true))).unwrap();
         assert_eq!(
             body,
             concat!(
@@ -181,7 +175,7 @@ mod tests {
     fn not_live_envelope() {
         let mut o = outcome(false);
         o.face = None;
-        let v = serde_json::to_value(CheckEnvelope::from_outcome(&o)).unwrap();
+        let v = serde_json::to_value(CheckEnvelope::from(&o)).unwrap();
         assert_eq!(v["status"], "success");
         assert_eq!(v["data"]["status"], false);
         assert_eq!(v["data"]["detail"], "Liveliness Not Detected");

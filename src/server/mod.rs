@@ -45,7 +45,6 @@ use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use ipnet::IpNet;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower::ServiceBuilder;
@@ -58,10 +57,11 @@ use tracing::Level;
 
 use crate::fetch::{FetchConfig, Fetcher};
 use crate::pipeline::Pipeline;
+use crate::service::CheckService;
 use crate::store::{AuditWriter, Store};
 
 pub use body::{CheckRequest, ImageBody};
-pub use envelope::{CheckData, CheckEnvelope, CheckOutcome, FaceInfo, Verification};
+pub use envelope::{CheckData, CheckEnvelope, FaceInfo, Verification};
 pub use error::{ApiError, ErrorEnvelope};
 pub use metrics::Metrics;
 
@@ -97,14 +97,9 @@ pub struct AppConfig {
     pub max_concurrent_fetches: usize,
     /// Image fetches in flight per API key (429 beyond).
     pub max_fetches_per_key: usize,
-    /// Networks the image fetcher may reach although they are private/loopback/...
-    pub allow_fetch_from: Vec<IpNet>,
-    /// Connect timeout of image fetches.
-    pub fetch_connect_timeout: Duration,
-    /// Total timeout of one image fetch (connect, redirects, and the whole body).
-    pub fetch_timeout: Duration,
-    /// Redirects followed per fetch (each one re-validated).
-    pub max_redirects: usize,
+    /// The image fetcher: allow-list, timeouts, redirects. Its `max_bytes` is replaced by
+    /// `max_image_bytes`, the one image size limit.
+    pub fetch: FetchConfig,
     /// Checks running on the CPU at once.
     pub max_concurrent_checks: usize,
     /// Longest expected wait for a CPU slot at which a check is still admitted; beyond it the
@@ -125,29 +120,56 @@ pub struct AppConfig {
     pub app_version: String,
 }
 
+/// Default of [`AppConfig::max_body_bytes`] (`--max-body-bytes`).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+/// Default of [`AppConfig::body_timeout`] (`--body-timeout`), in seconds.
+pub const DEFAULT_BODY_TIMEOUT_SECS: f64 = 60.0;
+/// Default of [`AppConfig::max_body_bytes_in_flight`] (`--max-body-bytes-in-flight`).
+pub const DEFAULT_MAX_BODY_BYTES_IN_FLIGHT: usize = 64 * 1024 * 1024;
+/// Default of [`AppConfig::header_timeout`] (`--header-timeout`), in seconds.
+pub const DEFAULT_HEADER_TIMEOUT_SECS: f64 = 10.0;
+/// Default of [`AppConfig::max_connections`] (`--max-connections`).
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 1024;
+/// Default of [`AppConfig::max_concurrent_fetches`] (`--max-concurrent-fetches`).
+pub const DEFAULT_MAX_CONCURRENT_FETCHES: u32 = 32;
+/// Default of [`AppConfig::max_fetches_per_key`] (`--max-fetches-per-key`).
+pub const DEFAULT_MAX_FETCHES_PER_KEY: u32 = 4;
+/// Default of [`AppConfig::max_queue_wait`] (`--max-queue-wait`), in seconds.
+pub const DEFAULT_MAX_QUEUE_WAIT_SECS: f64 = 2.0;
+/// Default of [`AppConfig::max_queued_checks`] per CPU slot (`--max-queued-checks`).
+pub const DEFAULT_QUEUED_CHECKS_PER_SLOT: usize = 256;
+/// Default of [`AppConfig::key_cache_ttl`] (`--key-cache-ttl`), in seconds.
+pub const DEFAULT_KEY_CACHE_TTL_SECS: f64 = 5.0;
+/// Default of [`AppConfig::rate_limit_per_minute`] (`--rate-limit-per-minute`).
+pub const DEFAULT_RATE_LIMIT_PER_MINUTE: u32 = 600;
+
+impl AppConfig {
+    /// The default for [`AppConfig::max_concurrent_checks`]: one per core.
+    pub fn default_concurrent_checks() -> usize {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    }
+}
+
 impl Default for AppConfig {
     fn default() -> Self {
-        let cores = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1);
+        let cores = AppConfig::default_concurrent_checks();
         AppConfig {
-            max_body_bytes: 16 * 1024 * 1024,
-            max_image_bytes: 10 * 1024 * 1024,
-            body_timeout: Duration::from_secs(60),
-            max_body_bytes_in_flight: 64 * 1024 * 1024,
-            header_timeout: Duration::from_secs(10),
-            max_connections: 1024,
-            max_concurrent_fetches: 32,
-            max_fetches_per_key: 4,
-            allow_fetch_from: Vec::new(),
-            fetch_connect_timeout: Duration::from_secs(5),
-            fetch_timeout: Duration::from_secs(15),
-            max_redirects: 3,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_image_bytes: crate::pipeline::DEFAULT_MAX_IMAGE_BYTES,
+            body_timeout: Duration::from_secs_f64(DEFAULT_BODY_TIMEOUT_SECS),
+            max_body_bytes_in_flight: DEFAULT_MAX_BODY_BYTES_IN_FLIGHT,
+            header_timeout: Duration::from_secs_f64(DEFAULT_HEADER_TIMEOUT_SECS),
+            max_connections: DEFAULT_MAX_CONNECTIONS as usize,
+            max_concurrent_fetches: DEFAULT_MAX_CONCURRENT_FETCHES as usize,
+            max_fetches_per_key: DEFAULT_MAX_FETCHES_PER_KEY as usize,
+            fetch: FetchConfig::default(),
             max_concurrent_checks: cores,
-            max_queue_wait: Duration::from_secs(2),
-            max_queued_checks: cores * 256,
-            key_cache_ttl: Duration::from_secs(5),
-            rate_limit_per_minute: NonZeroU32::new(600),
+            max_queue_wait: Duration::from_secs_f64(DEFAULT_MAX_QUEUE_WAIT_SECS),
+            max_queued_checks: cores * DEFAULT_QUEUED_CHECKS_PER_SLOT,
+            key_cache_ttl: Duration::from_secs_f64(DEFAULT_KEY_CACHE_TTL_SECS),
+            rate_limit_per_minute: NonZeroU32::new(DEFAULT_RATE_LIMIT_PER_MINUTE),
             redis: None,
             app_version: env!("CARGO_PKG_VERSION").to_owned(),
         }
@@ -179,7 +201,8 @@ pub struct AppState {
 
 pub(crate) struct Inner {
     pub(crate) config: AppConfig,
-    pub(crate) pipeline: Arc<Pipeline>,
+    /// The check every front end runs.
+    pub(crate) service: Arc<CheckService>,
     pub(crate) store: Store,
     /// Group commit of audit rows.
     pub(crate) audit: AuditWriter,
@@ -251,11 +274,8 @@ impl Application {
             ));
         }
         let fetcher = Fetcher::new(FetchConfig {
-            allow: config.allow_fetch_from.clone(),
-            connect_timeout: config.fetch_connect_timeout,
-            total_timeout: config.fetch_timeout,
             max_bytes: config.max_image_bytes,
-            max_redirects: config.max_redirects,
+            ..config.fetch.clone()
         })
         .map_err(|e| ServerError::Fetch(e.to_string()))?;
         let metrics = Metrics::new()?;
@@ -282,7 +302,7 @@ impl Application {
         let state = AppState {
             inner: Arc::new(Inner {
                 config,
-                pipeline,
+                service: Arc::new(CheckService::new(pipeline)),
                 audit: AuditWriter::spawn(store.clone()),
                 store,
                 fetcher,

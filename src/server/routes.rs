@@ -13,12 +13,11 @@ use uuid::Uuid;
 
 use super::auth::{Caller, RateLimitedCaller};
 use super::body::ImageBody;
-use super::envelope::{CheckEnvelope, CheckOutcome, FaceInfo};
+use super::envelope::CheckEnvelope;
 use super::error::{internal_error_response, json_response, ApiError, ErrorEnvelope};
 use super::AppState;
-use crate::fetch::{parse_image_input, ImageInput};
-use crate::pipeline::{DecodeError, PipelineError, Reason, Verdict};
-use crate::store::AuditRecord;
+use crate::fetch::{parse_image_input, ImageInput, InputKind};
+use crate::service::{CheckError, CheckOutcome, Provenance};
 
 /// Decrements the in-flight gauge when a check ends, however it ends.
 struct InFlight {
@@ -34,7 +33,7 @@ impl Drop for InFlight {
 /// The image bytes of a request and where they came from.
 struct Image {
     bytes: bytes::Bytes,
-    input_kind: &'static str,
+    input_kind: InputKind,
     url_host: Option<String>,
 }
 
@@ -189,58 +188,33 @@ async fn run_check(
         .start()
         .await
         .ok_or_else(|| ApiError::Unavailable("shutting down".into()))?;
-    let pipeline = Arc::clone(&inner.pipeline);
+    let service = Arc::clone(&inner.service);
     let started = Instant::now();
-    let (result, bytes) = tokio::task::spawn_blocking(move || {
+    let result = tokio::task::spawn_blocking(move || {
         let _running = running;
-        let result = pipeline.check(&bytes);
-        let digest = crate::sha256_hex(&bytes);
-        (result, (digest, bytes.len()))
+        service.check(&bytes)
     })
     .await
     .map_err(|e| ApiError::Internal(format!("check task failed: {e}")))?;
     metrics.observe_stage_ms("pipeline", started.elapsed().as_secs_f64() * 1000.0);
-    let verdict = verdict_or_error(result)?;
-    let (image_sha256, image_bytes) = bytes;
-    metrics.observe_stage_ms("decode", verdict.timings.decode);
-    metrics.observe_stage_ms("detect", verdict.timings.detect);
-    metrics.observe_stage_ms("classify", verdict.timings.classify);
+    let checked = result.map_err(check_error)?;
+    let timings = checked.verdict.timings;
+    metrics.observe_stage_ms("decode", timings.decode);
+    metrics.observe_stage_ms("detect", timings.detect);
+    metrics.observe_stage_ms("classify", timings.classify);
 
-    let outcome = CheckOutcome {
-        reference: Uuid::new_v4(),
-        live: verdict.live,
-        p_real: f64::from(verdict.p_real),
-        threshold: f64::from(verdict.threshold),
-        reason: verdict.reason.code().to_owned(),
-        detail: verdict.reason.sentence().to_owned(),
-        face: verdict.face.map(|f| FaceInfo {
-            bbox: f.bbox,
-            confidence: f64::from(f.confidence),
-        }),
-        model: inner.pipeline.model_hash().to_owned(),
-    };
-    let record = AuditRecord {
-        reference: outcome.reference,
-        key_id: Some(caller.key.id),
-        created_at: chrono::Utc::now(),
-        live: outcome.live,
-        p_real: outcome.p_real,
-        threshold: outcome.threshold,
-        reason: outcome.reason.clone(),
-        detail: outcome.detail.clone(),
-        bbox: outcome.face.map(|f| f.bbox),
-        detector_confidence: outcome.face.map(|f| f.confidence),
-        image_sha256,
-        image_bytes: image_bytes as i64,
-        image_width: verdict.image_size.and_then(|s| i32::try_from(s[0]).ok()),
-        image_height: verdict.image_size.and_then(|s| i32::try_from(s[1]).ok()),
-        input_kind: input_kind.to_owned(),
-        url_host,
-        model_hash: inner.pipeline.model_hash().to_owned(),
-        engine: inner.pipeline.engine_name().to_owned(),
-        app_version: inner.config.app_version.clone(),
-        timings_ms: verdict.timings,
-    };
+    let outcome = inner.service.outcome(&checked, Uuid::new_v4());
+    let record = outcome.audit(
+        &checked,
+        Provenance {
+            key_id: Some(caller.key.id),
+            source: input_kind.into(),
+            url_host,
+            engine: inner.service.pipeline().engine_name().to_owned(),
+            app_version: inner.config.app_version.clone(),
+            created_at: chrono::Utc::now(),
+        },
+    );
     // The audit row is committed before the verdict leaves; no row, no verdict.
     let audit_start = Instant::now();
     inner
@@ -252,7 +226,7 @@ async fn run_check(
     metrics
         .verdicts
         .with_label_values(&[
-            outcome.reason.as_str(),
+            outcome.reason.code(),
             if outcome.live { "true" } else { "false" },
         ])
         .inc();
@@ -261,12 +235,12 @@ async fn run_check(
         key_id = %caller.key.id,
         live = outcome.live,
         p_real = outcome.p_real,
-        reason = %outcome.reason,
-        input_kind,
+        reason = outcome.reason.code(),
+        input_kind = input_kind.as_str(),
         "verdict"
     );
 
-    let mut response = json_response(StatusCode::OK, &CheckEnvelope::from_outcome(&outcome));
+    let mut response = json_response(StatusCode::OK, &CheckEnvelope::from(&outcome));
     if let Some(info) = caller.rate_limit {
         info.apply(response.headers_mut());
     }
@@ -283,7 +257,7 @@ async fn obtain_image(
     let inner = &state.inner;
     let input = parse_image_input(image, inner.config.max_image_bytes)
         .map_err(|e| ApiError::BadImage(e.client_message()))?;
-    let input_kind = input.kind().as_str();
+    let input_kind = input.kind();
     match input {
         ImageInput::Bytes { bytes, .. } => Ok(Image {
             bytes: bytes.into(),
@@ -325,29 +299,13 @@ async fn obtain_image(
     }
 }
 
-/// Over HTTP, bytes that cannot be used as an image are client errors, not verdicts.
-fn verdict_or_error(result: Result<Verdict, PipelineError>) -> Result<Verdict, ApiError> {
-    match result {
-        Ok(verdict) => match verdict.reason {
-            Reason::ImageCorrupt | Reason::UnsupportedFormat => {
-                Err(ApiError::BadImage(verdict.reason.sentence().to_owned()))
-            }
-            Reason::TooManyPixels => Err(ApiError::BadImage(format!(
-                "Image too large: {}",
-                verdict.reason.sentence().to_lowercase()
-            ))),
-            _ => Ok(verdict),
-        },
-        Err(PipelineError::Decode(err)) => Err(decode_error(&err)),
-        Err(err @ (PipelineError::Engine(_) | PipelineError::Crop { .. })) => {
-            Err(ApiError::Internal(format!("pipeline: {err}")))
-        }
+/// Over HTTP, bytes that cannot be used as an image are client errors (400, with what to send
+/// instead); a fault of the models is ours (500).
+fn check_error(err: CheckError) -> ApiError {
+    match err {
+        CheckError::Input(e) => ApiError::BadImage(e.client_message()),
+        err @ CheckError::Engine(_) => ApiError::Internal(format!("pipeline: {err}")),
     }
-}
-
-fn decode_error(err: &DecodeError) -> ApiError {
-    // Not an image, unsupported, corrupt, too many pixels, too many bytes: all the client's to fix.
-    ApiError::BadImage(err.client_message())
 }
 
 /// Fetch the stored result of an earlier check.
@@ -394,22 +352,9 @@ pub async fn get_check(
         .await
         .map_err(|e| ApiError::from_store("audit read", &e))?
         .ok_or(ApiError::NotFound)?;
-    let outcome = CheckOutcome {
-        reference: record.reference,
-        live: record.live,
-        p_real: record.p_real,
-        threshold: record.threshold,
-        reason: record.reason,
-        detail: record.detail,
-        face: match (record.bbox, record.detector_confidence) {
-            (Some(bbox), Some(confidence)) => Some(FaceInfo { bbox, confidence }),
-            _ => None,
-        },
-        model: record.model_hash,
-    };
     Ok(json_response(
         StatusCode::OK,
-        &CheckEnvelope::from_outcome(&outcome),
+        &CheckEnvelope::from(&CheckOutcome::from(&record)),
     ))
 }
 
@@ -481,7 +426,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         },
         models: "loaded",
         database,
-        model: inner.pipeline.model_hash().to_owned(),
+        model: inner.service.model_hash().to_owned(),
         version: inner.config.app_version.clone(),
     };
     let status = if db_ok && !draining {
@@ -584,36 +529,33 @@ mod tests {
 
     #[test]
     fn unusable_images_are_client_errors_not_verdicts() {
-        let err =
-            verdict_or_error(Err(PipelineError::Decode(DecodeError::NotAnImage))).unwrap_err();
+        use crate::pipeline::{DecodeError, PipelineError};
+        let err = check_error(PipelineError::Decode(DecodeError::NotAnImage).into());
         assert_eq!(err.status(), StatusCode::BAD_REQUEST);
-        let err = verdict_or_error(Err(PipelineError::Decode(DecodeError::TooManyPixels {
-            width: 100_000,
-            height: 100_000,
-            limit: 40_000_000,
-        })))
-        .unwrap_err();
+        for decode in [
+            DecodeError::Corrupt("eof".into()),
+            DecodeError::Unsupported("AVIF".into()),
+        ] {
+            let err = check_error(PipelineError::Decode(decode).into());
+            assert_eq!(err.status(), StatusCode::BAD_REQUEST, "{err}");
+        }
+        let err = check_error(
+            PipelineError::Decode(DecodeError::TooManyPixels {
+                width: 100_000,
+                height: 100_000,
+                limit: 40_000_000,
+            })
+            .into(),
+        );
         assert_eq!(err.status(), StatusCode::BAD_REQUEST);
         assert!(err.client_message().contains("too large"), "{err}");
-        for reason in [
-            Reason::ImageCorrupt,
-            Reason::UnsupportedFormat,
-            Reason::TooManyPixels,
-        ] {
-            let err = verdict_or_error(Ok(Verdict::quality(reason, 0.5))).unwrap_err();
-            assert_eq!(err.status(), StatusCode::BAD_REQUEST, "{reason:?}");
-        }
-        for reason in [Reason::NoFace, Reason::MultipleFaces, Reason::FaceTooSmall] {
-            let v = verdict_or_error(Ok(Verdict::quality(reason, 0.5))).unwrap();
-            assert_eq!(v.reason, reason);
-        }
-        let err = verdict_or_error(Err(PipelineError::Engine(
-            crate::engine::EngineError::Run {
+        let err = check_error(
+            PipelineError::Engine(crate::engine::EngineError::Run {
                 model: "x".to_string(),
                 message: "boom".into(),
-            },
-        )))
-        .unwrap_err();
+            })
+            .into(),
+        );
         assert_eq!(err.status(), StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(err.client_message(), "Internal server error");
     }

@@ -5,6 +5,33 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{parse_ts, parse_uuid, pg_ts, ts_text, Pool, Store, StoreError, Timings};
+use crate::pipeline::Reason;
+
+/// How the image reached the service, as audited (stored as `url` or `base64`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImageSource {
+    /// Fetched from an http(s) URL.
+    Url,
+    /// Sent inline (bare base64 or a data URI).
+    Base64,
+}
+
+impl ImageSource {
+    /// The stored code.
+    pub fn code(self) -> &'static str {
+        match self {
+            ImageSource::Url => "url",
+            ImageSource::Base64 => "base64",
+        }
+    }
+
+    fn from_code(code: &str) -> Option<ImageSource> {
+        [ImageSource::Url, ImageSource::Base64]
+            .into_iter()
+            .find(|s| s.code() == code)
+    }
+}
 
 /// One audited check. It holds what is needed to explain a decision later and nothing that would
 /// make the trail itself sensitive: no image bytes (only their SHA-256 and size), no full URL
@@ -20,8 +47,8 @@ pub struct AuditRecord {
     pub live: bool,
     pub p_real: f64,
     pub threshold: f64,
-    /// Stable reason code (`live`, `spoof`, `no_face`...).
-    pub reason: String,
+    /// The verdict's reason (stored as its code: `live`, `spoof`, `no_face`...).
+    pub reason: Reason,
     pub detail: String,
     /// Face box `[x, y, w, h]` in pixels of the upright image.
     pub bbox: Option<[i32; 4]>,
@@ -31,8 +58,8 @@ pub struct AuditRecord {
     pub image_bytes: i64,
     pub image_width: Option<i32>,
     pub image_height: Option<i32>,
-    /// How the image came: `url` or `base64`.
-    pub input_kind: String,
+    /// How the image came (stored as `url` or `base64`).
+    pub input_kind: ImageSource,
     /// Host of the image URL (no scheme, path, query or credentials), for `url` inputs.
     pub url_host: Option<String>,
     /// Hash identifying the model set that decided.
@@ -95,7 +122,10 @@ impl AuditRow {
             live: self.live,
             p_real: self.p_real,
             threshold: self.threshold,
-            reason: self.reason,
+            reason: Reason::from_code(&self.reason).ok_or_else(|| StoreError::Corrupt {
+                column: "audit.reason",
+                detail: format!("unknown reason code {:?}", self.reason),
+            })?,
             detail: self.detail,
             bbox,
             detector_confidence: self.detector_confidence,
@@ -103,7 +133,12 @@ impl AuditRow {
             image_bytes: self.image_bytes,
             image_width: self.image_width,
             image_height: self.image_height,
-            input_kind: self.input_kind,
+            input_kind: ImageSource::from_code(&self.input_kind).ok_or_else(|| {
+                StoreError::Corrupt {
+                    column: "audit.input_kind",
+                    detail: format!("unknown input kind {:?}", self.input_kind),
+                }
+            })?,
             url_host: self.url_host,
             model_hash: self.model_hash,
             engine: self.engine,
@@ -156,7 +191,7 @@ macro_rules! bind_record {
             .bind(r.live)
             .bind(r.p_real)
             .bind(r.threshold)
-            .bind(&r.reason)
+            .bind(r.reason.code())
             .bind(&r.detail)
             .bind(bbox.map(|b| b[0]))
             .bind(bbox.map(|b| b[1]))
@@ -167,7 +202,7 @@ macro_rules! bind_record {
             .bind(r.image_bytes)
             .bind(r.image_width)
             .bind(r.image_height)
-            .bind(&r.input_kind)
+            .bind(r.input_kind.code())
             .bind(&r.url_host)
             .bind(&r.model_hash)
             .bind(&r.engine)

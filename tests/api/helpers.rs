@@ -20,6 +20,7 @@ use axum::routing::get;
 use axum::Router;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
+use livecheck::fetch::FetchConfig;
 use livecheck::pipeline::{Pipeline, PipelineConfig};
 use livecheck::server::{AppConfig, Application};
 use livecheck::store::Store;
@@ -171,9 +172,12 @@ impl TestApp {
 /// The default test configuration: loopback image server allowed, modest limits.
 pub fn test_config() -> AppConfig {
     AppConfig {
-        allow_fetch_from: vec!["127.0.0.1/32".parse().unwrap()],
-        fetch_timeout: Duration::from_secs(10),
-        fetch_connect_timeout: Duration::from_secs(2),
+        fetch: FetchConfig {
+            allow: vec!["127.0.0.1/32".parse().unwrap()],
+            total_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(2),
+            ..FetchConfig::default()
+        },
         max_concurrent_checks: 2,
         max_queued_checks: 16,
         rate_limit_per_minute: None,

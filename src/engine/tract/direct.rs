@@ -32,9 +32,9 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::einsum::EinSum;
 
-use super::depthwise::{
-    const_f32, conv_output_fact, fold_tail, match_conv3x3, out_side, output_f32, plain_f32,
-    replace_conv3x3, SpatialInput,
+use super::graph::{
+    const_f32, conv_output_fact, fold_tail, fuse_nodes, match_conv3x3, out_side, output_f32,
+    plain_f32, Fused, SpatialInput,
 };
 
 /// Whether this CPU runs one of [`Product`]'s vector kernels (AVX-512F, or AVX2 + FMA). Without
@@ -748,65 +748,49 @@ fn match_einsum(model: &TypedModel, n: usize) -> Option<(Vec<f32>, usize, usize,
 /// Replace every 1x1 convolution (as tract's declutter leaves it, an `EinSum`) of a concrete,
 /// decluttered model by [`Pointwise`], folding the per-channel additions and multiplications
 /// after it, then `max(x, 0)` or PReLU. Returns how many were replaced.
-pub fn fuse_pointwise(model: &mut TypedModel) -> TractResult<usize> {
-    let mut replaced = 0;
-    for n in model.eval_order()? {
-        let Some((mut weights, co, ci, lead_in, lead_out)) = match_einsum(model, n) else {
-            continue;
-        };
+pub(super) fn fuse_pointwise(model: &mut TypedModel) -> TractResult<usize> {
+    fuse_nodes(model, "pointwise", false, |model, n| {
+        let (mut weights, co, ci, lead_in, lead_out) = match_einsum(model, n)?;
         let mut bias = vec![0f32; co];
         let tail = fold_tail(model, OutletId::new(n, 0), &mut weights, &mut bias);
-        let Some(product) = Product::new(co, ci, &weights, bias)
-            .and_then(|p| p.with_activation(tail.relu, tail.slopes))
-        else {
-            continue;
-        };
+        let product =
+            Product::new(co, ci, &weights, bias)?.with_activation(tail.relu, tail.slopes)?;
         let op = Pointwise {
             product,
             lead_in,
             lead_out,
         };
-        let mut patch = TypedModelPatch::default();
-        let input = patch.tap_model(model, model.node(n).inputs[0])?;
-        let y = patch.wire_node(format!("{}.pointwise", model.node(n).name), op, &[input])?[0];
-        patch.shunt_outside(model, tail.last, y)?;
-        patch.apply(model)?;
-        replaced += 1;
-    }
-    model.compact()?;
-    Ok(replaced)
+        Some(Fused {
+            op: Box::new(op),
+            last: tail.last,
+        })
+    })
 }
 
 /// Replace every dense 3x3 convolution (stride 1 or 2, zero padding 1) of a concrete,
 /// decluttered model by [`Dense3x3`], folding the per-channel steps and activation after it and
 /// a canvas mask before it. Returns how many were replaced.
-pub fn fuse_dense3x3(model: &mut TypedModel) -> TractResult<usize> {
-    let mut replaced = 0;
-    for n in model.eval_order()? {
-        let Some(mut conv) = match_conv3x3(model, n, false) else {
-            continue;
-        };
+pub(super) fn fuse_dense3x3(model: &mut TypedModel) -> TractResult<usize> {
+    fuse_nodes(model, "dense3x3", true, |model, n| {
+        let mut conv = match_conv3x3(model, n, false)?;
         let tail = fold_tail(
             model,
             OutletId::new(n, 0),
             &mut conv.weights,
             &mut conv.bias,
         );
-        let Some(product) = Product::new(conv.co, 9 * conv.ci, &conv.weights, conv.bias)
-            .and_then(|p| p.with_activation(tail.relu, tail.slopes))
-        else {
-            continue;
-        };
+        let product = Product::new(conv.co, 9 * conv.ci, &conv.weights, conv.bias)?
+            .with_activation(tail.relu, tail.slopes)?;
         let op = Dense3x3 {
             product,
             ci: conv.ci,
             stride: conv.stride,
         };
-        replace_conv3x3(model, n, tail.last, op, "dense3x3")?;
-        replaced += 1;
-    }
-    model.compact()?;
-    Ok(replaced)
+        Some(Fused {
+            op: Box::new(op),
+            last: tail.last,
+        })
+    })
 }
 
 #[cfg(test)]

@@ -36,10 +36,16 @@ use tract_onnx::tract_core;
 use tract_onnx::tract_hir::internal::*;
 use tract_onnx::tract_hir::ops::expandable::expand;
 
-use super::depthwise::fuse_depthwise;
-use super::direct::{self, fuse_dense3x3, fuse_pointwise};
+mod depthwise;
+mod direct;
+mod graph;
+
+use self::depthwise::fuse_depthwise;
+pub use self::direct::fast_kernels;
+use self::direct::{fuse_dense3x3, fuse_pointwise};
 use super::{DetectorOutput, Engine, EngineError};
-use crate::models::{LoadedSet, ModelError};
+use crate::models::LoadedSet;
+use crate::LoadError;
 
 type Plan = Arc<TypedRunnableModel>;
 
@@ -102,14 +108,6 @@ struct ClassifierPlan {
     name: String,
     size: usize,
     plan: Plan,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    #[error(transparent)]
-    Model(#[from] ModelError),
-    #[error(transparent)]
-    Engine(#[from] EngineError),
 }
 
 fn load_err(file: &str, e: impl std::fmt::Display) -> EngineError {
@@ -402,14 +400,14 @@ pub fn assemble_head(
 /// ([`fuse_depthwise`]), 1x1 convolutions ([`fuse_pointwise`]) and dense 3x3 convolutions
 /// ([`fuse_dense3x3`]), each with the per-channel affine and activation after it folded in.
 /// The last two only where one of their vector kernels runs (AVX-512F, or AVX2 + FMA:
-/// [`direct::fast_kernels`]): elsewhere tract's own kernels keep them. Nothing with
+/// [`fast_kernels`]): elsewhere tract's own kernels keep them. Nothing with
 /// [`Kernels::Tract`].
 fn fuse(model: &mut TypedModel, kernels: Kernels) -> TractResult<()> {
     if kernels == Kernels::Tract {
         return Ok(());
     }
     fuse_depthwise(model)?;
-    if direct::fast_kernels() {
+    if fast_kernels() {
         fuse_pointwise(model)?;
         fuse_dense3x3(model)?;
     }
