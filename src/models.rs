@@ -401,15 +401,13 @@ fn check_file(f: &ModelFile) -> Result<(), String> {
     Ok(())
 }
 
-/// The places searched for model files, in order: `flag` (which clap also fills from
-/// `LIVECHECK_MODEL_DIR`), the files embedded in the binary, then `./models`, then
-/// `../shared/models` and its `candidates/`.
+/// The places searched for model files, in order: `flag` (`--models`, which clap fills from
+/// `LIVECHECK_MODEL_DIR`; the library reads no environment itself), the files embedded in the
+/// binary, then `./models`, then `../shared/models` and its `candidates/`.
 pub fn search_path(flag: Option<&Path>) -> Vec<Place> {
     let mut places = Vec::new();
     if let Some(dir) = flag {
         places.push(Place::Dir(dir.to_path_buf()));
-    } else if let Some(dir) = std::env::var_os("LIVECHECK_MODEL_DIR") {
-        places.push(Place::Dir(PathBuf::from(dir)));
     }
     places.push(Place::Embedded);
     for d in ["models", "../shared/models", "../shared/models/candidates"] {

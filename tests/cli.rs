@@ -1,20 +1,13 @@
 //! The `check` and `models` commands, run as a user would run them (the real binary).
 
 mod common;
+use common::livecheck;
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
 fn models() -> PathBuf {
     common::models()
-}
-
-fn livecheck(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_livecheck"))
-        .args(args)
-        .env("LIVECHECK_MODEL_DIR", models())
-        .output()
-        .unwrap()
 }
 
 fn lines(out: &Output) -> Vec<serde_json::Value> {

@@ -1,31 +1,23 @@
 //! `livecheck keys` end to end: the real binary on a temporary SQLite file.
 
+mod common;
+use common::assert_ok;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
 use livecheck::store::Store;
 
 fn livecheck(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_livecheck"))
+    common::livecheck_command()
         .args(args)
         .current_dir(dir)
-        .env_remove("LIVECHECK_DATABASE_URL")
         .output()
         .unwrap()
 }
 
 fn stdout(out: &Output) -> String {
     String::from_utf8(out.stdout.clone()).unwrap()
-}
-
-fn assert_ok(out: &Output) {
-    assert!(
-        out.status.success(),
-        "status {:?}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[tokio::test]

@@ -5,31 +5,13 @@
 //! binary feeds it shows up as a mismatch.
 
 mod common;
+use common::{assert_ok, livecheck};
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use serde_json::Value;
-
-fn livecheck(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_livecheck"))
-        .args(args)
-        .env("LIVECHECK_MODEL_DIR", common::models())
-        .env_remove("LIVECHECK_THRESHOLD")
-        .output()
-        .expect("run livecheck")
-}
-
-fn assert_ok(out: &Output) {
-    assert!(
-        out.status.success(),
-        "livecheck failed ({:?})\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 #[derive(Debug)]
 struct Row {

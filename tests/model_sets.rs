@@ -4,9 +4,9 @@
 //! `models list` and `--model-set` command-line paths.
 
 mod common;
+use common::livecheck;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use livecheck::engine::{tract::TractEngine, Engine};
 use livecheck::models::{LoadedSet, ModelSet};
@@ -132,14 +132,6 @@ fn three_member_set_end_to_end() {
         let json = serde_json::to_value(scores).unwrap();
         assert_eq!(json["faceantispoof_minifas"].as_array().unwrap().len(), 2);
     }
-}
-
-fn livecheck(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_livecheck"))
-        .args(args)
-        .env("LIVECHECK_MODEL_DIR", model_dir())
-        .output()
-        .unwrap()
 }
 
 #[test]

@@ -528,3 +528,49 @@ fn the_face_confirmation_scan_recovers_under_scored_devset_faces() {
         .iter()
         .any(|n| n.ends_with("serengil+deepface__tests_unit_dataset_img17.jpg")));
 }
+
+/// A backend that returns NaN logits without noticing (the tract engine itself refuses them).
+/// A fake, because the test is about what the pipeline and the check service make of such a
+/// fault; detection is the real engine's.
+struct NanClassifier(livecheck::engine::tract::TractEngine);
+
+impl livecheck::engine::Engine for NanClassifier {
+    fn detect(
+        &self,
+        input: &[f32],
+        width: usize,
+        height: usize,
+    ) -> Result<livecheck::engine::DetectorOutput, livecheck::engine::EngineError> {
+        self.0.detect(input, width, height)
+    }
+
+    fn classify(
+        &self,
+        _member: usize,
+        _input: &[f32],
+    ) -> Result<Vec<f32>, livecheck::engine::EngineError> {
+        Ok(vec![f32::NAN, 0.0, 0.0])
+    }
+
+    fn name(&self) -> &'static str {
+        "nan"
+    }
+}
+
+/// A non-finite score is an engine error, never a verdict (and never a 0 that reads as spoof).
+#[test]
+fn non_finite_logits_are_an_engine_error_never_a_verdict() {
+    use livecheck::service::{CheckError, CheckService};
+    let set =
+        livecheck::models::LoadedSet::resolve(Some("silentface"), Some(&common::models())).unwrap();
+    let engine = livecheck::engine::tract::TractEngine::load(&set).unwrap();
+    let p = Pipeline::new(
+        Box::new(NanClassifier(engine)),
+        set.set,
+        PipelineConfig::default(),
+    );
+    let service = CheckService::new(std::sync::Arc::new(p));
+    let err = service.check(&sample("image_T1.jpg")).unwrap_err();
+    assert!(matches!(err, CheckError::Engine(_)), "{err:?}");
+    assert_eq!(err.code(), "engine_error");
+}

@@ -32,6 +32,10 @@ pub enum EngineError {
     Run { model: String, message: String },
     #[error("unexpected output from {model}: {message}")]
     Output { model: String, message: String },
+    /// A classifier produced no logits or a non-finite one (NaN, infinity): an engine fault,
+    /// never a score.
+    #[error("{model} gave {} logits, not all finite: {logits:?}", logits.len())]
+    NonFinite { model: String, logits: Vec<f32> },
 }
 
 /// An inference backend. Implementations are `Send + Sync` and are shared by all threads.
@@ -46,7 +50,7 @@ pub trait Engine: Send + Sync {
 
     /// Run classifier `member` (its index in the model set) on its NCHW tensor
     /// `[1,3,size,size]`, already preprocessed; returns the raw logits, all finite (a non-finite
-    /// output is an [`EngineError::Output`], never a score).
+    /// output is an [`EngineError::NonFinite`], never a score).
     fn classify(&self, member: usize, input: &[f32]) -> Result<Vec<f32>, EngineError>;
 
     /// A short name for logs and reports (e.g. `tract`).

@@ -448,6 +448,8 @@ fn s(v: &str) -> String {
 }
 
 /// Renders `report.html`.
+/// The self-contained HTML report: provenance, the figures, per-attack and per-reason tables,
+/// groups, ROC/DET curves, score histograms, the worst-scored images and the non-responses.
 pub fn render_html(
     r: &MetricsReport,
     samples: &[ScoredSample],
@@ -455,12 +457,6 @@ pub fn render_html(
 ) -> Result<String, ReportError> {
     let m = &r.metrics;
     let pure: Vec<Sample> = samples.iter().map(|x| x.to_sample(group_by)).collect();
-    let sweep = ScoreSweep::new(&pure);
-    let curve = sweep.curve();
-    let operating = match (sweep.apcer_at(m.threshold), sweep.bpcer_at(m.threshold)) {
-        (Some(a), Some(b)) => Some((a, b)),
-        _ => None,
-    };
 
     let mut h = String::new();
     h.push_str("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">");
@@ -468,8 +464,21 @@ pub fn render_html(
     h.push_str("<title>livecheck evaluation report</title><style>");
     h.push_str(CSS);
     h.push_str("</style></head><body>\n<h1>livecheck evaluation report</h1>\n");
+    html_provenance(&mut h, r);
+    html_tables(&mut h, r);
+    html_curves(&mut h, m, &pure)?;
+    html_histograms(&mut h, m, &pure)?;
+    html_worst_scored(&mut h, samples);
+    html_non_responses(&mut h, samples);
+    h.push_str("<h2>Conventions</h2>\n<p class=\"note\">");
+    h.push_str(&esc(CONVENTIONS));
+    h.push_str("</p>\n</body></html>\n");
+    Ok(h)
+}
 
-    // Provenance.
+/// Who computed what on which data.
+fn html_provenance(h: &mut String, r: &MetricsReport) {
+    let m = &r.metrics;
     let meta = vec![
         vec![s("livecheck version"), s(r.app_version)],
         vec![s("dataset"), r.dataset.clone()],
@@ -492,14 +501,17 @@ pub fn render_html(
         );
     }
     h.push_str("</tbody></table>\n");
+}
 
-    // Summary.
+/// The figures, per attack type, outcomes by reason, and the groups.
+fn html_tables(h: &mut String, r: &MetricsReport) {
+    let m = &r.metrics;
     h.push_str("<h2>Metrics</h2>\n");
     let rows: Vec<Vec<String>> = summary_rows(r)
         .into_iter()
         .map(|(k, v)| vec![k, v])
         .collect();
-    table_html(&mut h, &[s("Figure"), s("Value")], &rows);
+    table_html(h, &[s("Figure"), s("Value")], &rows);
 
     // Per attack type.
     h.push_str("<h2>Per attack type</h2>\n");
@@ -516,7 +528,7 @@ pub fn render_html(
         ]);
     }
     table_html(
-        &mut h,
+        h,
         &[
             s("attack type"),
             s("images"),
@@ -537,7 +549,7 @@ pub fn render_html(
             rows.push(vec![label.clone(), reason.clone(), n.to_string()]);
         }
     }
-    table_html(&mut h, &[s("label"), s("reason"), s("images")], &rows);
+    table_html(h, &[s("label"), s("reason"), s("images")], &rows);
 
     // Groups.
     if let Some(g) = &r.groups {
@@ -553,10 +565,18 @@ pub fn render_html(
                 row
             })
             .collect();
-        table_html(&mut h, &header, &rows);
+        table_html(h, &header, &rows);
     }
+}
 
-    // Curves.
+/// ROC and DET curves, all attack types pooled, with the configured threshold marked.
+fn html_curves(h: &mut String, m: &Metrics, pure: &[Sample]) -> Result<(), ReportError> {
+    let sweep = ScoreSweep::new(pure);
+    let curve = sweep.curve();
+    let operating = match (sweep.apcer_at(m.threshold), sweep.bpcer_at(m.threshold)) {
+        (Some(a), Some(b)) => Some((a, b)),
+        _ => None,
+    };
     h.push_str("<h2>ROC and DET</h2>\n<div class=\"plots\">");
     h.push_str(&plot::roc_svg(&curve, operating, m.auc)?);
     h.push_str(&plot::det_svg(&curve, operating, m.eer)?);
@@ -564,7 +584,11 @@ pub fn render_html(
 never falls below the live non-response rate. The red dot is the configured threshold. DET axes are normal deviates \
 (probit); rates of 0 are drawn at the lower edge.</p>\n");
 
-    // Histograms.
+    Ok(())
+}
+
+/// Score histograms: live against all attacks, then against each attack type.
+fn html_histograms(h: &mut String, m: &Metrics, pure: &[Sample]) -> Result<(), ReportError> {
     let live_scores: Vec<f64> = pure
         .iter()
         .filter(|x| x.label == Label::Live)
@@ -624,7 +648,11 @@ Bars show the share of each class per bin of width 0.05.</p>",
         m.non_response.live_count, m.non_response.spoof_count
     );
 
-    // Worst-scored.
+    Ok(())
+}
+
+/// The ten lowest-scored live images and the ten highest-scored attacks.
+fn html_worst_scored(h: &mut String, samples: &[ScoredSample]) {
     let mut lives: Vec<&ScoredSample> = samples
         .iter()
         .filter(|x| x.label == Label::Live && x.p_real().is_some())
@@ -667,14 +695,15 @@ Bars show the share of each class per bin of width 0.05.</p>",
         s("reason"),
     ];
     h.push_str("<h2>Worst-scored live images (lowest p_real)</h2>\n");
-    table_html(&mut h, &header, &worst(&lives));
+    table_html(h, &header, &worst(&lives));
     h.push_str("<h2>Worst-scored attacks (highest p_real)</h2>\n");
-    table_html(&mut h, &header, &worst(&attacks));
+    table_html(h, &header, &worst(&attacks));
+}
 
-    // Non-responses.
+/// The images without a liveness decision (the first [`NR_LIMIT`]).
+fn html_non_responses(h: &mut String, samples: &[ScoredSample]) {
     let nrs: Vec<&ScoredSample> = samples.iter().filter(|x| x.p_real().is_none()).collect();
     let _ = writeln!(h, "<h2>Non-responses ({})</h2>", nrs.len());
-    const NR_LIMIT: usize = 100;
     let rows: Vec<Vec<String>> = nrs
         .iter()
         .take(NR_LIMIT)
@@ -691,23 +720,17 @@ Bars show the share of each class per bin of width 0.05.</p>",
             ]
         })
         .collect();
-    table_html(
-        &mut h,
-        &[s("file"), s("label"), s("reason"), s("detail")],
-        &rows,
-    );
+    table_html(h, &[s("file"), s("label"), s("reason"), s("detail")], &rows);
     if nrs.len() > NR_LIMIT {
         let _ = writeln!(
             h,
             "<p class=\"note\">First {NR_LIMIT} shown; scores.csv lists all.</p>"
         );
     }
-
-    h.push_str("<h2>Conventions</h2>\n<p class=\"note\">");
-    h.push_str(&esc(CONVENTIONS));
-    h.push_str("</p>\n</body></html>\n");
-    Ok(h)
 }
+
+/// Non-responses listed in the HTML report (`scores.csv` has them all).
+const NR_LIMIT: usize = 100;
 
 #[cfg(test)]
 mod tests {

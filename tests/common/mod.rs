@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 include!("skip.rs");
 
@@ -53,4 +54,39 @@ pub fn devset(what: &str) -> Option<PathBuf> {
             None
         }
     }
+}
+
+/// The `livecheck` binary under test, with models from [`models`] and none of the outer
+/// environment's settings that would change what a command does (threshold, model set,
+/// database).
+pub fn livecheck_command() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_livecheck"));
+    c.env("LIVECHECK_MODEL_DIR", models());
+    for var in [
+        "LIVECHECK_THRESHOLD",
+        "LIVECHECK_MODEL_SET",
+        "LIVECHECK_DATABASE_URL",
+    ] {
+        c.env_remove(var);
+    }
+    c
+}
+
+/// Run `livecheck ARGS` ([`livecheck_command`]) to completion.
+pub fn livecheck(args: &[&str]) -> Output {
+    livecheck_command()
+        .args(args)
+        .output()
+        .expect("run livecheck")
+}
+
+/// Fail with the command's status and output unless it succeeded.
+pub fn assert_ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "livecheck failed ({:?})\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

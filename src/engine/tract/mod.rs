@@ -662,9 +662,9 @@ impl Engine for TractEngine {
             .transpose()?
             .unwrap_or_default();
         if v.is_empty() || v.iter().any(|x| !x.is_finite()) {
-            return Err(EngineError::Output {
+            return Err(EngineError::NonFinite {
                 model: name.to_string(),
-                message: format!("{} logits, not all finite: {v:?}", v.len()),
+                logits: v,
             });
         }
         Ok(v)
