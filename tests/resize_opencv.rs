@@ -1,6 +1,7 @@
 //! Bit-exactness of `resize_bilinear` against `cv2.resize` on random sizes (up- and downscaling).
-//! Needs OpenCV-generated vectors: see `scripts/opencv-resize-vectors.py`. Ignored by default
-//! because CI has no OpenCV; the reference tensors in `tests/parity.rs` cover the pipeline's sizes.
+//! Needs OpenCV-generated vectors, so it is ignored in a plain `cargo test`;
+//! `scripts/opencv-parity.sh` writes them with OpenCV and runs it (CI does). The reference tensors
+//! in `tests/parity.rs` cover the pipeline's own sizes on every run.
 
 use livecheck::pipeline::resize::{resize_bilinear, ImageView};
 

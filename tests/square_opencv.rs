@@ -1,8 +1,8 @@
 //! Bit-exactness of `pipeline::square` against OpenCV: `cv2.resize` with `INTER_AREA` and
 //! `INTER_LANCZOS4`, and face-antispoof-onnx's square crop + letterbox (`cv2.copyMakeBorder`
-//! `BORDER_REFLECT_101`). Needs OpenCV-generated vectors: see `scripts/opencv-square-vectors.py`.
-//! Ignored by default because CI has no OpenCV; the fixed cases in `square.rs`'s unit tests always
-//! run.
+//! `BORDER_REFLECT_101`). Needs OpenCV-generated vectors, so it is ignored in a plain
+//! `cargo test`; `scripts/opencv-parity.sh` writes them with OpenCV and runs it (CI does). The
+//! fixed cases in `square.rs`'s unit tests always run.
 
 use std::path::Path;
 
