@@ -120,6 +120,11 @@ pub struct PipelineArgs {
     #[arg(long, env = "LIVECHECK_MIN_CONTEXT_RATIO", default_value_t = pipeline::DEFAULT_MIN_CONTEXT_RATIO)]
     pub min_context_ratio: f32,
 
+    /// Largest image accepted, in bytes (files, fetched URLs, and the service's base64 and URL
+    /// images alike).
+    #[arg(long, env = "LIVECHECK_MAX_IMAGE_BYTES", default_value_t = pipeline::DEFAULT_MAX_IMAGE_BYTES, value_name = "BYTES")]
+    pub max_image_bytes: usize,
+
     /// Largest image accepted, in pixels (checked from the header, before decoding).
     #[arg(long, env = "LIVECHECK_MAX_PIXELS", default_value_t = pipeline::DEFAULT_MAX_PIXELS)]
     pub max_pixels: u64,
@@ -177,7 +182,7 @@ impl PipelineArgs {
             min_context_ratio: self.min_context_ratio,
             min_image_side: defaults.min_image_side,
             limits: livecheck::pipeline::DecodeLimits {
-                max_bytes: defaults.limits.max_bytes,
+                max_bytes: self.max_image_bytes,
                 max_pixels: self.max_pixels,
             },
             multi_face_scan: self.multi_face_scan,
@@ -195,18 +200,8 @@ impl PipelineArgs {
 
     /// Resolve the model set, verify and load its models, and build the pipeline.
     pub fn build(&self) -> anyhow::Result<livecheck::pipeline::Pipeline> {
-        self.build_with(|_| ())
-    }
-
-    /// [`PipelineArgs::build`], with `adjust` applied to the configuration the flags describe
-    /// (`serve` ties the byte cap to `--max-image-bytes`).
-    pub fn build_with(
-        &self,
-        adjust: impl FnOnce(&mut livecheck::pipeline::PipelineConfig),
-    ) -> anyhow::Result<livecheck::pipeline::Pipeline> {
         let set = self.model_set()?;
-        let mut config = self.config(set.set.threshold)?;
-        adjust(&mut config);
+        let config = self.config(set.set.threshold)?;
         Ok(livecheck::pipeline_with_kernels(set, config, self.kernels)?)
     }
 }

@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use livecheck::server;
 use livecheck::server::ratelimit::RedisConfig;
 use livecheck::server::{AppConfig, Application};
 use livecheck::store::{Store, StoreOptions};
-use livecheck::{pipeline, server};
 
 /// Serve the Adhere-compatible liveness API. Every flag is also an environment variable.
 #[derive(clap::Args)]
@@ -37,10 +37,6 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub fetch: super::common::FetchArgs,
-
-    /// Largest image accepted, in bytes, whether fetched from a URL or sent as base64.
-    #[arg(long, env = "LIVECHECK_MAX_IMAGE_BYTES", default_value_t = pipeline::DEFAULT_MAX_IMAGE_BYTES, value_name = "BYTES")]
-    pub max_image_bytes: usize,
 
     /// Largest request body accepted, in bytes (413 above). Leave room for base64 of the largest
     /// image: at least 4/3 of --max-image-bytes plus a few hundred bytes.
@@ -169,14 +165,14 @@ impl ServeArgs {
             .unwrap_or(defaults.max_concurrent_checks);
         AppConfig {
             max_body_bytes: self.max_body_bytes,
-            max_image_bytes: self.max_image_bytes,
+            max_image_bytes: self.pipeline.max_image_bytes,
             body_timeout: Duration::from_secs_f64(self.body_timeout),
             max_body_bytes_in_flight: self.max_body_bytes_in_flight,
             header_timeout: Duration::from_secs_f64(self.header_timeout),
             max_connections: self.max_connections as usize,
             max_concurrent_fetches: self.max_concurrent_fetches as usize,
             max_fetches_per_key: self.max_fetches_per_key as usize,
-            fetch: self.fetch.fetch_config(self.max_image_bytes),
+            fetch: self.fetch.fetch_config(self.pipeline.max_image_bytes),
             max_concurrent_checks: concurrent,
             max_queue_wait: Duration::from_secs_f64(self.max_queue_wait),
             max_queued_checks: self
@@ -198,10 +194,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     init_tracing(args.log_json);
     // The pipeline's own byte cap follows --max-image-bytes (the fetcher and the base64 parser
     // enforce it first; this keeps the three from disagreeing).
-    let pipeline = Arc::new(
-        args.pipeline
-            .build_with(|c| c.limits.max_bytes = args.max_image_bytes)?,
-    );
+    let pipeline = Arc::new(args.pipeline.build()?);
     let config = args.app_config();
     // Blocking checks run on tokio's blocking pool, bounded by the CPU semaphore.
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -351,6 +344,7 @@ mod tests {
     use crate::cmd::common::{parse_cidr, parse_seconds};
     use clap::Parser;
     use ipnet::IpNet;
+    use livecheck::pipeline;
 
     #[derive(Parser)]
     struct Cli {
