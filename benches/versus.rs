@@ -524,8 +524,9 @@ fn main() {
     ));
     if let Some((r, peer_run)) = &plain_run {
         md.push_str(&format!(
-            "\nWithout the fused kernels (`--kernels tract`, what a CPU without AVX-512 gets for \
-             the 1x1 and dense 3x3 convolutions, and less): {:.1} ok/s at {} clients against the \
+            "\nWithout the fused kernels (`--kernels tract`: tract's own kernels for every \
+             convolution, what a CPU with neither AVX-512 nor AVX2 + FMA gets for the 1x1 and \
+             dense 3x3 ones): {:.1} ok/s at {} clients against the \
              peer's {:.1} (ratio {:.2}), p50 / p99 {:.1} / {:.1} ms, {:.1} ms CPU per check, \
              non-2xx {}.\n",
             r.ok_per_s(),
