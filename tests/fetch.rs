@@ -6,15 +6,13 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{Path, Request};
+use axum::extract::Path;
 use axum::http::{header, HeaderValue, StatusCode};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -28,57 +26,30 @@ use livecheck::fetch::{
 use url::Url;
 
 mod common;
-use common::skip_unless_ci;
 
 const IMAGE: &[u8] = b"\x89PNG\r\n\x1a\n-not-really-a-png-but-bytes-are-bytes";
 
-/// A running test server and the number of requests it has seen.
-struct Server {
-    addr: SocketAddr,
-    hits: Arc<AtomicUsize>,
+/// A running test server ([`common::TestServer`]): its address and the requests it has seen.
+type Server = common::TestServer;
+
+/// `http://<addr><path>` as a URL.
+trait UrlOf {
+    fn url(&self, path: &str) -> Url;
 }
 
-impl Server {
-    fn hits(&self) -> usize {
-        self.hits.load(Ordering::SeqCst)
-    }
-
-    /// `http://<addr>/<path>` (IPv6 in brackets).
+impl UrlOf for Server {
     fn url(&self, path: &str) -> Url {
-        Url::parse(&format!("http://{}{path}", self.addr)).unwrap()
+        Url::parse(&format!("{}{path}", self.base())).unwrap()
     }
 }
 
 /// Serve `router` on `bind` (port 0 = any). `None` when the address cannot be bound (e.g. no IPv6).
 async fn serve_on(bind: &str, router: Router) -> Option<Server> {
-    let listener = match tokio::net::TcpListener::bind(bind).await {
-        Ok(l) => l,
-        Err(e) => {
-            skip_unless_ci(
-                &format!("the part of this test that needs {bind}"),
-                &format!("cannot bind it: {e}"),
-            );
-            return None;
-        }
-    };
-    let addr = listener.local_addr().unwrap();
-    let hits = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&hits);
-    let router = router.layer(middleware::from_fn(move |req: Request, next: Next| {
-        let counter = Arc::clone(&counter);
-        async move {
-            counter.fetch_add(1, Ordering::SeqCst);
-            next.run(req).await
-        }
-    }));
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, router).await;
-    });
-    Some(Server { addr, hits })
+    Server::start_on(bind, router).await
 }
 
 async fn serve(router: Router) -> Server {
-    serve_on("127.0.0.1:0", router).await.unwrap()
+    Server::start(router).await
 }
 
 fn image_response() -> Response {

@@ -15,14 +15,13 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use helpers::{
-    create_key_cli, get_text, http_client as client, post_check, PgSchema, ServeProcess,
+    create_key_cli, get_text, http_client as client, post_check, PgSchema, ServeProcess, PG_ENV,
 };
 use reqwest::StatusCode;
 use serde_json::Value;
 use sqlx::Connection;
 use uuid::Uuid;
 
-const PG_ENV: &str = "LIVECHECK_TEST_POSTGRES_URL";
 const REDIS_ENV: &str = "LIVECHECK_TEST_REDIS_URL";
 
 fn livecheck(args: &[&str]) -> std::process::Output {

@@ -14,56 +14,12 @@ use sqlx::Connection;
 use uuid::Uuid;
 
 mod common;
-use common::skip_unless_ci;
-
-const PG_ENV: &str = "LIVECHECK_TEST_POSTGRES_URL";
+use common::with_each_database;
 
 /// A fresh, migrated database and the URL that reaches it (to reconnect).
 struct TestDb {
     store: Store,
     url: String,
-}
-
-/// Run `body` once with a URL naming a fresh, empty database per backend: a SQLite file in a
-/// temporary directory, then (if configured) a new PostgreSQL schema, dropped afterwards even when
-/// the body panics.
-async fn with_each_database<F, Fut>(body: F)
-where
-    F: Fn(String, &'static str) -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("livecheck.db").display());
-    let outcome = tokio::spawn(body(url, "sqlite")).await;
-    drop(dir);
-    if let Err(e) = outcome {
-        std::panic::resume_unwind(e.into_panic());
-    }
-
-    let Ok(base) = std::env::var(PG_ENV) else {
-        skip_unless_ci(
-            "the PostgreSQL half of this test",
-            &format!("{PG_ENV} is unset"),
-        );
-        return;
-    };
-    let schema = format!("lc_test_{}", Uuid::new_v4().simple());
-    let mut admin = sqlx::PgConnection::connect(&base).await.unwrap();
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let separator = if base.contains('?') { '&' } else { '?' };
-    let url = format!("{base}{separator}options[search_path]={schema}");
-    let outcome = tokio::spawn(body(url, "postgres")).await;
-    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let _ = admin.close().await;
-    if let Err(e) = outcome {
-        std::panic::resume_unwind(e.into_panic());
-    }
 }
 
 /// Run `body` with a connected store on each backend.

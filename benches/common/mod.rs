@@ -12,7 +12,8 @@ pub mod helpers;
 
 #[path = "../../tests/common/mod.rs"]
 mod testcommon;
-pub use testcommon::{models, sample, silentface, skip_unless_ci};
+#[allow(unused_imports)]
+pub use testcommon::{models, sample, silentface, skip_unless_ci, PgSchema, TestServer, PG_ENV};
 
 use axum::extract::Path as UrlPath;
 use axum::http::{header, StatusCode};

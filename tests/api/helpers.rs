@@ -8,13 +8,11 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use axum::extract::{Path as UrlPath, Query, Request};
+use axum::extract::{Path as UrlPath, Query};
 use axum::http::{header, StatusCode};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -30,9 +28,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 pub const CHECK: &str = "/api/onboarding/biometrics/face/liveliness_check/";
-pub use crate::common::skip_unless_ci;
-
-const PG_ENV: &str = "LIVECHECK_TEST_POSTGRES_URL";
+pub use crate::common::{skip_unless_ci, PgSchema, TestServer, PG_ENV};
 
 pub use crate::common::models as model_dir;
 
@@ -261,41 +257,6 @@ where
     }
 }
 
-/// A fresh PostgreSQL schema on the server at `base`; `url` selects it as the search path.
-pub struct PgSchema {
-    pub url: String,
-    name: String,
-    base: String,
-}
-
-impl PgSchema {
-    pub async fn create(base: &str) -> PgSchema {
-        let name = format!("lc_test_{}", Uuid::new_v4().simple());
-        let mut admin = sqlx::PgConnection::connect(base).await.unwrap();
-        sqlx::query(&format!("CREATE SCHEMA {name}"))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-        let _ = admin.close().await;
-        let separator = if base.contains('?') { '&' } else { '?' };
-        PgSchema {
-            url: format!("{base}{separator}options[search_path]={name}"),
-            name,
-            base: base.to_owned(),
-        }
-    }
-
-    /// Drops the schema and everything in it.
-    pub async fn drop(self) {
-        let mut admin = sqlx::PgConnection::connect(&self.base).await.unwrap();
-        sqlx::query(&format!("DROP SCHEMA {} CASCADE", self.name))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-        let _ = admin.close().await;
-    }
-}
-
 /// Creates an API key with `livecheck keys create` on `db`; returns its token.
 pub fn create_key_cli(db: &str) -> String {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_livecheck"))
@@ -472,11 +433,11 @@ impl Drop for ServeProcess {
     }
 }
 
-/// A local HTTP server for images, counting the requests it sees.
+/// A local HTTP server for images ([`TestServer`] with the routes below).
 #[derive(Clone)]
 pub struct ImageServer {
     pub addr: SocketAddr,
-    hits: Arc<AtomicUsize>,
+    server: TestServer,
 }
 
 #[derive(serde::Deserialize)]
@@ -493,19 +454,6 @@ impl ImageServer {
 
     /// `None` when `bind` cannot be bound here (e.g. no IPv6 loopback).
     pub async fn start_on(bind: &str) -> Option<ImageServer> {
-        let listener = match tokio::net::TcpListener::bind(bind).await {
-            Ok(l) => l,
-            Err(e) => {
-                skip_unless_ci(
-                    &format!("the part of this test that needs {bind}"),
-                    &format!("cannot bind it: {e}"),
-                );
-                return None;
-            }
-        };
-        let addr = listener.local_addr().unwrap();
-        let hits = Arc::new(AtomicUsize::new(0));
-        let counter = Arc::clone(&hits);
         let router = Router::new()
             .route(
                 "/img/{name}",
@@ -532,26 +480,20 @@ impl ImageServer {
                 get(|Query(to): Query<To>| async move {
                     (StatusCode::FOUND, [(header::LOCATION, to.to)]).into_response()
                 }),
-            )
-            .layer(middleware::from_fn(move |req: Request, next: Next| {
-                let counter = Arc::clone(&counter);
-                async move {
-                    counter.fetch_add(1, Ordering::SeqCst);
-                    next.run(req).await
-                }
-            }));
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, router).await;
-        });
-        Some(ImageServer { addr, hits })
+            );
+        let server = TestServer::start_on(bind, router).await?;
+        Some(ImageServer {
+            addr: server.addr,
+            server,
+        })
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        format!("{}{path}", self.server.base())
     }
 
     pub fn hits(&self) -> usize {
-        self.hits.load(Ordering::SeqCst)
+        self.server.hits()
     }
 }
 

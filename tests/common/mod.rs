@@ -1,4 +1,6 @@
-//! Helpers shared by the test binaries: fixture paths, the model directory, the optional devset.
+//! Helpers shared by the test binaries: fixture paths, the model directory, the optional devset,
+//! the binary runner, store fixtures ([`with_each_database`], [`PgSchema`]) and a local HTTP
+//! server ([`TestServer`]).
 //! Each test binary uses a part of it.
 #![allow(dead_code)]
 
@@ -6,6 +8,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 include!("skip.rs");
+
+mod db;
+mod server;
+#[allow(unused_imports)] // each test binary uses a part of it
+pub use db::{with_each_database, PgSchema, PG_ENV};
+#[allow(unused_imports)]
+pub use server::TestServer;
 
 /// The repository root.
 pub fn root() -> &'static Path {
