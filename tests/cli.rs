@@ -216,12 +216,10 @@ async fn models_fetch_from_url_base() {
             },
         ),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let server = common::TestServer::start(app).await;
     let tmp = tempfile::tempdir().unwrap();
     let to = tmp.path().to_path_buf();
-    let base = format!("http://{addr}/m");
+    let base = format!("{}/m", server.base());
     let out = tokio::task::spawn_blocking(move || {
         livecheck(&[
             "models",
@@ -248,69 +246,46 @@ async fn models_fetch_from_url_base() {
     }
 }
 
-/// A one-file HTTP server on 127.0.0.1 (std only): answers every request with `body` as
-/// image/jpeg and counts the requests it saw.
-struct ImageServer {
-    port: u16,
-    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+/// `livecheck ARGS` on the blocking pool, so that the test's own server keeps answering.
+async fn livecheck_async(args: &[&str]) -> Output {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        livecheck(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    })
+    .await
+    .unwrap()
 }
 
-fn image_server(body: Vec<u8>) -> ImageServer {
-    use std::io::{Read, Write};
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let hits = std::sync::Arc::new(AtomicUsize::new(0));
-    let seen = hits.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut s) = stream else { continue };
-            seen.fetch_add(1, Ordering::SeqCst);
-            // Read the request head (small GET, no body).
-            let mut head = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                match s.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => head.extend_from_slice(&buf[..n]),
-                }
-            }
-            let _ = write!(
-                s,
-                "HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = s.write_all(&body);
-        }
-    });
-    ImageServer { port, hits }
-}
-
-#[test]
-fn check_fetches_urls_under_the_address_policy() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_fetches_urls_under_the_address_policy() {
     let body = std::fs::read(common::silentface().join("image_T1.jpg")).unwrap();
-    let server = image_server(body);
-    let url = format!("http://127.0.0.1:{}/selfie.jpg?token=x", server.port);
+    let app = axum::Router::new().fallback(move || {
+        let body = body.clone();
+        async move { ([(axum::http::header::CONTENT_TYPE, "image/jpeg")], body) }
+    });
+    let server = common::TestServer::start(app).await;
+    let url = format!("{}/selfie.jpg?token=x", server.base());
 
     // Loopback is not public: refused before any connection, one error line, exit status 1.
-    let out = livecheck(&["check", &url]);
+    let out = livecheck_async(&["check", &url]).await;
     assert_eq!(out.status.code(), Some(1));
     let l = lines(&out);
     assert_eq!(l.len(), 1);
     assert_eq!(l[0]["file"], url.as_str());
     let err = l[0]["error"].as_str().unwrap();
     assert!(err.contains("cannot fetch image"), "{err}");
-    assert_eq!(server.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(server.hits(), 0);
 
     // Opened explicitly: fetched and checked like the file (T1 is live), mixed with a local file.
     let file = common::silentface().join("image_F1.jpg");
-    let out = livecheck(&[
+    let out = livecheck_async(&[
         "check",
         "--allow-fetch-from",
         "127.0.0.1/32",
         &url,
         file.to_str().unwrap(),
-    ]);
+    ])
+    .await;
     assert!(
         out.status.success(),
         "{}",
@@ -321,10 +296,10 @@ fn check_fetches_urls_under_the_address_policy() {
     assert_eq!(l[0]["file"], url.as_str());
     assert_eq!(l[0]["live"], true);
     assert_eq!(l[1]["live"], false);
-    assert_eq!(server.hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(server.hits(), 1);
 
     // A malformed URL is a usage error before any model is loaded.
-    let out = livecheck(&["check", "http://[::1"]);
+    let out = livecheck_async(&["check", "http://[::1"]).await;
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a valid URL"));
 }
