@@ -153,23 +153,31 @@ impl AuditRow {
     }
 }
 
-const COLUMNS: &str = "reference, key_id, created_at, live, p_real, threshold, reason, detail, \
-     bbox_x, bbox_y, bbox_w, bbox_h, detector_confidence, image_sha256, image_bytes, \
-     image_width, image_height, input_kind, url_host, model_hash, engine, app_version, \
-     decode_ms, detect_ms, classify_ms, total_ms";
+/// The audit table's columns in insert and row order, once (`concat!` needs a literal, hence
+/// the macro). `PG_SELECT_COLUMNS` lists them again with PostgreSQL's casts to text.
+macro_rules! audit_columns {
+    () => {
+        "reference, key_id, created_at, live, p_real, threshold, reason, detail, \
+         bbox_x, bbox_y, bbox_w, bbox_h, detector_confidence, image_sha256, image_bytes, \
+         image_width, image_height, input_kind, url_host, model_hash, engine, app_version, \
+         decode_ms, detect_ms, classify_ms, total_ms"
+    };
+}
 
-const SQLITE_INSERT: &str = "INSERT INTO audit (reference, key_id, created_at, live, p_real, \
-     threshold, reason, detail, bbox_x, bbox_y, bbox_w, bbox_h, detector_confidence, \
-     image_sha256, image_bytes, image_width, image_height, input_kind, url_host, model_hash, \
-     engine, app_version, decode_ms, detect_ms, classify_ms, total_ms) \
-     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+const COLUMNS: &str = audit_columns!();
 
-const PG_INSERT: &str = "INSERT INTO audit (reference, key_id, created_at, live, p_real, \
-     threshold, reason, detail, bbox_x, bbox_y, bbox_w, bbox_h, detector_confidence, \
-     image_sha256, image_bytes, image_width, image_height, input_kind, url_host, model_hash, \
-     engine, app_version, decode_ms, detect_ms, classify_ms, total_ms) \
-     VALUES ($1::uuid, $2::uuid, $3::timestamptz, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
-     $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26)";
+const SQLITE_INSERT: &str = concat!(
+    "INSERT INTO audit (",
+    audit_columns!(),
+    ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+);
+
+const PG_INSERT: &str = concat!(
+    "INSERT INTO audit (",
+    audit_columns!(),
+    ") VALUES ($1::uuid, $2::uuid, $3::timestamptz, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
+     $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26)"
+);
 
 const PG_SELECT_COLUMNS: &str = concat!(
     "reference::text AS reference, key_id::text AS key_id, ",
