@@ -47,6 +47,8 @@ struct Run {
     secs: f64,
     answers: Tally,
     cpu_s: f64,
+    /// CPU seconds of the load clients (this process) over the measured window.
+    client_cpu_s: f64,
     rss_mb: f64,
     pss_mb: f64,
     healthz_ms: Vec<f64>,
@@ -213,6 +215,9 @@ async fn run(
     let tree = process_tree(service.pid);
     let stages0 = stage_totals(&service.base).await;
     let cpu0 = cpu_seconds(&tree);
+    // The load clients run in this process, on the same cores as the server.
+    let me = [std::process::id()];
+    let client_cpu0 = cpu_seconds(&me);
     let started = Instant::now();
     // Memory: the largest of samples taken through the run.
     let (mut rss, mut pss) = (0u64, 0u64);
@@ -222,6 +227,7 @@ async fn run(
         pss = pss.max(tree.iter().map(|&p| pss_kib(p)).sum());
     }
     let cpu_s = cpu_seconds(&tree) - cpu0;
+    let client_cpu_s = cpu_seconds(&me) - client_cpu0;
     let elapsed = started.elapsed().as_secs_f64();
     let stages1 = stage_totals(&service.base).await;
     stop.store(true, Ordering::Relaxed);
@@ -236,6 +242,7 @@ async fn run(
         clients,
         secs: elapsed,
         cpu_s,
+        client_cpu_s,
         rss_mb: rss as f64 / 1024.0,
         pss_mb: pss as f64 / 1024.0,
         stages_ms,
@@ -548,7 +555,8 @@ fn main() {
             "\nBurst: {} clients against livecheck for {} s: {:.1} successful checks/s{}, \
              answers other than 200: {} ({} of the 503s without `Retry-After`); `/healthz` \
              every 20 ms meanwhile: p50 {:.1} ms, p99 {:.1} ms over {} probes. (Clients \
-             wait as `Retry-After` says before retrying.)\n",
+             wait as `Retry-After` says before retrying.) CPU over the {} s window: server {:.1} s ({:.1} ms per successful check), load clients \
+             {:.1} s{}.\n",
             b.clients,
             secs.as_secs(),
             b.ok_per_s(),
@@ -558,6 +566,16 @@ fn main() {
             percentile(&b.healthz_ms, 50.0),
             percentile(&b.healthz_ms, 99.0),
             b.healthz_ms.len(),
+            secs.as_secs(),
+            b.cpu_s,
+            b.cpu_ms_per_ok(),
+            b.client_cpu_s,
+            rows.iter()
+                .find(|(l, _)| l.clients == 16)
+                .map_or(String::new(), |(l, _)| format!(
+                    " (at 16 clients: server {:.1} s, clients {:.1} s)",
+                    l.cpu_s, l.client_cpu_s
+                )),
         ));
     }
     println!("{md}");
