@@ -547,10 +547,7 @@ fn main() {
         ));
     }
     if let Some(b) = &burst_run {
-        let at16 = rows
-            .iter()
-            .find(|(l, _)| l.clients == 16)
-            .map(|(l, _)| l.ok_per_s());
+        let at16 = rows.iter().find(|(l, _)| l.clients == 16).map(|(l, _)| l);
         md.push_str(&format!(
             "\nBurst: {} clients against livecheck for {} s: {:.1} successful checks/s{}, \
              answers other than 200: {} ({} of the 503s without `Retry-After`); `/healthz` \
@@ -560,7 +557,7 @@ fn main() {
             b.clients,
             secs.as_secs(),
             b.ok_per_s(),
-            at16.map_or(String::new(), |v| format!(" (16 clients: {v:.1})")),
+            at16.map_or(String::new(), |l| format!(" (16 clients: {:.1})", l.ok_per_s())),
             statuses(b),
             b.answers.unavailable_without_retry_after,
             percentile(&b.healthz_ms, 50.0),
@@ -570,12 +567,10 @@ fn main() {
             b.cpu_s,
             b.cpu_ms_per_ok(),
             b.client_cpu_s,
-            rows.iter()
-                .find(|(l, _)| l.clients == 16)
-                .map_or(String::new(), |(l, _)| format!(
-                    " (at 16 clients: server {:.1} s, clients {:.1} s)",
-                    l.cpu_s, l.client_cpu_s
-                )),
+            at16.map_or(String::new(), |l| format!(
+                " (at 16 clients: server {:.1} s, clients {:.1} s)",
+                l.cpu_s, l.client_cpu_s
+            )),
         ));
     }
     println!("{md}");

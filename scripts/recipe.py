@@ -38,10 +38,10 @@ class Recipe:
                     return ort.InferenceSession(os.path.join(d, name), so, providers=cpu)
             raise FileNotFoundError(f"{name} not in {model_dir} or its candidates/")
 
-        spec = json.load(open(set_file)) if set_file else SILENTFACE
+        spec = json.load(open(set_file or SILENTFACE_SET))
         self.det = session(spec["detector"]["file"])
         self.classifiers = [(session(m["file"]), m) for m in spec["classifiers"]]
-        self.fusion = spec.get("fusion") or {"rule": "mean", "weights": [1.0] * len(self.classifiers)}
+        self.fusion = spec["fusion"]
         self._priors = {}
 
     def priors(self, w, h):
@@ -137,14 +137,7 @@ class Recipe:
         return 1 / (1 + math.exp(-z)), bbox
 
 
-def _silentface_member(name, scale):
-    return {"file": f"{name}.onnx", "crop": {"kind": "clamp", "scale": scale}, "size": 80, "resize": "linear",
-            "channels": "bgr", "scale": 1.0, "mean": [0.0] * 3, "std": [1.0] * 3, "output": "softmax",
-            "real_index": 1}
-
-
-SILENTFACE = {"detector": {"file": "retinaface_silentface.onnx"},
-              "classifiers": [_silentface_member("MiniFASNetV2", 2.7), _silentface_member("MiniFASNetV1SE", 4.0)]}
-
+# The default set, as livecheck builds it in (models/sets/silentface.json).
+SILENTFACE_SET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "models", "sets", "silentface.json")
 
 VERSIONS = {"opencv": cv2.__version__, "onnxruntime": ort.__version__}

@@ -13,7 +13,9 @@ pub mod helpers;
 #[path = "../../tests/common/mod.rs"]
 mod testcommon;
 #[allow(unused_imports)]
-pub use testcommon::{models, sample, silentface, skip_unless_ci, PgSchema, TestServer, PG_ENV};
+pub use testcommon::{
+    models, sample, silentface, skip_unless_ci, with_each_database, PgSchema, TestServer, PG_ENV,
+};
 
 use axum::extract::Path as UrlPath;
 use axum::http::{header, StatusCode};

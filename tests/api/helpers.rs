@@ -28,6 +28,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 pub const CHECK: &str = "/api/onboarding/biometrics/face/liveliness_check/";
+#[allow(unused_imports)] // each test binary that includes this file uses a part of it
 pub use crate::common::{skip_unless_ci, PgSchema, TestServer, PG_ENV};
 
 pub use crate::common::models as model_dir;
@@ -230,31 +231,20 @@ pub async fn on_each_backend<C, F, Fut>(config: C, body: F)
 where
     C: Fn() -> AppConfig,
     F: Fn(TestApp) -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
+    Fut: Future<Output = ()>,
 {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("livecheck.db").display());
-    let app = start(Backend::Sqlite, url, config()).await;
-    let outcome = tokio::spawn(body(app)).await;
-    drop(dir);
-    if let Err(e) = outcome {
-        std::panic::resume_unwind(e.into_panic());
-    }
-
-    let Ok(base) = std::env::var(PG_ENV) else {
-        skip_unless_ci(
-            "the PostgreSQL half of this test",
-            &format!("{PG_ENV} is unset"),
-        );
-        return;
-    };
-    let schema = PgSchema::create(&base).await;
-    let app = start(Backend::Postgres, schema.url.clone(), config()).await;
-    let outcome = tokio::spawn(body(app)).await;
-    schema.drop().await;
-    if let Err(e) = outcome {
-        std::panic::resume_unwind(e.into_panic());
-    }
+    crate::common::with_each_database(|url, backend| {
+        let config = config();
+        let body = &body;
+        async move {
+            let backend = match backend {
+                "sqlite" => Backend::Sqlite,
+                _ => Backend::Postgres,
+            };
+            body(start(backend, url, config).await).await;
+        }
+    })
+    .await;
 }
 
 /// Creates an API key with `livecheck keys create` on `db`; returns its token.

@@ -1,6 +1,9 @@
 //! Store fixtures: fresh databases on the real servers.
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
+
+use futures_util::FutureExt as _;
 
 use sqlx::Connection;
 
@@ -45,18 +48,18 @@ impl PgSchema {
 
 /// Run `body` once with a URL naming a fresh, empty database per backend: a SQLite file in a
 /// temporary directory, then (if [`PG_ENV`] is set) a new PostgreSQL schema, dropped afterwards
-/// even when the body panics.
+/// even when the body panics (the panic is caught, the schema dropped, then the panic resumed).
 pub async fn with_each_database<F, Fut>(body: F)
 where
     F: Fn(String, &'static str) -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
+    Fut: Future<Output = ()>,
 {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("livecheck.db").display());
-    let outcome = tokio::spawn(body(url, "sqlite")).await;
+    let outcome = AssertUnwindSafe(body(url, "sqlite")).catch_unwind().await;
     drop(dir);
-    if let Err(e) = outcome {
-        std::panic::resume_unwind(e.into_panic());
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
     }
 
     let Ok(base) = std::env::var(PG_ENV) else {
@@ -67,9 +70,11 @@ where
         return;
     };
     let schema = PgSchema::create(&base).await;
-    let outcome = tokio::spawn(body(schema.url.clone(), "postgres")).await;
+    let outcome = AssertUnwindSafe(body(schema.url.clone(), "postgres"))
+        .catch_unwind()
+        .await;
     schema.drop().await;
-    if let Err(e) = outcome {
-        std::panic::resume_unwind(e.into_panic());
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
     }
 }
