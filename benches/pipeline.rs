@@ -18,7 +18,8 @@ fn stages(c: &mut Criterion) {
         .unwrap_or_else(|| shared().join("models"));
     let set = LoadedSet::resolve(Some("silentface"), Some(&dir)).unwrap();
     let engine = TractEngine::load(&set).unwrap();
-    let pipe = livecheck::load_pipeline(None, Some(&dir), PipelineConfig::default()).unwrap();
+    let pipe = livecheck::load_pipeline(Some("silentface"), Some(&dir), PipelineConfig::default())
+        .unwrap();
     let bytes = std::fs::read(shared().join("testdata/silentface/image_T1.jpg")).unwrap();
     let img = decode::decode(&bytes, &Default::default()).unwrap();
     let (w, h) = (img.width as usize, img.height as usize);

@@ -10,7 +10,8 @@
 //!
 //! Environment: `VERSUS_SECS` (measured seconds per run, default 15), `VERSUS_LEVELS` (default
 //! `1,4,16,64`), `VERSUS_BURST` (burst clients, default 512; 0 skips), `VERSUS_PYTHON` (the
-//! peer's interpreter, default `.bench-venv/bin/python`), `LIVECHECK_MODEL_DIR`. The clients run
+//! peer's interpreter, default `.bench-venv/bin/python`), `LIVECHECK_MODEL_DIR`,
+//! `LIVECHECK_MODEL_SET` (a built-in set both services run; default: livecheck's default set). The clients run
 //! on the same cores as the servers (the same for both). All traffic stays on loopback.
 //!
 //! Without `--bench` (e.g. `cargo test --benches`) it does nothing: it needs the release build
@@ -295,7 +296,7 @@ fn free_port() -> u16 {
 }
 
 /// Starts the Python peer and waits until it answers `/healthz` (each worker loads the models).
-async fn start_peer(python: &Path, models: &Path) -> (Child, String) {
+async fn start_peer(python: &Path, models: &Path, set_file: &Path) -> (Child, String) {
     let port = free_port();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/peer_service.py");
     let child = Command::new(python)
@@ -303,6 +304,7 @@ async fn start_peer(python: &Path, models: &Path) -> (Child, String) {
         .arg(models)
         .arg(port.to_string())
         .arg("2")
+        .env("PEER_MODEL_SET", set_file)
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
@@ -376,10 +378,16 @@ fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = format!("sqlite://{}", dir.path().join("versus.db").display());
     let token = common::helpers::create_key_cli(&db);
+    // Both services run the same model set: livecheck's default unless LIVECHECK_MODEL_SET names
+    // a built-in set.
+    let set_name = std::env::var("LIVECHECK_MODEL_SET")
+        .unwrap_or_else(|_| livecheck::models::DEFAULT_MODEL_SET.to_string());
+    let set_file = root.join("models/sets").join(format!("{set_name}.json"));
+    assert!(set_file.is_file(), "no built-in set {set_name}");
     let lc = ServeProcess::spawn_binary(
         &bin,
         &db,
-        &["--rate-limit-per-minute", "0"],
+        &["--rate-limit-per-minute", "0", "--model-set", &set_name],
         &[("RUST_LOG", "warn")],
     );
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -387,7 +395,7 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let (mut peer, peer_base) = rt.block_on(start_peer(&python, &models));
+    let (mut peer, peer_base) = rt.block_on(start_peer(&python, &models, &set_file));
     let lc_service = Service {
         name: "livecheck",
         base: format!("http://{}", lc.addr),

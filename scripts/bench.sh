@@ -3,15 +3,15 @@
 # onnxruntime + OpenCV, installed from PyPI into .bench-venv by this script), in one command, so
 # the ratio is taken under the same machine load. Prints a Markdown section for docs/benchmarks.md.
 #
-#   bash scripts/bench.sh                                     # the default set, ~5 minutes
-#   bash scripts/bench.sh silentface-minifas128-calibrated    # any set in models/sets/ (or a file)
+#   bash scripts/bench.sh                 # the default set (silentface-minifas128-calibrated), ~5 minutes
+#   bash scripts/bench.sh silentface      # any set in models/sets/ (or a file)
 #
 # With a set, both sides run it: livecheck with --model-set, the Python stack with the same set
 # file through scripts/recipe.py (each member's own preprocessing, the set's fusion). The p_real
 # both give each sample image is compared, so the two are known to compute the same thing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SET="${1:-silentface}"
+SET="${1:-silentface-minifas128-calibrated}"
 SET_FILE="$SET"
 [ -f "$SET_FILE" ] || SET_FILE="models/sets/$SET.json"
 [ -f "$SET_FILE" ] || { echo "bench: no model-set file $SET or $SET_FILE" >&2; exit 2; }

@@ -56,7 +56,7 @@ _recipe = None
 def recipe():
     global _recipe
     if _recipe is None:
-        _recipe = Recipe(os.environ["PEER_MODEL_DIR"])
+        _recipe = Recipe(os.environ["PEER_MODEL_DIR"], os.environ.get("PEER_MODEL_SET") or None)
     return _recipe
 
 

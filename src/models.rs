@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-/// The built-in sets: `(name, JSON text)`, the default first.
+/// The built-in sets: `(name, JSON text)`; [`DEFAULT_MODEL_SET`] says which is the default.
 pub const BUILTIN_SETS: [(&str, &str); 4] = [
     ("silentface", include_str!("../models/sets/silentface.json")),
     (
@@ -24,11 +24,16 @@ pub const BUILTIN_SETS: [(&str, &str); 4] = [
     ),
 ];
 
-/// The set `serve`, `check` and `eval` use without `--model-set`.
-pub const DEFAULT_MODEL_SET: &str = "silentface";
+/// The set `serve`, `check` and `eval` use without `--model-set`: the one that ranks best on
+/// sources it never saw (docs/accuracy.md, "Fusion calibrated on the corpus"). `silentface`, the
+/// upstream pair alone, is one flag away (`--model-set silentface`).
+pub const DEFAULT_MODEL_SET: &str = "silentface-minifas128-calibrated";
 
 /// Largest classifier input side a set may declare.
 pub const MAX_INPUT_SIDE: usize = 512;
+
+/// Largest face-finder input side a set may declare.
+pub const MAX_FINDER_SIDE: usize = 1280;
 
 /// One model file: its name and the SHA-256 every load verifies.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,6 +128,22 @@ pub enum Fusion {
 /// Clip applied to member probabilities before `logit` in [`Fusion::Logistic`].
 pub const LOGIT_EPS: f64 = 1e-6;
 
+/// A second detector whose only job is to find additional faces (the multi-face scan): YuNet
+/// (libfacedetection.train, the OpenCV `FaceDetectorYN` model) at a fixed square input, run on the
+/// whole image shrunk to fit (never enlarged), with OpenCV `FaceDetectorYN`'s decoding and NMS.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaceFinder {
+    #[serde(flatten)]
+    pub model: ModelFile,
+    /// The model's fixed input side (a multiple of 32).
+    pub size: usize,
+    /// A face counts when its score (`sqrt(cls * obj)`) reaches this.
+    pub score: f32,
+    /// NMS overlap (IoU) above which the weaker of two boxes is dropped.
+    pub nms: f32,
+}
+
 /// A model set: the detector, the classifiers and how their scores are fused.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -131,6 +152,9 @@ pub struct ModelSet {
     pub description: String,
     pub license: String,
     pub detector: ModelFile,
+    /// The multi-face scan's detector; without one the scan re-runs `detector` at twice its size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub face_finder: Option<FaceFinder>,
     pub classifiers: Vec<Member>,
     pub fusion: Fusion,
     /// The threshold the set was calibrated for (the decision default unless `--threshold`).
@@ -231,6 +255,10 @@ pub const EMBEDDED_FILES: &[(&str, &[u8])] = &[
         "faceantispoof_minifas_97.80.onnx",
         include_bytes!("../models/faceantispoof_minifas_97.80.onnx"),
     ),
+    (
+        "face_detection_yunet_2023mar.onnx",
+        include_bytes!("../models/face_detection_yunet_2023mar.onnx"),
+    ),
 ];
 
 /// Built without the `embedded-models` feature: no file is compiled in.
@@ -277,6 +305,21 @@ impl ModelSet {
     fn validate(&self) -> Result<(), String> {
         let mut names = std::collections::HashSet::new();
         check_file(&self.detector)?;
+        if let Some(f) = &self.face_finder {
+            let ctx = |e: String| format!("face_finder: {e}");
+            check_file(&f.model).map_err(ctx)?;
+            if !(32..=MAX_FINDER_SIDE).contains(&f.size) || !f.size.is_multiple_of(32) {
+                return Err(ctx(format!(
+                    "input size {} is not a multiple of 32 in [32, {MAX_FINDER_SIDE}]",
+                    f.size
+                )));
+            }
+            for (what, v) in [("score", f.score), ("nms", f.nms)] {
+                if !(v.is_finite() && v > 0.0 && v <= 1.0) {
+                    return Err(ctx(format!("{what} {v} is outside (0, 1]")));
+                }
+            }
+        }
         if self.classifiers.is_empty() {
             return Err("a set needs at least one classifier".into());
         }
@@ -351,9 +394,12 @@ impl ModelSet {
         Ok(())
     }
 
-    /// Every file of the set: the detector first, then the classifiers in order.
+    /// Every file of the set: the detector first, then the face finder if any, then the
+    /// classifiers in order.
     pub fn files(&self) -> impl Iterator<Item = &ModelFile> {
-        std::iter::once(&self.detector).chain(self.classifiers.iter().map(|m| &m.model))
+        std::iter::once(&self.detector)
+            .chain(self.face_finder.iter().map(|f| &f.model))
+            .chain(self.classifiers.iter().map(|m| &m.model))
     }
 
     /// A short identity of the set: the first 16 hex digits of SHA-256 over its canonical JSON
@@ -366,6 +412,10 @@ impl ModelSet {
             license: String::new(),
             training: None,
             detector: strip_notes(&self.detector),
+            face_finder: self.face_finder.as_ref().map(|f| FaceFinder {
+                model: strip_notes(&f.model),
+                ..f.clone()
+            }),
             classifiers: self
                 .classifiers
                 .iter()
@@ -603,6 +653,14 @@ mod tests {
         let mut c = a.clone();
         c.classifiers[0].crop = CropSpec::Clamp { scale: 2.8 };
         assert_ne!(a.hash(), c.hash());
+        // The face finder decides `multiple_faces`: its score floor is part of the identity.
+        let mut d = a.clone();
+        if let Some(f) = d.face_finder.as_mut() {
+            f.score = 0.8;
+        }
+        assert_ne!(a.hash(), d.hash());
+        d.face_finder = None;
+        assert_ne!(a.hash(), d.hash());
     }
 
     #[test]
@@ -675,6 +733,28 @@ mod tests {
                 Box::new(|v| v["classifiers"][0]["crop"]["scale"] = 0.0.into()),
             ),
             ("threshold", Box::new(|v| v["threshold"] = 1.5.into())),
+            (
+                "face_finder: input size 600 is not a multiple of 32",
+                Box::new(|v| v["face_finder"]["size"] = 600.into()),
+            ),
+            (
+                "face_finder: score 0 is outside (0, 1]",
+                Box::new(|v| v["face_finder"]["score"] = 0.0.into()),
+            ),
+            (
+                "face_finder: nms 1.5 is outside (0, 1]",
+                Box::new(|v| v["face_finder"]["nms"] = 1.5.into()),
+            ),
+            (
+                "face_finder: file",
+                Box::new(|v| v["face_finder"]["file"] = "a/b.onnx".into()),
+            ),
+            (
+                "missing field `score`",
+                Box::new(|v| {
+                    v["face_finder"].as_object_mut().unwrap().remove("score");
+                }),
+            ),
             (
                 "at least one classifier",
                 Box::new(|v| {

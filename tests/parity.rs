@@ -46,7 +46,12 @@ fn engine() -> &'static TractEngine {
 fn pipeline() -> &'static Pipeline {
     static P: OnceLock<Pipeline> = OnceLock::new();
     P.get_or_init(|| {
-        livecheck::load_pipeline(None, Some(&model_dir()), PipelineConfig::default()).unwrap()
+        livecheck::load_pipeline(
+            Some("silentface"),
+            Some(&model_dir()),
+            PipelineConfig::default(),
+        )
+        .unwrap()
     })
 }
 
@@ -302,5 +307,111 @@ fn assert_end_to_end(pipeline: &Pipeline) {
         );
         let upstream_live = entry["label"].as_u64().unwrap() == 1;
         assert_eq!(v.live, upstream_live, "{img}: verdict");
+    }
+}
+
+/// The face finder (YuNet) against OpenCV's own `FaceDetectorYN` (OpenCV 4.10,
+/// `training/reference/yunet_reference.py`, `tests/fixtures/yunet/reference.json`): inputs built
+/// from the reference's decoded samples — each alone, side by side, and a 4x4 tiling (16 small
+/// faces) — must be the same bytes (INTER_AREA shrink, top-left of zeros), and every face OpenCV
+/// reports at score 0.3 must come out with its box within 0.01 px and its score within 1e-4,
+/// and no other.
+#[test]
+fn face_finder_matches_opencv_face_detector_yn() {
+    use livecheck::pipeline::finder;
+    use sha2::{Digest, Sha256};
+
+    let r: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(common::fixtures().join("yunet/reference.json")).unwrap(),
+    )
+    .unwrap();
+    let set = silentface();
+    let ff = set
+        .face_finder
+        .clone()
+        .expect("silentface has a face finder");
+    assert_eq!(r["model"], ff.model.file.as_str());
+    let size = r["size"].as_u64().unwrap() as usize;
+    assert_eq!(size, ff.size);
+    let (score, nms) = (
+        r["score"].as_f64().unwrap() as f32,
+        r["nms"].as_f64().unwrap() as f32,
+    );
+    let samples: Vec<BgrImage> = IMAGES.iter().map(|i| ref_decoded(i)).collect();
+    let hstack = |imgs: &[&BgrImage]| -> BgrImage {
+        let h = imgs[0].height as usize;
+        let w: usize = imgs.iter().map(|i| i.width as usize).sum();
+        let mut data = Vec::with_capacity(w * h * 3);
+        for y in 0..h {
+            for i in imgs {
+                let rw = i.width as usize * 3;
+                data.extend_from_slice(&i.data[y * rw..(y + 1) * rw]);
+            }
+        }
+        BgrImage::from_raw(w as u32, h as u32, data).unwrap()
+    };
+    let row = hstack(&[&samples[0], &samples[1], &samples[2]]);
+    let wide = hstack(&[&samples[0], &samples[1], &samples[2], &samples[0]]);
+    let tile = {
+        let mut data = Vec::new();
+        for _ in 0..4 {
+            data.extend_from_slice(&wide.data);
+        }
+        BgrImage::from_raw(wide.width, wide.height * 4, data).unwrap()
+    };
+    let cases: Vec<(&str, &BgrImage)> = vec![
+        ("image_F1", &samples[0]),
+        ("image_F2", &samples[1]),
+        ("image_T1", &samples[2]),
+        ("row3", &row),
+        ("tile4x4", &tile),
+    ];
+    let engine = engine();
+    for (name, img) in cases {
+        let want = &r["images"][name];
+        let view = img.view();
+        let (mut resized, mut input) = (Vec::new(), Vec::new());
+        let scale = finder::finder_input(&view, size, &mut resized, &mut input).unwrap();
+        assert!(
+            (scale - want["scale"].as_f64().unwrap()).abs() < 1e-12,
+            "{name}"
+        );
+        let plane = size * size;
+        let hwc: Vec<u8> = (0..plane)
+            .flat_map(|i| [input[i], input[plane + i], input[2 * plane + i]].map(|v| v as u8))
+            .collect();
+        assert_eq!(
+            hex::encode(Sha256::digest(&hwc)),
+            want["input_sha256"].as_str().unwrap(),
+            "{name}: finder input differs from OpenCV's"
+        );
+        let out = engine.find_faces(&input).unwrap();
+        let got = finder::decode(&out, size, score, nms).unwrap();
+        let want_faces = want["faces"].as_array().unwrap();
+        assert_eq!(got.len(), want_faces.len(), "{name}: {got:?}");
+        // Faces of equal score (the tiling repeats the samples) may come in either order.
+        for w in want_faces {
+            let w: Vec<f32> = w
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+                .collect();
+            let close = |g: &&finder::FoundFace| {
+                [g.x, g.y, g.w, g.h]
+                    .iter()
+                    .zip(&w[..4])
+                    .all(|(a, b)| (a - b).abs() < 0.01)
+            };
+            let g = got
+                .iter()
+                .find(close)
+                .unwrap_or_else(|| panic!("{name}: OpenCV's face {w:?} not in {got:?}"));
+            assert!(
+                (g.score - w[4]).abs() < 1e-4,
+                "{name}: score {g:?} vs {w:?}"
+            );
+        }
+        println!("{name}: {} faces match", got.len());
     }
 }

@@ -394,22 +394,23 @@ fn group_photos_are_multiple_faces() {
             flagged.push(p.file_name().unwrap().to_string_lossy().to_string());
         }
     }
-    // 6 at the detector's own size, img62 by the multi-face scan; obama_and_biden and img41 are
-    // not (docs/accuracy.md: this detector scores their second faces below a blurred bystander
-    // of a single-face devset image).
-    assert!(
-        flagged.len() >= 7,
-        "only {} flagged: {flagged:?}",
-        flagged.len()
-    );
-    let img62 = std::fs::read(devset.join("multi/serengil+deepface__tests_unit_dataset_img62.jpg"))
-        .unwrap();
-    assert_eq!(reason_of(&img62), Ok(Reason::MultipleFaces));
-    assert_ne!(
-        no_scan().check(&img62).map(|v| v.reason).ok(),
-        Some(Reason::MultipleFaces),
-        "img62 is the scan's: the detector's own pass scores its second face 0.58"
-    );
+    // 6 at the detector's own size; img62 and obama_and_biden by the multi-face scan (the face
+    // finder, YuNet, at its publisher's 0.9). img41 is not: docs/accuracy.md shows that no
+    // finder score flags it without flagging single-face devset images.
+    assert_eq!(flagged.len(), 8, "{} flagged: {flagged:?}", flagged.len());
+    assert!(!flagged.iter().any(|f| f.ends_with("img41.jpg")));
+    for name in [
+        "serengil+deepface__tests_unit_dataset_img62.jpg",
+        "ageitgey+face_recognition__examples_knn_examples_test_obama_and_biden.jpg",
+    ] {
+        let bytes = std::fs::read(devset.join("multi").join(name)).unwrap();
+        assert_eq!(reason_of(&bytes), Ok(Reason::MultipleFaces), "{name}");
+        assert_ne!(
+            no_scan().check(&bytes).map(|v| v.reason).ok(),
+            Some(Reason::MultipleFaces),
+            "{name} is the scan's: the detector's own pass scores its second face under 0.6"
+        );
+    }
     for s in ["image_F1.jpg", "image_F2.jpg", "image_T1.jpg"] {
         assert_ne!(reason_of(&sample(s)), Ok(Reason::MultipleFaces));
     }
@@ -550,6 +551,13 @@ impl livecheck::engine::Engine for NanClassifier {
         _input: &[f32],
     ) -> Result<Vec<f32>, livecheck::engine::EngineError> {
         Ok(vec![f32::NAN, 0.0, 0.0])
+    }
+
+    fn find_faces(
+        &self,
+        input: &[f32],
+    ) -> Result<livecheck::engine::FinderOutput, livecheck::engine::EngineError> {
+        self.0.find_faces(input)
     }
 
     fn name(&self) -> &'static str {

@@ -212,6 +212,7 @@ def main() -> None:
                                  "training/ (frozen backbones), logistic fusion"),
             "license": cfg["license"],
             "detector": {k: base_set["detector"][k] for k in ("file", "bytes", "sha256")},
+            **({"face_finder": base_set["face_finder"]} if "face_finder" in base_set else {}),
             "classifiers": [member_entry(specs[m], results["members"][m]) for m in ms],
             "fusion": fusion,
             "threshold": cfg.get("threshold", 0.5),

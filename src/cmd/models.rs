@@ -86,6 +86,16 @@ fn print_set(set: &ModelSet) {
         String::new(),
         set.detector.sha256[..16].to_string(),
     ]);
+    if let Some(f) = &set.face_finder {
+        t.add_row([
+            "face finder (multi-face scan)".to_string(),
+            f.model.file.clone(),
+            String::new(),
+            format!("{0}x{0} bgr area-shrink", f.size),
+            format!("score >= {}, nms {}", f.score, f.nms),
+            f.model.sha256[..16].to_string(),
+        ]);
+    }
     for m in &set.classifiers {
         t.add_row([
             m.name.clone(),

@@ -24,6 +24,15 @@ impl DetectorOutput {
     }
 }
 
+/// Raw face-finder (YuNet) outputs for one image, per level (strides 8, 16 and 32): `cls` and
+/// `obj` have one score per cell, `bbox` four deltas per cell, cells row-major.
+#[derive(Debug, Clone, Default)]
+pub struct FinderOutput {
+    pub cls: [Vec<f32>; 3],
+    pub obj: [Vec<f32>; 3],
+    pub bbox: [Vec<f32>; 3],
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("cannot load model {file}: {message}")]
@@ -52,6 +61,10 @@ pub trait Engine: Send + Sync {
     /// `[1,3,size,size]`, already preprocessed; returns the raw logits, all finite (a non-finite
     /// output is an [`EngineError::NonFinite`], never a score).
     fn classify(&self, member: usize, input: &[f32]) -> Result<Vec<f32>, EngineError>;
+
+    /// Run the set's face finder on its BGR 0-255 NCHW tensor `[1,3,size,size]`. An engine
+    /// whose set has no face finder answers [`EngineError::Run`].
+    fn find_faces(&self, input: &[f32]) -> Result<FinderOutput, EngineError>;
 
     /// A short name for logs and reports (e.g. `tract`).
     fn name(&self) -> &'static str;

@@ -8,6 +8,7 @@ pub mod classify;
 pub mod crop;
 pub mod decode;
 pub mod detect;
+pub mod finder;
 pub mod resize;
 pub mod square;
 
@@ -16,7 +17,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{Engine, EngineError};
-use crate::models::{CropSpec, Member, ModelSet, ResizeKind};
+use crate::models::{CropSpec, FaceFinder, Member, ModelSet, ResizeKind};
 pub use decode::{
     BgrImage, DecodeError, DecodeLimits, DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_PIXELS,
 };
@@ -102,9 +103,11 @@ pub struct PipelineConfig {
     pub min_image_side: u32,
     /// Limits applied before decoding.
     pub limits: DecodeLimits,
-    /// When the detector's own pass finds one face and a weaker candidate beside it, re-examine
-    /// the image at twice the detector's working size ([`MULTI_FACE_SCALE`]): small second faces
-    /// of group photos score low at the detector's ~192 px.
+    /// When the detector's own pass finds one face and a weaker candidate beside it
+    /// ([`MULTI_FACE_CANDIDATE`]), look for another face with the set's face finder (YuNet at
+    /// 640 px, its own score floor), or, for a set without one, with the detector at twice its
+    /// working size ([`MULTI_FACE_SCALE`]): small second faces of group photos score low at the
+    /// detector's ~192 px.
     #[serde(default = "default_true")]
     pub multi_face_scan: bool,
     /// When the detector's best face is below `min_face_confidence`, look again at twice the
@@ -241,9 +244,10 @@ impl Verdict {
 pub const MIN_SECOND_FACE_CONFIDENCE: f32 = 0.6;
 
 /// A separate detection at least this confident in the detector's own pass, though below the
-/// second-face floor, is a candidate face that the multi-face scan re-examines at
-/// [`MULTI_FACE_SCALE`]. On the devset, 1 of the 312 single-face images has such a candidate
-/// (a blurred bystander at 0.38), so the scan costs almost nothing on ordinary selfies.
+/// second-face floor, is a candidate face that the multi-face scan re-examines (with the set's
+/// face finder, or at [`MULTI_FACE_SCALE`]). On the devset, 1 of the 312 single-face images has
+/// such a candidate (a blurred bystander at 0.38), so the scan costs almost nothing on ordinary
+/// selfies; the finder costs 40-80 ms where it runs (docs/accuracy.md).
 pub const MULTI_FACE_CANDIDATE: f32 = 0.3;
 
 /// Detector input scale of the multi-face scan, relative to the detector's working size
@@ -272,6 +276,7 @@ struct Scratch {
     /// Priors of the last detector input size (they depend on the size only).
     priors: Vec<detect::Prior>,
     priors_size: (usize, usize),
+    finder_input: Vec<f32>,
 }
 
 thread_local! {
@@ -395,8 +400,12 @@ impl Pipeline {
         let candidate = candidates.any(|d| d.confidence >= MULTI_FACE_CANDIDATE);
         let second = second
             || (cfg.multi_face_scan
-                && candidate
-                && self.finds_another_face(&view, &best, second_floor, min_px)?);
+                && match &self.set.face_finder {
+                    Some(f) => self.finder_finds_another_face(&view, &best, f, min_px)?,
+                    None => {
+                        candidate && self.finds_another_face(&view, &best, second_floor, min_px)?
+                    }
+                });
         v.timings.detect = ms(t0);
         let quality = if second {
             Some(Reason::MultipleFaces)
@@ -480,6 +489,59 @@ impl Pipeline {
             let b = d.bbox(w, h);
             detect::is_separate_face(best, d) && b[2].min(b[3]) >= min_px
         }))
+    }
+
+    /// The multi-face scan with the set's face finder: any face of at least `finder.score`,
+    /// separate from `best` ([`detect::is_separate_face`]) and at least `min_px` on its
+    /// shorter side in the image.
+    fn finder_finds_another_face(
+        &self,
+        view: &resize::ImageView<'_>,
+        best: &detect::Detection,
+        finder: &FaceFinder,
+        min_px: i32,
+    ) -> Result<bool, PipelineError> {
+        let (w, h) = (view.width, view.height);
+        let faces = self.find_faces(view, finder)?;
+        Ok(faces.iter().any(|(d, _)| {
+            let b = d.bbox(w, h);
+            detect::is_separate_face(best, d) && b[2].min(b[3]) >= min_px
+        }))
+    }
+
+    /// Every face the set's face finder sees in `view` at its own score floor, as detections in
+    /// normalised image coordinates, with the raw faces in the finder's input pixels.
+    pub fn find_faces(
+        &self,
+        view: &resize::ImageView<'_>,
+        finder: &FaceFinder,
+    ) -> Result<Vec<(detect::Detection, finder::FoundFace)>, PipelineError> {
+        let out = SCRATCH.with(|s| -> Result<_, PipelineError> {
+            let mut s = s.borrow_mut();
+            let Scratch {
+                resized,
+                finder_input,
+                ..
+            } = &mut *s;
+            let Some(scale) = finder::finder_input(view, finder.size, resized, finder_input) else {
+                return Ok(None);
+            };
+            Ok(Some((scale, self.engine.find_faces(finder_input)?)))
+        })?;
+        let Some((scale, out)) = out else {
+            return Ok(Vec::new());
+        };
+        let faces =
+            finder::decode(&out, finder.size, finder.score, finder.nms).map_err(|message| {
+                PipelineError::Engine(EngineError::Output {
+                    model: finder.model.file.clone(),
+                    message,
+                })
+            })?;
+        Ok(faces
+            .into_iter()
+            .map(|f| (f.detection(scale, view.width, view.height), f))
+            .collect())
     }
 
     /// Detection at `scale` times the detector's working size (capped at the image's size);

@@ -38,14 +38,20 @@ pub fn silentface(name: &str) -> Vec<u8> {
     crate::common::sample(name)
 }
 
-/// The real pipeline, loaded once per test binary.
+/// The real pipeline, loaded once per test binary: the `silentface` set at its threshold 0.5,
+/// whose scores the envelope tests know (these tests are about the HTTP layer; the default set is
+/// exercised through the binary in tests/cli.rs and tests/model_sets.rs).
 pub fn pipeline() -> Arc<Pipeline> {
     static PIPELINE: OnceLock<Arc<Pipeline>> = OnceLock::new();
     PIPELINE
         .get_or_init(|| {
             Arc::new(
-                livecheck::load_pipeline(None, Some(&model_dir()), PipelineConfig::default())
-                    .expect("load the real models (set LIVECHECK_MODEL_DIR)"),
+                livecheck::load_pipeline(
+                    Some("silentface"),
+                    Some(&model_dir()),
+                    PipelineConfig::default(),
+                )
+                .expect("load the real models (set LIVECHECK_MODEL_DIR)"),
             )
         })
         .clone()

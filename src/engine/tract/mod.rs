@@ -43,7 +43,7 @@ mod graph;
 use self::depthwise::fuse_depthwise;
 pub use self::direct::fast_kernels;
 use self::direct::{fuse_dense3x3, fuse_pointwise};
-use super::{DetectorOutput, Engine, EngineError};
+use super::{DetectorOutput, Engine, EngineError, FinderOutput};
 use crate::models::LoadedSet;
 use crate::LoadError;
 
@@ -102,7 +102,20 @@ pub struct TractEngine {
     plans: Mutex<lru::LruCache<(usize, usize), Plan>>,
     /// One plan per classifier of the set, in set order.
     classifiers: Vec<ClassifierPlan>,
+    /// The set's face finder, if it has one.
+    finder: Option<FinderPlan>,
 }
+
+struct FinderPlan {
+    size: usize,
+    plan: Plan,
+}
+
+/// The face finder's outputs the pipeline reads, in [`FinderOutput`] order (ONNX output names of
+/// YuNet, as OpenCV's `FaceDetectorYN` reads them; the landmark heads are left out of the plan).
+pub const FINDER_OUTPUTS: [&str; 9] = [
+    "cls_8", "cls_16", "cls_32", "obj_8", "obj_16", "obj_32", "bbox_8", "bbox_16", "bbox_32",
+];
 
 struct ClassifierPlan {
     name: String,
@@ -468,6 +481,26 @@ impl TractEngine {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let finder = set
+            .set
+            .face_finder
+            .as_ref()
+            .map(|f| -> Result<FinderPlan, LoadError> {
+                let file = &f.model.file;
+                let build = |model: InferenceModel| -> TractResult<Plan> {
+                    let mut typed = model
+                        .with_input_fact(0, f32::fact([1, 3, f.size, f.size]).into())?
+                        .with_outputs_by_name(FINDER_OUTPUTS)?
+                        .into_typed()?
+                        .into_decluttered()?;
+                    fuse(&mut typed, kernels)?;
+                    typed.into_optimized()?.into_runnable()
+                };
+                let plan = build(parse_classifier(&set.read(&f.model)?, file)?)
+                    .map_err(|e| load_err(file, e))?;
+                Ok(FinderPlan { size: f.size, plan })
+            })
+            .transpose()?;
         let cap = NonZeroUsize::new(DETECTOR_PLAN_CACHE).unwrap_or(NonZeroUsize::MIN);
         let engine = TractEngine {
             kernels,
@@ -478,6 +511,7 @@ impl TractEngine {
             heads: headless.heads,
             plans: Mutex::new(lru::LruCache::new(cap)),
             classifiers,
+            finder,
         };
         for (w, h) in EXACT_DETECTOR_SIZES {
             engine.detector_plan(w, h)?;
@@ -668,6 +702,34 @@ impl Engine for TractEngine {
             });
         }
         Ok(v)
+    }
+
+    fn find_faces(&self, input: &[f32]) -> Result<FinderOutput, EngineError> {
+        const NAME: &str = "face finder";
+        let f = self
+            .finder
+            .as_ref()
+            .ok_or_else(|| run_err(NAME, "the model set has no face finder"))?;
+        let t = Tensor::from_shape(&[1, 3, f.size, f.size], input).map_err(|e| run_err(NAME, e))?;
+        let out = f.plan.run(tvec!(t.into())).map_err(|e| run_err(NAME, e))?;
+        if out.len() != FINDER_OUTPUTS.len() {
+            return Err(EngineError::Output {
+                model: NAME.to_string(),
+                message: format!("{} outputs, expected {}", out.len(), FINDER_OUTPUTS.len()),
+            });
+        }
+        let v = out
+            .iter()
+            .map(|o| to_vec(o, NAME))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut levels = v.into_iter();
+        let mut three =
+            || -> [Vec<f32>; 3] { std::array::from_fn(|_| levels.next().unwrap_or_default()) };
+        Ok(FinderOutput {
+            cls: three(),
+            obj: three(),
+            bbox: three(),
+        })
     }
 
     fn name(&self) -> &'static str {
