@@ -64,6 +64,26 @@ fn stages(c: &mut Criterion) {
         g.bench_function(name, |b| b.iter(|| pipe.check(&bytes).unwrap()));
     }
     g.finish();
+
+    // What a signed receipt adds to a check (issue 14 asks < 0.5 ms): building the payload and
+    // the compact JWS with one Ed25519 signature; compare with end_to_end above, same run.
+    let mut g = c.benchmark_group("per_request");
+    let key = livecheck::receipts::ReceiptKey::generate();
+    let payload = livecheck::receipts::ReceiptPayload {
+        reference: uuid::Uuid::new_v4(),
+        key_id: Some(uuid::Uuid::new_v4()),
+        iat: 1_764_580_000,
+        image_sha256: "ab".repeat(32),
+        p_real: 0.997_049_15,
+        threshold: 0.723_851_86,
+        live: true,
+        reason: "live".into(),
+        model: "954c6072f75181f8".into(),
+        app_version: "0.1.0".into(),
+        session: None,
+    };
+    g.bench_function("receipt_sign", |b| b.iter(|| key.sign(&payload)));
+    g.finish();
 }
 
 criterion_group!(benches, stages);

@@ -16,6 +16,7 @@ pub mod eval;
 pub mod fetch;
 pub mod models;
 pub mod pipeline;
+pub mod receipts;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -33,6 +33,8 @@ enum Command {
     Migrate(cmd::migrate::MigrateArgs),
     /// List model sets; verify or fetch their files.
     Models(cmd::models::ModelsArgs),
+    /// Signed decision receipts: make signing keys, verify receipts offline.
+    Receipts(cmd::receipts::ReceiptsArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -45,6 +47,7 @@ fn main() -> std::process::ExitCode {
         Command::Keys(args) => cmd::keys::run(args),
         Command::Migrate(args) => cmd::migrate::run(args),
         Command::Models(args) => cmd::models::run(args),
+        Command::Receipts(args) => cmd::receipts::run(args),
     };
     match result {
         Ok(code) => code,

@@ -113,6 +113,7 @@ impl CheckService {
                 confidence: f64::from(f.confidence),
             }),
             model: self.model_hash().to_owned(),
+            receipt: None,
         }
     }
 }
@@ -141,6 +142,8 @@ pub struct CheckOutcome {
     pub face: Option<OutcomeFace>,
     /// The model set's hash.
     pub model: String,
+    /// The signed decision receipt (compact JWS), when the front end signs one.
+    pub receipt: Option<String>,
 }
 
 /// Who asked for a check and how the image came: the audit row's context.
@@ -157,6 +160,27 @@ pub struct Provenance {
 }
 
 impl CheckOutcome {
+    /// What this outcome's signed receipt attests ([`crate::receipts`]).
+    pub fn receipt_payload(
+        &self,
+        image_sha256: &str,
+        provenance: &Provenance,
+    ) -> crate::receipts::ReceiptPayload {
+        crate::receipts::ReceiptPayload {
+            reference: self.reference,
+            key_id: provenance.key_id,
+            iat: provenance.created_at.timestamp(),
+            image_sha256: image_sha256.to_owned(),
+            p_real: self.p_real,
+            threshold: self.threshold,
+            live: self.live,
+            reason: self.reason.code().to_owned(),
+            model: self.model.clone(),
+            app_version: provenance.app_version.clone(),
+            session: None,
+        }
+    }
+
     /// The audit row of this outcome.
     pub fn audit(&self, checked: &Checked, provenance: Provenance) -> AuditRecord {
         let size = checked.verdict.image_size;
@@ -181,6 +205,7 @@ impl CheckOutcome {
             engine: provenance.engine,
             app_version: provenance.app_version,
             timings_ms: checked.verdict.timings,
+            receipt: self.receipt.clone(),
         }
     }
 }
@@ -209,6 +234,7 @@ impl From<&AuditRecord> for CheckOutcome {
                 _ => None,
             },
             model: r.model_hash.clone(),
+            receipt: r.receipt.clone(),
         }
     }
 }
@@ -278,6 +304,7 @@ mod tests {
                 confidence: f64::from(0.9f32),
             }),
             model: "708e3dd2e45fc9c8".into(),
+            receipt: Some("aGVhZGVy.cGF5bG9hZA.c2ln".into()),
         };
         let row = outcome.audit(
             &checked,

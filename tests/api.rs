@@ -123,6 +123,12 @@ fn assert_verdict(body: &str, live: bool) -> Value {
     assert_eq!(reason == "live", live, "{body}");
     assert_eq!(d["threshold"], 0.5);
     assert_eq!(d["model"], helpers::model_hash());
+    assert!(
+        d["receipt"]
+            .as_str()
+            .is_some_and(|r| r.split('.').count() == 3),
+        "{body}"
+    );
     v
 }
 
@@ -265,6 +271,167 @@ async fn get_by_reference_only_for_the_key_that_made_it() {
         assert_eq!(app.audit_count().await, 1);
     })
     .await;
+}
+
+/// The payload segment of `token` replaced by `payload` (signature kept).
+fn with_payload(token: &str, payload: &Value) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let parts: Vec<&str> = token.split('.').collect();
+    format!(
+        "{}.{}.{}",
+        parts[0],
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(payload).unwrap()),
+        parts[2]
+    )
+}
+
+/// `token` checked by jsonwebtoken (ring's Ed25519), independently of livecheck's own code.
+fn independent_verify(token: &str, jwks: &Value) -> Result<Value, String> {
+    use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
+    let kid = decode_header(token).map_err(|e| e.to_string())?.kid;
+    let jwk = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"].as_str() == kid.as_deref())
+        .ok_or("unknown kid")?;
+    let key =
+        DecodingKey::from_ed_components(jwk["x"].as_str().unwrap()).map_err(|e| e.to_string())?;
+    let mut validation = Validation::new(Algorithm::EdDSA);
+    validation.required_spec_claims.clear();
+    validation.validate_exp = false;
+    decode::<Value>(token, &key, &validation)
+        .map(|d| d.claims)
+        .map_err(|e| e.to_string())
+}
+
+/// Every verdict carries a receipt that verifies from the JWKS, with livecheck's verifier and
+/// with an independent JOSE implementation, states exactly what the envelope says, comes back
+/// unchanged from GET by reference, and fails when any field is altered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verdicts_carry_signed_receipts_that_verify_from_the_jwks() {
+    on_each_backend(test_config, |app| async move {
+        let (status, h, jwks_text) = read(app.get("/.well-known/jwks.json", None).await).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(h["cache-control"].to_str().unwrap().contains("max-age"));
+        let jwks_json: Value = serde_json::from_str(&jwks_text).unwrap();
+        let jwks = livecheck::receipts::Jwks::parse(&jwks_text).unwrap();
+        assert_eq!(jwks.keys[0].kid, helpers::receipt_key().kid());
+        for (name, live) in [("image_T1.jpg", true), ("image_F1.jpg", false)] {
+            let bytes = silentface(name);
+            let (status, _, posted) = read(app.check(&STANDARD.encode(&bytes)).await).await;
+            assert_eq!(status, StatusCode::OK, "{posted}");
+            let v = assert_verdict(&posted, live);
+            let d = &v["data"];
+            let token = d["receipt"].as_str().expect("a receipt");
+            let ours = livecheck::receipts::verify(token, &jwks).unwrap();
+            let theirs = independent_verify(token, &jwks_json).unwrap();
+            assert_eq!(theirs, serde_json::to_value(&ours).unwrap());
+            assert_eq!(ours.reference, reference_of(&v));
+            assert_eq!(ours.key_id, Some(app.key_id));
+            assert_eq!(ours.image_sha256, hex::encode(Sha256::digest(&bytes)));
+            assert_eq!(ours.p_real, d["confidence"].as_f64().unwrap());
+            assert_eq!(ours.threshold, d["threshold"].as_f64().unwrap());
+            assert_eq!(ours.live, live);
+            assert_eq!(ours.reason, d["reason"].as_str().unwrap());
+            assert_eq!(ours.model, helpers::model_hash());
+            assert_eq!(ours.app_version, env!("CARGO_PKG_VERSION"));
+            assert_eq!(ours.session, None);
+            let now = chrono::Utc::now().timestamp();
+            assert!(
+                (now - 120..=now + 1).contains(&ours.iat),
+                "iat {}",
+                ours.iat
+            );
+            // GET by reference: the same bytes, receipt included.
+            let path = format!("{CHECK}{}/", reference_of(&v));
+            let (_, _, got) = read(app.get(&path, Some(&app.token)).await).await;
+            assert_eq!(got, posted);
+            // Any altered field breaks the signature, for both verifiers.
+            let payload = theirs.as_object().unwrap();
+            for field in payload.keys() {
+                let mut forged = theirs.clone();
+                forged[field] = match &theirs[field] {
+                    Value::Bool(b) => Value::Bool(!b),
+                    Value::Number(n) => serde_json::json!(n.as_f64().unwrap() + 1.0),
+                    Value::Null => Value::String(Uuid::new_v4().to_string()),
+                    Value::String(x) => Value::String(format!("{x}0")),
+                    other => panic!("unexpected {other}"),
+                };
+                let forged = with_payload(token, &forged);
+                assert!(
+                    matches!(
+                        livecheck::receipts::verify(&forged, &jwks),
+                        Err(livecheck::receipts::ReceiptError::BadSignature(_))
+                    ),
+                    "{field}"
+                );
+                assert!(independent_verify(&forged, &jwks_json).is_err(), "{field}");
+            }
+        }
+    })
+    .await;
+}
+
+/// Rotation: a receipt signed before the key was rotated still verifies from the JWKS a server
+/// with the new key publishes (new key first); a fresh key without `--retire` does not list it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_signed_before_a_rotation_still_verify() {
+    use livecheck::receipts::{verify, Jwks, ReceiptError, ReceiptKey};
+    let old = Arc::new(ReceiptKey::generate());
+    let new = Arc::new(ReceiptKey::rotate(&old));
+    let receipts = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let key = old.clone();
+    let sink = receipts.clone();
+    on_each_backend(
+        move || AppConfig {
+            receipt_key: Some(key.clone()),
+            ..test_config()
+        },
+        |app| {
+            let sink = sink.clone();
+            async move {
+                let (_, _, body) = read(
+                    app.check(&STANDARD.encode(silentface("image_T1.jpg")))
+                        .await,
+                )
+                .await;
+                let v: Value = serde_json::from_str(&body).unwrap();
+                let r = v["data"]["receipt"].as_str().unwrap().to_owned();
+                sink.lock().unwrap().push(r);
+            }
+        },
+    )
+    .await;
+    let key = new.clone();
+    let signed = receipts.lock().unwrap().clone();
+    assert!(!signed.is_empty());
+    on_each_backend(
+        move || AppConfig {
+            receipt_key: Some(key.clone()),
+            ..test_config()
+        },
+        |app| {
+            let signed = signed.clone();
+            let new_kid = new.kid().to_owned();
+            async move {
+                let (_, _, text) = read(app.get("/.well-known/jwks.json", None).await).await;
+                let jwks = Jwks::parse(&text).unwrap();
+                assert_eq!(jwks.keys[0].kid, new_kid);
+                let json: Value = serde_json::from_str(&text).unwrap();
+                for r in &signed {
+                    verify(r, &jwks).unwrap();
+                    independent_verify(r, &json).unwrap();
+                }
+            }
+        },
+    )
+    .await;
+    let revoked = ReceiptKey::generate().jwks();
+    assert!(matches!(
+        verify(&receipts.lock().unwrap()[0], &revoked),
+        Err(ReceiptError::UnknownKid(_))
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1003,8 +1170,45 @@ async fn serve_binary_answers_and_stops_on_sigterm() {
         .unwrap();
     let (status, h, body) = read(resp).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_verdict(&body, true);
+    let verdict = assert_verdict(&body, true);
     assert_eq!(h["x-ratelimit-limit"], "5");
+    // Without --receipt-key, the key was created beside the database on first start, and
+    // `receipts verify` checks the receipt from the served JWKS.
+    assert!(dir.path().join("receipt-key.json").is_file());
+    let receipt = verdict["data"]["receipt"].as_str().unwrap().to_owned();
+    let jwks_url = format!("http://{addr}/.well-known/jwks.json");
+    let verify = |token: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_livecheck"))
+            .args([
+                "receipts",
+                "verify",
+                "--allow-fetch-from",
+                "127.0.0.1/32",
+                "--jwks",
+            ])
+            .args([jwks_url.as_str(), token])
+            .output()
+            .unwrap()
+    };
+    let out = tokio::task::block_in_place(|| verify(&receipt));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let payload: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        payload["reference"],
+        verdict["data"]["verification"]["reference"]
+    );
+    let mut forged: Vec<char> = receipt.chars().collect();
+    let i = receipt.find('.').unwrap() + 5;
+    forged[i] = if forged[i] == 'A' { 'B' } else { 'A' };
+    let forged: String = forged.into_iter().collect();
+    let out = tokio::task::block_in_place(|| verify(&forged));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("bad_signature"), "{stderr}");
     // Without --allow-fetch-from, loopback URLs are refused.
     let resp = client
         .post(format!("http://{addr}{CHECK}"))

@@ -69,6 +69,7 @@ fn full_record(key_id: Option<Uuid>) -> AuditRecord {
             classify: 12345.678901234,
             total: f64::MAX,
         },
+        receipt: None,
     }
 }
 
@@ -95,6 +96,7 @@ fn sparse_record(key_id: Option<Uuid>) -> AuditRecord {
         engine: "tract".into(),
         app_version: "0.1.0".into(),
         timings_ms: Timings::default(),
+        receipt: None,
     }
 }
 
@@ -394,6 +396,7 @@ async fn audit_refuses_bad_records() {
                         total: f64::INFINITY,
                         ..base.timings_ms
                     },
+                    receipt: None,
                     ..base.clone()
                 },
             ),

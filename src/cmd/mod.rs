@@ -6,4 +6,5 @@ pub mod eval;
 pub mod keys;
 pub mod migrate;
 pub mod models;
+pub mod receipts;
 pub mod serve;

@@ -4,11 +4,13 @@
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use livecheck::receipts::ReceiptKey;
 use livecheck::server;
 use livecheck::server::ratelimit::RedisConfig;
 use livecheck::server::{AppConfig, Application};
@@ -151,8 +153,50 @@ pub struct ServeArgs {
     #[arg(long, env = "LIVECHECK_LOG_JSON")]
     pub log_json: bool,
 
+    /// Key file that signs every verdict's receipt (`livecheck receipts keygen`). Default:
+    /// receipt-key.json in the data directory (the SQLite database's folder, or the working
+    /// directory with PostgreSQL), created on first start.
+    #[arg(long, env = "LIVECHECK_RECEIPT_KEY", value_name = "FILE")]
+    pub receipt_key: Option<PathBuf>,
+
     #[command(flatten)]
     pub pipeline: super::common::PipelineArgs,
+}
+
+/// File name of the signing key `serve` creates in its data directory.
+pub const DEFAULT_RECEIPT_KEY_FILE: &str = "receipt-key.json";
+
+/// The data directory of a database URL: the SQLite file's folder, else the working directory.
+fn data_dir(database: &str) -> PathBuf {
+    let file = database
+        .strip_prefix("sqlite://")
+        .or_else(|| database.strip_prefix("sqlite:"))
+        .map(|rest| rest.split('?').next().unwrap_or_default());
+    match file {
+        Some(f) if !f.is_empty() && !f.starts_with(":memory:") => Path::new(f)
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// The receipt signing key: `--receipt-key`'s file (which must exist), or the data directory's,
+/// created on first start.
+fn receipt_key(flag: Option<&Path>, database: &str) -> anyhow::Result<ReceiptKey> {
+    if let Some(path) = flag {
+        let key = ReceiptKey::load(path)?;
+        tracing::info!(kid = key.kid(), file = %path.display(), "receipt signing key loaded");
+        return Ok(key);
+    }
+    let path = data_dir(database).join(DEFAULT_RECEIPT_KEY_FILE);
+    let (key, created) = ReceiptKey::load_or_create(&path)?;
+    if created {
+        tracing::info!(kid = key.kid(), file = %path.display(), "receipt signing key created");
+    } else {
+        tracing::info!(kid = key.kid(), file = %path.display(), "receipt signing key loaded");
+    }
+    Ok(key)
 }
 
 impl ServeArgs {
@@ -195,7 +239,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // The pipeline's own byte cap follows --max-image-bytes (the fetcher and the base64 parser
     // enforce it first; this keeps the three from disagreeing).
     let pipeline = Arc::new(args.pipeline.build()?);
-    let config = args.app_config();
+    let mut config = args.app_config();
+    config.receipt_key = Some(Arc::new(receipt_key(
+        args.receipt_key.as_deref(),
+        &args.database.url,
+    )?));
     // Blocking checks run on tokio's blocking pool, bounded by the CPU semaphore.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -112,8 +112,8 @@ pub fn decode(
         let st = stride as f32;
         for idx in 0..cells {
             let score = (cls[idx].clamp(0.0, 1.0) * obj[idx].clamp(0.0, 1.0)).sqrt();
-            // `!(>=)`: a NaN score is never a face.
-            if !(score >= floor) {
+            // A NaN score is never a face.
+            if score.is_nan() || score < floor {
                 continue;
             }
             let (r, c) = ((idx / cols) as f32, (idx % cols) as f32);

@@ -400,11 +400,10 @@ impl Pipeline {
         let candidate = candidates.any(|d| d.confidence >= MULTI_FACE_CANDIDATE);
         let second = second
             || (cfg.multi_face_scan
+                && candidate
                 && match &self.set.face_finder {
                     Some(f) => self.finder_finds_another_face(&view, &best, f, min_px)?,
-                    None => {
-                        candidate && self.finds_another_face(&view, &best, second_floor, min_px)?
-                    }
+                    None => self.finds_another_face(&view, &best, second_floor, min_px)?,
                 });
         v.timings.detect = ms(t0);
         let quality = if second {

@@ -69,6 +69,10 @@ pub struct CheckData {
     pub threshold: f64,
     /// Model manifest hash: which models produced this verdict.
     pub model: String,
+    /// The signed decision receipt: a compact JWS (EdDSA, Ed25519) over the verdict's facts,
+    /// verifiable with the keys at `/.well-known/jwks.json` (docs/receipts.md).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub receipt: Option<String>,
 }
 
 /// `data.verification`.
@@ -124,6 +128,7 @@ impl From<&CheckOutcome> for CheckEnvelope {
                 face: outcome.face.map(FaceInfo::from),
                 threshold: outcome.threshold,
                 model: outcome.model.clone(),
+                receipt: outcome.receipt.clone(),
             },
             message: message.to_owned(),
         }
@@ -153,6 +158,7 @@ mod tests {
                 confidence: 0.5,
             }),
             model: "abc".to_owned(),
+            receipt: None,
         }
     }
 

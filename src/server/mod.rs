@@ -118,6 +118,9 @@ pub struct AppConfig {
     pub redis: Option<ratelimit::RedisConfig>,
     /// Application version, stored with every verdict.
     pub app_version: String,
+    /// Signs every verdict's receipt (`data.receipt`) and publishes its public keys at
+    /// `/.well-known/jwks.json`; `None`: no receipts and an empty key set.
+    pub receipt_key: Option<Arc<crate::receipts::ReceiptKey>>,
 }
 
 /// Default of [`AppConfig::max_body_bytes`] (`--max-body-bytes`).
@@ -172,6 +175,7 @@ impl Default for AppConfig {
             rate_limit_per_minute: NonZeroU32::new(DEFAULT_RATE_LIMIT_PER_MINUTE),
             redis: None,
             app_version: env!("CARGO_PKG_VERSION").to_owned(),
+            receipt_key: None,
         }
     }
 }
@@ -416,6 +420,7 @@ fn router(state: AppState) -> Router {
         .route(CHECK_PATH.trim_end_matches('/'), post(routes::check))
         .route(RESULT_PATH, get(routes::get_check))
         .route(RESULT_PATH.trim_end_matches('/'), get(routes::get_check))
+        .route("/.well-known/jwks.json", get(routes::jwks))
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .route("/metrics", get(routes::metrics))

@@ -19,6 +19,7 @@ use super::routes;
     paths(
         routes::check,
         routes::get_check,
+        routes::jwks,
         routes::healthz,
         routes::readyz,
         routes::metrics,

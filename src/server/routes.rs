@@ -203,18 +203,22 @@ async fn run_check(
     metrics.observe_stage_ms("detect", timings.detect);
     metrics.observe_stage_ms("classify", timings.classify);
 
-    let outcome = inner.service.outcome(&checked, Uuid::new_v4());
-    let record = outcome.audit(
-        &checked,
-        Provenance {
-            key_id: Some(caller.key.id),
-            source: input_kind.into(),
-            url_host,
-            engine: inner.service.pipeline().engine_name().to_owned(),
-            app_version: inner.config.app_version.clone(),
-            created_at: chrono::Utc::now(),
-        },
-    );
+    let mut outcome = inner.service.outcome(&checked, Uuid::new_v4());
+    let provenance = Provenance {
+        key_id: Some(caller.key.id),
+        source: input_kind.into(),
+        url_host,
+        engine: inner.service.pipeline().engine_name().to_owned(),
+        app_version: inner.config.app_version.clone(),
+        created_at: chrono::Utc::now(),
+    };
+    if let Some(key) = &inner.config.receipt_key {
+        let sign_start = Instant::now();
+        let payload = outcome.receipt_payload(&checked.image_sha256, &provenance);
+        outcome.receipt = Some(key.sign(&payload));
+        metrics.observe_stage_ms("receipt", sign_start.elapsed().as_secs_f64() * 1000.0);
+    }
+    let record = outcome.audit(&checked, provenance);
     // The audit row is committed before the verdict leaves; no row, no verdict.
     let audit_start = Instant::now();
     inner
@@ -381,6 +385,25 @@ pub struct Readiness {
     /// Model manifest hash.
     pub model: String,
     pub version: String,
+}
+
+/// The public keys of the service's decision receipts (current first, then retired ones still
+/// valid for verification), as a JSON Web Key Set; empty when the service signs no receipts.
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "operations",
+    responses((status = 200, description = "JSON Web Key Set (RFC 7517) of Ed25519 keys", body = Object,
+        example = json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo",
+            "kid": "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k", "alg": "EdDSA", "use": "sig"}]}))))]
+pub async fn jwks(State(state): State<AppState>) -> Response {
+    let keys = match &state.inner.config.receipt_key {
+        Some(k) => k.jwks(),
+        None => crate::receipts::Jwks { keys: Vec::new() },
+    };
+    let mut response = json_response(StatusCode::OK, &keys);
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
+    response
 }
 
 /// The process is alive.

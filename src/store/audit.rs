@@ -67,6 +67,8 @@ pub struct AuditRecord {
     pub engine: String,
     pub app_version: String,
     pub timings_ms: Timings,
+    /// The signed decision receipt sent with the verdict (`None` when the service signs none).
+    pub receipt: Option<String>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -97,6 +99,7 @@ struct AuditRow {
     detect_ms: f64,
     classify_ms: f64,
     total_ms: f64,
+    receipt: Option<String>,
 }
 
 impl AuditRow {
@@ -149,6 +152,7 @@ impl AuditRow {
                 classify: self.classify_ms,
                 total: self.total_ms,
             },
+            receipt: self.receipt,
         })
     }
 }
@@ -160,7 +164,7 @@ macro_rules! audit_columns {
         "reference, key_id, created_at, live, p_real, threshold, reason, detail, \
          bbox_x, bbox_y, bbox_w, bbox_h, detector_confidence, image_sha256, image_bytes, \
          image_width, image_height, input_kind, url_host, model_hash, engine, app_version, \
-         decode_ms, detect_ms, classify_ms, total_ms"
+         decode_ms, detect_ms, classify_ms, total_ms, receipt"
     };
 }
 
@@ -169,14 +173,14 @@ const COLUMNS: &str = audit_columns!();
 const SQLITE_INSERT: &str = concat!(
     "INSERT INTO audit (",
     audit_columns!(),
-    ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 );
 
 const PG_INSERT: &str = concat!(
     "INSERT INTO audit (",
     audit_columns!(),
     ") VALUES ($1::uuid, $2::uuid, $3::timestamptz, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
-     $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26)"
+     $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27)"
 );
 
 const PG_SELECT_COLUMNS: &str = concat!(
@@ -184,7 +188,8 @@ const PG_SELECT_COLUMNS: &str = concat!(
     pg_ts!("created_at"),
     ", live, p_real, threshold, reason, detail, bbox_x, bbox_y, bbox_w, bbox_h, \
      detector_confidence, image_sha256, image_bytes, image_width, image_height, input_kind, \
-     url_host, model_hash, engine, app_version, decode_ms, detect_ms, classify_ms, total_ms"
+     url_host, model_hash, engine, app_version, decode_ms, detect_ms, classify_ms, total_ms, \
+     receipt"
 );
 
 /// Bind every field of a record, in [`COLUMNS`] order, to a query of either backend.
@@ -219,8 +224,12 @@ macro_rules! bind_record {
             .bind(r.timings_ms.detect)
             .bind(r.timings_ms.classify)
             .bind(r.timings_ms.total)
+            .bind(&r.receipt)
     }};
 }
+
+/// Longest receipt an audit row holds (a receipt is about 700 characters).
+const MAX_RECEIPT_LEN: usize = 4096;
 
 /// Refuse records that are malformed or could smuggle in data the trail must not hold.
 fn validate(r: &AuditRecord) -> Result<(), StoreError> {
@@ -252,6 +261,12 @@ fn validate(r: &AuditRecord) -> Result<(), StoreError> {
     if let Some(host) = &r.url_host {
         if !is_bare_host(host) {
             return invalid("url_host is not a bare host name or address".into());
+        }
+    }
+    if let Some(receipt) = &r.receipt {
+        let jws = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.');
+        if receipt.len() > MAX_RECEIPT_LEN || !receipt.bytes().all(jws) {
+            return invalid("receipt is not a compact JWS".into());
         }
     }
     Ok(())

@@ -184,8 +184,16 @@ pub fn test_config() -> AppConfig {
         max_concurrent_checks: 2,
         max_queued_checks: 16,
         rate_limit_per_minute: None,
+        receipt_key: Some(receipt_key()),
         ..AppConfig::default()
     }
+}
+
+/// The receipt signing key of the in-process test servers (one per test binary).
+pub fn receipt_key() -> Arc<livecheck::receipts::ReceiptKey> {
+    static KEY: OnceLock<Arc<livecheck::receipts::ReceiptKey>> = OnceLock::new();
+    KEY.get_or_init(|| Arc::new(livecheck::receipts::ReceiptKey::generate()))
+        .clone()
 }
 
 /// Starts the server on `db_url` (already a fresh database).
@@ -358,6 +366,8 @@ impl ServeProcess {
             .arg(model_dir())
             .args(args)
             .env_remove("LIVECHECK_ALLOW_FETCH_FROM")
+            // The set whose scores these tests know; an explicit --model-set in `args` wins.
+            .env("LIVECHECK_MODEL_SET", "silentface")
             // Stop at once on SIGTERM unless a test asks for a drain period (through `env`).
             .env("LIVECHECK_DRAIN_GRACE", "0")
             .envs(env.iter().copied())
