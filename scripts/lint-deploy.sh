@@ -40,7 +40,7 @@ REQUIREMENTS=(
 # Kubernetes versions the manifests must validate against (oldest supported, newest bundled).
 KUBE_VERSIONS=(1.29.0 1.37.0)
 # Settings the manifests already mention but the binary does not have yet.
-PLANNED_ENV=(LIVECHECK_REDIS_URL LIVECHECK_RECEIPT_KEY_FILE)
+PLANNED_ENV=(LIVECHECK_REDIS_URL)
 K8S_RESOURCES=deploy/k8s
 YAML_FILES=(compose.yaml deploy/k8s/*.yaml)
 

@@ -232,13 +232,16 @@ impl ReceiptKey {
         Ok(key)
     }
 
-    /// Write the key file at `path`, readable by its owner only, refusing to overwrite.
+    /// Write the key file at `path`, readable by its owner only, refusing to overwrite. The file
+    /// appears whole or not at all (written beside it, then hard-linked into place), so replicas
+    /// starting together never read a half-written key.
     pub fn save(&self, path: &Path) -> Result<(), ReceiptError> {
         use std::io::Write as _;
         let err = |message: String| ReceiptError::KeyFile {
             path: path.display().to_string(),
             message,
         };
+        let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
         let mut opts = std::fs::OpenOptions::new();
         opts.write(true).create_new(true);
         #[cfg(unix)]
@@ -246,11 +249,21 @@ impl ReceiptKey {
             use std::os::unix::fs::OpenOptionsExt as _;
             opts.mode(0o600);
         }
-        let mut f = opts.open(path).map_err(|e| err(e.to_string()))?;
         let json = serde_json::to_string_pretty(&self.to_file()).map_err(|e| err(e.to_string()))?;
-        f.write_all(json.as_bytes())
-            .and_then(|()| f.write_all(b"\n"))
-            .map_err(|e| err(e.to_string()))
+        let written = opts.open(&tmp).and_then(|mut f| {
+            f.write_all(json.as_bytes())?;
+            f.write_all(b"\n")?;
+            f.sync_all()
+        });
+        let linked = written.and_then(|()| std::fs::hard_link(&tmp, path));
+        let _ = std::fs::remove_file(&tmp);
+        linked.map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                err("already exists (a key file is never overwritten)".into())
+            } else {
+                err(e.to_string())
+            }
+        })
     }
 
     /// The key at `path`, or a new one written there when the file does not exist (`true` when
@@ -260,8 +273,12 @@ impl ReceiptKey {
             return Ok((ReceiptKey::load(path)?, false));
         }
         let key = ReceiptKey::generate();
-        key.save(path)?;
-        Ok((key, true))
+        match key.save(path) {
+            Ok(()) => Ok((key, true)),
+            // Another process (a replica starting at the same time) wrote it first: use theirs.
+            Err(_) if path.exists() => Ok((ReceiptKey::load(path)?, false)),
+            Err(e) => Err(e),
+        }
     }
 }
 

@@ -276,7 +276,15 @@ fn devset_end_to_end() {
     ] {
         assert!(m.get(k).is_some(), "metrics.json lacks {k}");
     }
-    assert_eq!(m["threshold"].as_f64(), Some(0.5));
+    // The default set's own threshold.
+    assert_eq!(
+        m["threshold"].as_f64(),
+        Some(f64::from(
+            livecheck::models::ModelSet::default_set()
+                .unwrap()
+                .threshold
+        ))
+    );
     assert_eq!(m["app_version"], env!("CARGO_PKG_VERSION"));
     assert!(!m["model_hash"].as_str().unwrap().is_empty());
 

@@ -141,10 +141,7 @@ fn check_names_the_model_set_and_refuses_unknown_ones() {
     let default = livecheck(&["check", img]);
     assert!(default.status.success());
     let line: serde_json::Value = serde_json::from_slice(&default.stdout).unwrap();
-    assert_eq!(
-        line["model_set"],
-        ModelSet::builtin("silentface").unwrap().hash()
-    );
+    assert_eq!(line["model_set"], ModelSet::default_set().unwrap().hash());
 
     let three = livecheck(&["check", "--model-set", SET, img]);
     assert!(
@@ -192,7 +189,8 @@ fn models_list_shows_every_set_and_member() {
             assert!(text.contains(&m.name), "{} missing:\n{text}", m.name);
         }
     }
-    assert!(text.contains("silentface (default)"));
+    assert!(text.contains("silentface-minifas128-calibrated (default)"));
+    assert!(text.contains("face finder"), "{text}");
     let verify = livecheck(&["models", "verify", "--model-set", SET]);
     assert!(
         verify.status.success(),

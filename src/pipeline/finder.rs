@@ -237,7 +237,11 @@ mod tests {
         let mut out = one_level_output(64);
         out.cls[1][0] = f32::NAN;
         out.obj[1][0] = 1.0;
-        assert!(decode(&out, 64, 0.0, 0.3).unwrap().is_empty());
+        // Every other cell scores 0, under the floor; the NaN cell must not pass it either.
+        assert!(decode(&out, 64, 1e-6, 0.3).unwrap().is_empty());
+        out.cls[1][1] = 0.5;
+        out.obj[1][1] = 0.5;
+        assert_eq!(decode(&out, 64, 1e-6, 0.3).unwrap().len(), 1);
     }
 
     #[test]

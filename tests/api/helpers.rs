@@ -361,6 +361,9 @@ impl ServeProcess {
     pub fn spawn_binary(bin: &Path, db: &str, args: &[&str], env: &[(&str, &str)]) -> ServeProcess {
         use std::io::{BufRead, BufReader};
         let mut child = std::process::Command::new(bin)
+            // Out of the repository: with PostgreSQL, serve keeps its receipt key in the working
+            // directory (all the processes of a run share /tmp's, like replicas share a key).
+            .current_dir(std::env::temp_dir())
             .args(["serve", "--bind", "127.0.0.1:0", "--database", db])
             .arg("--models")
             .arg(model_dir())
