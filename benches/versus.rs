@@ -469,8 +469,8 @@ fn main() {
     md.push_str(&format!(
         "`bash scripts/loadbench.sh` ({}, {} cores shared by both servers and the load \
          clients; {} s measured per run after {} s of warm-up; closed-loop clients sending the \
-         three upstream samples as base64). livecheck: the release binary with default flags and \
-         `--rate-limit-per-minute 0`, SQLite audit (every verdict committed before it is \
+         three upstream samples as base64; model set `{}` on both sides). livecheck: the release \
+         binary with default flags and `--rate-limit-per-minute 0`, SQLite audit (every verdict committed before it is \
          sent). Peer: `scripts/peer_service.py`, the same recipe on FastAPI + uvicorn (2 \
          workers) + onnxruntime + OpenCV, with TCP_NODELAY set on its connections (stock \
          uvicorn loses about 40 ms per kept-alive request to Nagle and delayed ACKs); it stores \
@@ -481,6 +481,7 @@ fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         secs.as_secs(),
         warmup.as_secs(),
+        set_name,
     ));
     md.push_str(
         "| clients | livecheck ok/s | peer ok/s | ratio | livecheck p50 / p99 ms | peer p50 / p99 ms \
