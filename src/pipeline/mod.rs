@@ -247,7 +247,7 @@ pub const MIN_SECOND_FACE_CONFIDENCE: f32 = 0.6;
 /// second-face floor, is a candidate face that the multi-face scan re-examines (with the set's
 /// face finder, or at [`MULTI_FACE_SCALE`]). On the devset, 1 of the 312 single-face images has
 /// such a candidate (a blurred bystander at 0.38), so the scan costs almost nothing on ordinary
-/// selfies; the finder costs 40-80 ms where it runs (docs/accuracy.md).
+/// selfies; the finder costs 30-90 ms where it runs (docs/accuracy.md).
 pub const MULTI_FACE_CANDIDATE: f32 = 0.3;
 
 /// Detector input scale of the multi-face scan, relative to the detector's working size
