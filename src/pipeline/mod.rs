@@ -502,19 +502,19 @@ impl Pipeline {
     ) -> Result<bool, PipelineError> {
         let (w, h) = (view.width, view.height);
         let faces = self.find_faces(view, finder)?;
-        Ok(faces.iter().any(|(d, _)| {
+        Ok(faces.iter().any(|d| {
             let b = d.bbox(w, h);
             detect::is_separate_face(best, d) && b[2].min(b[3]) >= min_px
         }))
     }
 
     /// Every face the set's face finder sees in `view` at its own score floor, as detections in
-    /// normalised image coordinates, with the raw faces in the finder's input pixels.
+    /// normalised image coordinates.
     pub fn find_faces(
         &self,
         view: &resize::ImageView<'_>,
         finder: &FaceFinder,
-    ) -> Result<Vec<(detect::Detection, finder::FoundFace)>, PipelineError> {
+    ) -> Result<Vec<detect::Detection>, PipelineError> {
         let out = SCRATCH.with(|s| -> Result<_, PipelineError> {
             let mut s = s.borrow_mut();
             let Scratch {
@@ -539,7 +539,7 @@ impl Pipeline {
             })?;
         Ok(faces
             .into_iter()
-            .map(|f| (f.detection(scale, view.width, view.height), f))
+            .map(|f| f.detection(scale, view.width, view.height))
             .collect())
     }
 

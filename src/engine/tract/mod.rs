@@ -427,17 +427,21 @@ fn fuse(model: &mut TypedModel, kernels: Kernels) -> TractResult<()> {
     Ok(())
 }
 
+/// An optimized plan at a fixed input shape; `outputs` (ONNX names) replaces the model's own
+/// outputs when given, and whatever only they did not need is pruned.
 fn optimize(
     model: InferenceModel,
     shape: [usize; 4],
+    outputs: Option<&[&str]>,
     file: &str,
     kernels: Kernels,
 ) -> Result<Plan, EngineError> {
     let build = || -> TractResult<Plan> {
-        let mut typed = model
-            .with_input_fact(0, f32::fact(shape).into())?
-            .into_typed()?
-            .into_decluttered()?;
+        let mut model = model.with_input_fact(0, f32::fact(shape).into())?;
+        if let Some(names) = outputs {
+            model = model.with_outputs_by_name(names)?;
+        }
+        let mut typed = model.into_typed()?.into_decluttered()?;
         fuse(&mut typed, kernels)?;
         typed.into_optimized()?.into_runnable()
     };
@@ -447,7 +451,7 @@ fn optimize(
 /// An optimized plan for one model file as the engine builds its classifier plans (PReLU as
 /// mul + max, [`fuse_depthwise`]) at a fixed input shape; for profiling (`examples/profile_ops.rs`).
 pub fn optimized_plan(bytes: &[u8], file: &str, shape: [usize; 4]) -> Result<Plan, EngineError> {
-    optimize(parse(bytes, file)?, shape, file, Kernels::Fused)
+    optimize(parse(bytes, file)?, shape, None, file, Kernels::Fused)
 }
 
 impl TractEngine {
@@ -471,6 +475,7 @@ impl TractEngine {
                 let plan = optimize(
                     parse_classifier(&set.read(&m.model)?, file)?,
                     [1, 3, m.size, m.size],
+                    None,
                     file,
                     kernels,
                 )?;
@@ -487,17 +492,13 @@ impl TractEngine {
             .as_ref()
             .map(|f| -> Result<FinderPlan, LoadError> {
                 let file = &f.model.file;
-                let build = |model: InferenceModel| -> TractResult<Plan> {
-                    let mut typed = model
-                        .with_input_fact(0, f32::fact([1, 3, f.size, f.size]).into())?
-                        .with_outputs_by_name(FINDER_OUTPUTS)?
-                        .into_typed()?
-                        .into_decluttered()?;
-                    fuse(&mut typed, kernels)?;
-                    typed.into_optimized()?.into_runnable()
-                };
-                let plan = build(parse_classifier(&set.read(&f.model)?, file)?)
-                    .map_err(|e| load_err(file, e))?;
+                let plan = optimize(
+                    parse_classifier(&set.read(&f.model)?, file)?,
+                    [1, 3, f.size, f.size],
+                    Some(&FINDER_OUTPUTS),
+                    file,
+                    kernels,
+                )?;
                 Ok(FinderPlan { size: f.size, plan })
             })
             .transpose()?;
