@@ -83,6 +83,37 @@ fn stages(c: &mut Criterion) {
         session: None,
     };
     g.bench_function("receipt_sign", |b| b.iter(|| key.sign(&payload)));
+    // Re-submission detection's CPU per check: the print from the detector input the pipeline
+    // has already made (32x32 INTER_AREA, grey, 8x8 DCT), then the keyed fingerprint (image tag,
+    // four band tags, the sealed print), and judging ten stored candidates (each opened and
+    // compared). The store lookup itself is I/O, measured by loadbench.
+    let print_key = livecheck::resubmission::PrintKey::generate();
+    g.bench_function("image_print", |b| {
+        b.iter(|| livecheck::pipeline::print::ImagePrint::of_bgr(&scratch, dw, dh).unwrap())
+    });
+    let print = livecheck::pipeline::print::ImagePrint::of_bgr(&scratch, dw, dh).unwrap();
+    g.bench_function("resubmission_fingerprint", |b| {
+        b.iter(|| print_key.fingerprint(&payload.image_sha256, Some(&print), payload.reference))
+    });
+    let candidates: Vec<_> = (0..10)
+        .map(|_| {
+            let r = uuid::Uuid::new_v4();
+            let f = print_key.fingerprint(&"cd".repeat(32), Some(&print), r);
+            livecheck::resubmission::Candidate {
+                reference: r,
+                key_id: None,
+                created_at: chrono::Utc::now(),
+                image_tag: f.image_tag,
+                sealed: f.sealed,
+            }
+        })
+        .collect();
+    let query = print_key.fingerprint(&payload.image_sha256, Some(&print), payload.reference);
+    g.bench_function("resubmission_judge_10", |b| {
+        b.iter(|| {
+            livecheck::resubmission::judge(&print_key, &query, Some(&print), None, &candidates)
+        })
+    });
     g.finish();
 }
 

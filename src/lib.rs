@@ -17,6 +17,8 @@ pub mod fetch;
 pub mod models;
 pub mod pipeline;
 pub mod receipts;
+pub mod report;
+pub mod resubmission;
 pub mod server;
 pub mod service;
 pub mod store;

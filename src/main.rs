@@ -20,7 +20,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the HTTP API.
-    Serve(cmd::serve::ServeArgs),
+    Serve(Box<cmd::serve::ServeArgs>),
     /// Check image files or directories and print one JSON line per image.
     Check(cmd::check::CheckArgs),
     /// Evaluate on a labelled dataset (ISO/IEC 30107-3 error rates, HTML report).
@@ -35,12 +35,17 @@ enum Command {
     Models(cmd::models::ModelsArgs),
     /// Signed decision receipts: make signing keys, verify receipts offline.
     Receipts(cmd::receipts::ReceiptsArgs),
+    /// Audit report: volumes, live rate, reasons and scores per key and day, against the period
+    /// before, with significant shifts flagged.
+    Report(cmd::report::ReportArgs),
+    /// Re-submission detection: make the secret that keys its stored hashes.
+    Resubmission(cmd::resubmission::ResubmissionArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => cmd::serve::run(args),
+        Command::Serve(args) => cmd::serve::run(*args),
         Command::Check(args) => cmd::check::run(args),
         Command::Eval(args) => cmd::eval::run(args),
         Command::Crops(args) => cmd::crops::run(args),
@@ -48,6 +53,8 @@ fn main() -> std::process::ExitCode {
         Command::Migrate(args) => cmd::migrate::run(args),
         Command::Models(args) => cmd::models::run(args),
         Command::Receipts(args) => cmd::receipts::run(args),
+        Command::Report(args) => cmd::report::run(args),
+        Command::Resubmission(args) => cmd::resubmission::run(args),
     };
     match result {
         Ok(code) => code,

@@ -236,34 +236,14 @@ impl ReceiptKey {
     /// appears whole or not at all (written beside it, then hard-linked into place), so replicas
     /// starting together never read a half-written key.
     pub fn save(&self, path: &Path) -> Result<(), ReceiptError> {
-        use std::io::Write as _;
         let err = |message: String| ReceiptError::KeyFile {
             path: path.display().to_string(),
             message,
         };
-        let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt as _;
-            opts.mode(0o600);
-        }
-        let json = serde_json::to_string_pretty(&self.to_file()).map_err(|e| err(e.to_string()))?;
-        let written = opts.open(&tmp).and_then(|mut f| {
-            f.write_all(json.as_bytes())?;
-            f.write_all(b"\n")?;
-            f.sync_all()
-        });
-        let linked = written.and_then(|()| std::fs::hard_link(&tmp, path));
-        let _ = std::fs::remove_file(&tmp);
-        linked.map_err(|e| {
-            if e.kind() == std::io::ErrorKind::AlreadyExists {
-                err("already exists (a key file is never overwritten)".into())
-            } else {
-                err(e.to_string())
-            }
-        })
+        let mut json =
+            serde_json::to_string_pretty(&self.to_file()).map_err(|e| err(e.to_string()))?;
+        json.push('\n');
+        write_new_private(path, json.as_bytes()).map_err(err)
     }
 
     /// The key at `path`, or a new one written there when the file does not exist (`true` when
@@ -280,6 +260,35 @@ impl ReceiptKey {
             Err(e) => Err(e),
         }
     }
+}
+
+/// Write `bytes` to a new file at `path`, readable by its owner only, refusing to overwrite. The
+/// file appears whole or not at all (written beside it, then hard-linked into place), so
+/// replicas starting together never read a half-written key. Shared by the key files of
+/// receipts and of re-submission detection.
+pub(crate) fn write_new_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    use std::io::Write as _;
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        opts.mode(0o600);
+    }
+    let written = opts.open(&tmp).and_then(|mut f| {
+        f.write_all(bytes)?;
+        f.sync_all()
+    });
+    let linked = written.and_then(|()| std::fs::hard_link(&tmp, path));
+    let _ = std::fs::remove_file(&tmp);
+    linked.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            "already exists (a key file is never overwritten)".to_string()
+        } else {
+            e.to_string()
+        }
+    })
 }
 
 fn public_key(k: &Jwk) -> Result<VerifyingKey, String> {

@@ -16,6 +16,7 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::fetch::InputKind;
@@ -114,6 +115,7 @@ impl CheckService {
             }),
             model: self.model_hash().to_owned(),
             receipt: None,
+            signals: None,
         }
     }
 }
@@ -144,6 +146,27 @@ pub struct CheckOutcome {
     pub model: String,
     /// The signed decision receipt (compact JWS), when the front end signs one.
     pub receipt: Option<String>,
+    /// Facts about the picture reported beside the verdict (`data.signals`), when the front end
+    /// looks for any.
+    pub signals: Option<Signals>,
+}
+
+/// `data.signals`: facts about the picture reported beside the verdict. They never change the
+/// verdict unless the operator asks (`--reject-resubmissions`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Signals {
+    /// Whether the picture (the same bytes or a near-copy) was checked before.
+    pub resubmission: crate::resubmission::Resubmission,
+}
+
+impl CheckOutcome {
+    /// Turn this outcome into a rejected re-submission (`reason: resubmitted_image`), keeping
+    /// the score and the face it was made on.
+    pub fn reject_as_resubmission(&mut self) {
+        self.live = false;
+        self.reason = Reason::ResubmittedImage;
+        self.detail = Reason::ResubmittedImage.sentence().to_owned();
+    }
 }
 
 /// Who asked for a check and how the image came: the audit row's context.
@@ -206,6 +229,12 @@ impl CheckOutcome {
             app_version: provenance.app_version,
             timings_ms: checked.verdict.timings,
             receipt: self.receipt.clone(),
+            fingerprint: None,
+            signals: self
+                .signals
+                .as_ref()
+                .and_then(|s| serde_json::to_string(s).ok()),
+            shadow: None,
         }
     }
 }
@@ -235,6 +264,10 @@ impl From<&AuditRecord> for CheckOutcome {
             },
             model: r.model_hash.clone(),
             receipt: r.receipt.clone(),
+            signals: r
+                .signals
+                .as_deref()
+                .and_then(|s| serde_json::from_str(s).ok()),
         }
     }
 }
@@ -243,6 +276,7 @@ impl From<&AuditRecord> for CheckOutcome {
 mod tests {
     use super::*;
     use crate::engine::EngineError;
+    use chrono::SubsecRound;
 
     #[test]
     fn decode_failures_are_input_errors_and_engine_faults_are_ours() {
@@ -305,6 +339,14 @@ mod tests {
             }),
             model: "708e3dd2e45fc9c8".into(),
             receipt: Some("aGVhZGVy.cGF5bG9hZA.c2ln".into()),
+            signals: Some(Signals {
+                resubmission: crate::resubmission::Resubmission {
+                    seen_before: true,
+                    first_seen: Some(Utc::now().trunc_subsecs(0)),
+                    count: 2,
+                    same_key: false,
+                },
+            }),
         };
         let row = outcome.audit(
             &checked,

@@ -373,6 +373,235 @@ async fn verdicts_carry_signed_receipts_that_verify_from_the_jwks() {
     .await;
 }
 
+/// The Silent-Face sample (upright, as livecheck decodes it: the file has an EXIF orientation)
+/// re-encoded as PNG at half size: a near-copy with other bytes.
+fn half_size_png(name: &str) -> Vec<u8> {
+    let bgr = livecheck::pipeline::decode::decode(&silentface(name), &Default::default()).unwrap();
+    let rgb: Vec<u8> = bgr
+        .data
+        .chunks_exact(3)
+        .flat_map(|p| [p[2], p[1], p[0]])
+        .collect();
+    let img = image::DynamicImage::ImageRgb8(
+        image::RgbImage::from_raw(bgr.width, bgr.height, rgb).unwrap(),
+    );
+    let small = img.resize_exact(
+        img.width() / 2,
+        img.height() / 2,
+        image::imageops::FilterType::Triangle,
+    );
+    let mut out = std::io::Cursor::new(Vec::new());
+    small.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+/// Re-submission detection end to end, on both backends: a first submission is new; the same
+/// bytes again (same key) and a half-size PNG copy (another key) are reported with the count,
+/// the first sighting and whether the key had sent it; a different picture is not; GET by
+/// reference answers the same signals; the stored hashes are keyed (the server's secret gives
+/// them, another secret does not, and the raw SHA-256 is stored only in its own column).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resubmissions_are_reported_with_keyed_hashes() {
+    on_each_backend(test_config, |app: TestApp| async move {
+        let f1 = STANDARD.encode(silentface("image_F1.jpg"));
+        let signal = |v: &Value| v["data"]["signals"]["resubmission"].clone();
+        let post = |token: String, image: String| {
+            let app = &app;
+            async move {
+                let (status, _, body) = read(app.check_with(&token, &image).await).await;
+                assert_eq!(status, StatusCode::OK, "{body}");
+                serde_json::from_str::<Value>(&body).unwrap()
+            }
+        };
+        let first = post(app.token.clone(), f1.clone()).await;
+        assert_eq!(
+            signal(&first),
+            serde_json::json!({"seen_before": false, "first_seen": null, "count": 0, "same_key": false})
+        );
+        let before = chrono::Utc::now();
+        let again = post(app.token.clone(), f1.clone()).await;
+        let r = signal(&again);
+        assert_eq!(r["seen_before"], true, "{again}");
+        assert_eq!(r["count"], 1);
+        assert_eq!(r["same_key"], true);
+        let first_seen: chrono::DateTime<chrono::Utc> =
+            r["first_seen"].as_str().unwrap().parse().unwrap();
+        assert!(first_seen <= before, "{first_seen} {before}");
+        // Reported, not rejected: the verdict is the picture's own.
+        assert_eq!(again["data"]["reason"], first["data"]["reason"]);
+
+        let copy = post(
+            app.other_token.clone(),
+            STANDARD.encode(half_size_png("image_F1.jpg")),
+        )
+        .await;
+        let r = signal(&copy);
+        assert_eq!(r["seen_before"], true, "a half-size PNG copy: {copy}");
+        assert_eq!(r["count"], 2);
+        assert_eq!(r["same_key"], false, "the other key never sent it");
+        assert_eq!(r["first_seen"].as_str().unwrap(), first_seen.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true));
+
+        let other = post(app.token.clone(), STANDARD.encode(silentface("image_T1.jpg"))).await;
+        assert_eq!(signal(&other)["seen_before"], false, "{other}");
+
+        // GET by reference: the same signals.
+        let reference = reference_of(&copy);
+        let (status, _, body) = read(
+            app.get(&format!("{CHECK}{reference}/"), Some(&app.other_token))
+                .await,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let got: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(signal(&got), signal(&copy));
+
+        // What is stored: keyed hashes only.
+        let row = app
+            .store
+            .get_audit(reference_of(&first), app.key_id)
+            .await
+            .unwrap()
+            .unwrap();
+        let fp = row.fingerprint.clone().expect("a fingerprint");
+        let img = livecheck::pipeline::decode::decode(
+            &silentface("image_F1.jpg"),
+            &Default::default(),
+        )
+        .unwrap();
+        let print = livecheck::pipeline::print::ImagePrint::of_image(&img).unwrap();
+        let ours = helpers::print_key().fingerprint(&row.image_sha256, Some(&print), row.reference);
+        assert_eq!(fp.image_tag, ours.image_tag);
+        assert_eq!(fp.bands, ours.bands);
+        let stranger = livecheck::resubmission::PrintKey::generate().fingerprint(
+            &row.image_sha256,
+            Some(&print),
+            row.reference,
+        );
+        assert_ne!(fp.image_tag, stranger.image_tag);
+        let opened = helpers::print_key()
+            .open(fp.sealed.as_deref().unwrap(), row.reference)
+            .unwrap();
+        assert!(opened.distance(&print) < 1e-3);
+        let stored = format!("{}{:?}{:?}", fp.image_tag, fp.bands, fp.sealed);
+        assert!(!stored.contains(&row.image_sha256));
+        assert!(!stored.contains(&format!("{:016x}", print.bits())));
+    })
+    .await;
+}
+
+/// `--reject-resubmissions`: the second submission of a picture fails with
+/// `resubmitted_image`, and its receipt says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_resubmissions_fail_the_check() {
+    let config = || AppConfig {
+        reject_resubmissions: true,
+        ..test_config()
+    };
+    on_each_backend(config, |app: TestApp| async move {
+        let jwks = livecheck::receipts::Jwks {
+            keys: helpers::receipt_key().jwks().keys,
+        };
+        let image = STANDARD.encode(silentface("image_F1.jpg"));
+        let (_, _, body) = read(app.check(&image).await).await;
+        let first: Value = serde_json::from_str(&body).unwrap();
+        assert_ne!(first["data"]["reason"], "resubmitted_image");
+        let (status, _, body) = read(app.check_with(&app.other_token, &image).await).await;
+        assert_eq!(status, StatusCode::OK);
+        let second: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(second["data"]["status"], false, "{body}");
+        assert_eq!(second["data"]["reason"], "resubmitted_image");
+        assert_eq!(second["data"]["verification"]["status"], "FAILED");
+        assert_eq!(second["message"], "Face Liveliness failed");
+        assert_eq!(
+            second["data"]["detail"],
+            livecheck::pipeline::Reason::ResubmittedImage.sentence()
+        );
+        assert_eq!(second["data"]["signals"]["resubmission"]["count"], 1);
+        let payload =
+            livecheck::receipts::verify(second["data"]["receipt"].as_str().unwrap(), &jwks)
+                .unwrap();
+        assert_eq!(payload.reason, "resubmitted_image");
+        assert!(!payload.live);
+    })
+    .await;
+}
+
+/// The audit row `reference` of the main key.
+async fn audit_row(app: &TestApp, reference: Uuid) -> livecheck::store::AuditRecord {
+    app.store
+        .get_audit(reference, app.key_id)
+        .await
+        .unwrap()
+        .expect("the audit row")
+}
+
+/// Shadow scoring: with a second model set, the answer is the live set's and arrives while the
+/// shadow scorer is held (so it never waits for it); once released, the audit row gets the
+/// shadow set's verdict on the same picture, as `pipeline.check` of that set gives it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_scores_land_in_the_audit_row_after_the_answer() {
+    let shadow = Arc::new(
+        livecheck::load_pipeline(
+            Some("minifas128"),
+            Some(&common::models()),
+            livecheck::pipeline::PipelineConfig::default(),
+        )
+        .unwrap(),
+    );
+    let expected = shadow.check(&silentface("image_F1.jpg")).unwrap();
+    let config = {
+        let shadow = shadow.clone();
+        move || AppConfig {
+            shadow_pipeline: Some(livecheck::server::shadow::ShadowSet(shadow.clone())),
+            ..test_config()
+        }
+    };
+    on_each_backend(config, |mut app: TestApp| {
+        let shadow = shadow.clone();
+        let expected = expected.clone();
+        async move {
+            assert!(app.shadow_pause.is_some());
+            let (status, _, body) = read(
+                app.check(&STANDARD.encode(silentface("image_F1.jpg")))
+                    .await,
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            let v: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(v["data"]["model"], helpers::model_hash());
+            let reference = reference_of(&v);
+            let row = audit_row(&app, reference).await;
+            assert_eq!(
+                row.shadow, None,
+                "answered while the shadow scorer was held"
+            );
+            drop(app.shadow_pause.take());
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let score = loop {
+                if let Some(s) = audit_row(&app, reference).await.shadow {
+                    break s;
+                }
+                assert!(Instant::now() < deadline, "no shadow score after 60 s");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            assert_eq!(score.model, shadow.model_hash());
+            assert_ne!(score.model, helpers::model_hash());
+            assert_eq!(score.live, expected.live);
+            assert_eq!(score.reason, expected.reason);
+            assert!((score.p_real - f64::from(expected.p_real)).abs() < 1e-9);
+            // GET by reference still answers the live set's verdict.
+            let (_, _, body) = read(
+                app.get(&format!("{CHECK}{reference}/"), Some(&app.token))
+                    .await,
+            )
+            .await;
+            let got: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(got["data"]["model"], helpers::model_hash());
+        }
+    })
+    .await;
+}
+
 /// Rotation: a receipt signed before the key was rotated still verifies from the JWKS a server
 /// with the new key publishes (new key first); a fresh key without `--retire` does not list it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -415,3 +415,81 @@ fn face_finder_matches_opencv_face_detector_yn() {
         println!("{name}: {} faces match", got.len());
     }
 }
+
+/// The image print (re-submission detection) against OpenCV itself
+/// (`training/reference/print_reference.py`): from the reference's decoded samples, each alone,
+/// side by side and a small top-left quarter (left at its own size by the detector input), the
+/// detector input, INTER_AREA to 32x32, BGR2GRAY and `cv2.dct` must give the same 63 unit
+/// coefficients within 1e-6 and the same 64 bits.
+#[test]
+fn image_print_matches_opencv_reference() {
+    use livecheck::pipeline::print::ImagePrint;
+
+    let r: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(common::fixtures().join("print/reference.json")).unwrap(),
+    )
+    .unwrap();
+    let samples: Vec<BgrImage> = IMAGES.iter().map(|i| ref_decoded(i)).collect();
+    let mut cases: Vec<(String, BgrImage)> = IMAGES
+        .iter()
+        .zip(&samples)
+        .map(|(n, i)| (n.to_string(), i.clone()))
+        .collect();
+    let (h, w) = (samples[0].height as usize, samples[0].width as usize);
+    let mut row = Vec::with_capacity(3 * w * h * 3);
+    for y in 0..h {
+        for s in &samples {
+            row.extend_from_slice(&s.data[y * w * 3..(y + 1) * w * 3]);
+        }
+    }
+    cases.push((
+        "row3".into(),
+        BgrImage::from_raw(3 * w as u32, h as u32, row).unwrap(),
+    ));
+    for (n, s) in IMAGES.iter().zip(&samples) {
+        let (qw, qh) = (w / 4, h / 4);
+        let mut q = Vec::with_capacity(qw * qh * 3);
+        for y in 0..qh {
+            q.extend_from_slice(&s.data[y * w * 3..y * w * 3 + qw * 3]);
+        }
+        cases.push((
+            format!("{n}_quarter"),
+            BgrImage::from_raw(qw as u32, qh as u32, q).unwrap(),
+        ));
+    }
+    assert_eq!(cases.len(), r["images"].as_object().unwrap().len());
+    for (name, img) in &cases {
+        let want = &r["images"][name.as_str()];
+        let (iw, ih) = (img.width as usize, img.height as usize);
+        let (dw, dh) = detect::detector_input_size(iw, ih);
+        assert_eq!(
+            [dw, dh],
+            [
+                want["detector_input"][0].as_u64().unwrap() as usize,
+                want["detector_input"][1].as_u64().unwrap() as usize
+            ],
+            "{name}"
+        );
+        let (mut resized, mut tensor) = (Vec::new(), Vec::new());
+        detect::detector_input(&img.view(), dw, dh, &mut resized, &mut tensor);
+        let p = ImagePrint::of_bgr(&resized, dw, dh).unwrap();
+        let coeffs: Vec<f64> = want["coeffs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_f64().unwrap())
+            .collect();
+        assert_eq!(coeffs.len(), p.coeffs.len());
+        let worst = coeffs
+            .iter()
+            .zip(&p.coeffs)
+            .map(|(a, b)| (a - f64::from(*b)).abs())
+            .fold(0.0, f64::max);
+        assert!(worst < 1e-6, "{name}: coefficient off by {worst}");
+        assert_eq!(
+            format!("{:016x}", p.bits()),
+            want["bits"].as_str().unwrap(),
+            "{name}"
+        );
+    }
+}

@@ -450,3 +450,56 @@ async fn two_shared_limiters_spend_and_refund_one_allowance() {
     assert!(b.check("key").await.is_err());
     assert_eq!(errors.get(), 0);
 }
+
+/// Re-submission across replicas on PostgreSQL: two replicas with one secret
+/// (`livecheck resubmission keygen`, given with `--print-key`); a picture checked through one
+/// replica with one key is reported as seen by the other replica for another key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resubmission_is_seen_across_replicas() {
+    use base64::Engine as _;
+    let Ok(base) = std::env::var(PG_ENV) else {
+        helpers::skip_unless_ci(
+            "the cross-replica re-submission test",
+            &format!("{PG_ENV} is unset"),
+        );
+        return;
+    };
+    let schema = PgSchema::create(&base).await;
+    let db = schema.url.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("print-key.json");
+    let out = livecheck(&["resubmission", "keygen", "--out", secret.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Never overwritten.
+    let again = livecheck(&["resubmission", "keygen", "--out", secret.to_str().unwrap()]);
+    assert!(!again.status.success());
+    let (one, two) = (create_key_cli(&db), create_key_cli(&db));
+    let args = ["--print-key", secret.to_str().unwrap()];
+    let a = ServeProcess::spawn(&db, &args, &[("RUST_LOG", "warn")]);
+    let b = ServeProcess::spawn(&db, &args, &[("RUST_LOG", "warn")]);
+    let image =
+        base64::engine::general_purpose::STANDARD.encode(helpers::silentface("image_T1.jpg"));
+    let body = serde_json::json!({ "image": image }).to_string();
+    let signal = |text: String| -> Value {
+        let v: Value = serde_json::from_str(&text).unwrap();
+        v["data"]["signals"]["resubmission"].clone()
+    };
+    let first = post_check(&client(), &a.addr, &one, body.clone())
+        .await
+        .unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(signal(first.text().await.unwrap())["seen_before"], false);
+    let second = post_check(&client(), &b.addr, &two, body).await.unwrap();
+    assert_eq!(second.status(), StatusCode::OK);
+    let r = signal(second.text().await.unwrap());
+    assert_eq!(r["seen_before"], true, "{r}");
+    assert_eq!(r["count"], 1);
+    assert_eq!(r["same_key"], false);
+    a.stop("TERM");
+    b.stop("TERM");
+    schema.drop().await;
+}

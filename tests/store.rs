@@ -6,9 +6,11 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SubsecRound, Utc};
+use livecheck::pipeline::print::ImagePrint;
 use livecheck::pipeline::Reason;
+use livecheck::resubmission::{judge, Fingerprint, PrintKey};
 use livecheck::store::{
-    AuditRecord, AuditWriter, ImageSource, Store, StoreError, StoreOptions, Timings,
+    AuditRecord, AuditWriter, ImageSource, ShadowScore, Store, StoreError, StoreOptions, Timings,
 };
 use sqlx::Connection;
 use uuid::Uuid;
@@ -70,6 +72,26 @@ fn full_record(key_id: Option<Uuid>) -> AuditRecord {
             total: f64::MAX,
         },
         receipt: None,
+        fingerprint: Some(Fingerprint {
+            image_tag: "a1".repeat(32),
+            bands: Some([
+                "b0".repeat(16),
+                "b1".repeat(16),
+                "b2".repeat(16),
+                "b3".repeat(16),
+            ]),
+            sealed: Some("c2VhbGVkLXByaW50".into()),
+        }),
+        signals: Some(
+            r#"{"resubmission":{"seen_before":false,"first_seen":null,"count":0,"same_key":false}}"#
+                .into(),
+        ),
+        shadow: Some(ShadowScore {
+            model: "a3c1e0f2b4d69788".into(),
+            p_real: 0.123_456_789,
+            live: false,
+            reason: Reason::Spoof,
+        }),
     }
 }
 
@@ -97,6 +119,9 @@ fn sparse_record(key_id: Option<Uuid>) -> AuditRecord {
         app_version: "0.1.0".into(),
         timings_ms: Timings::default(),
         receipt: None,
+        fingerprint: None,
+        signals: None,
+        shadow: None,
     }
 }
 
@@ -271,6 +296,34 @@ async fn audit_round_trips_every_field() {
             store.get_audit(sparse.reference, key.id).await.unwrap(),
             Some(sparse.clone())
         );
+        // A shadow score written later lands in its row only.
+        let score = ShadowScore {
+            model: "shadowset".into(),
+            p_real: 0.75,
+            live: true,
+            reason: Reason::Live,
+        };
+        store
+            .set_shadow_score(sparse.reference, &score)
+            .await
+            .unwrap();
+        let back = store
+            .get_audit(sparse.reference, key.id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(back.shadow, Some(score.clone()));
+        assert_eq!(
+            back,
+            AuditRecord {
+                shadow: Some(score),
+                ..sparse.clone()
+            }
+        );
+        assert_eq!(
+            store.get_audit(full.reference, key.id).await.unwrap(),
+            Some(full.clone())
+        );
 
         // Sub-microsecond precision is truncated, identically on both backends.
         let mut precise = full_record(Some(key.id));
@@ -300,6 +353,69 @@ async fn audit_round_trips_every_field() {
         let parsed: AuditRecord = serde_json::from_str(&json).unwrap();
         assert_eq!(parsed, full);
         assert!(json.contains("\"timings_ms\""));
+    })
+    .await;
+}
+
+/// Re-submission candidates on both backends: rows sharing the image tag or a band tag within
+/// the window are found (and no others), oldest first; a row without a print is found by its
+/// image tag only; `judge` on them counts the copies, the first sighting and the keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resubmission_candidates_are_found_by_tag_within_the_window() {
+    on_each_backend(|db| async move {
+        let store = db.store;
+        let (me, _) = store.create_key("me").await.unwrap();
+        let (them, _) = store.create_key("them").await.unwrap();
+        let secret = PrintKey::from_secret([9; 32]);
+        let unit = |seed: f32| {
+            let mut c = [0f32; 63];
+            for (i, v) in c.iter_mut().enumerate() {
+                *v = ((i as f32 + 1.0) * seed).sin();
+            }
+            let n = c.iter().map(|v| v * v).sum::<f32>().sqrt();
+            c.iter_mut().for_each(|v| *v /= n);
+            ImagePrint { coeffs: c }
+        };
+        let picture = unit(0.37);
+        let mut copy = picture;
+        copy.coeffs[5] += 0.01;
+        let other = unit(2.3);
+        let now = Utc::now().trunc_subsecs(6);
+        let row = |key: Uuid, sha: u8, print: Option<&ImagePrint>, days_ago: i64| {
+            let mut r = sparse_record(Some(key));
+            r.image_sha256 = sha256_hex(sha);
+            r.created_at = now - chrono::Duration::days(days_ago);
+            r.fingerprint = Some(secret.fingerprint(&r.image_sha256, print, r.reference));
+            r
+        };
+        let old = row(me.id, 1, Some(&picture), 40); // outside a 30-day window
+        let first = row(them.id, 2, Some(&copy), 20);
+        let same_bytes = row(me.id, 3, None, 10);
+        let unrelated = row(me.id, 4, Some(&other), 5);
+        for r in [&old, &first, &same_bytes, &unrelated] {
+            store.insert_audit(r).await.unwrap();
+        }
+        let query = secret.fingerprint(&sha256_hex(3), Some(&picture), Uuid::new_v4());
+        let since = now - chrono::Duration::days(30);
+        let found = store.resubmission_candidates(&query, since).await.unwrap();
+        let refs: Vec<Uuid> = found.iter().map(|c| c.reference).collect();
+        assert_eq!(refs, vec![first.reference, same_bytes.reference]);
+        assert_eq!(found[0].created_at, first.created_at);
+        assert_eq!(found[0].key_id, Some(them.id));
+        let verdict = judge(&secret, &query, Some(&picture), Some(me.id), &found);
+        assert!(verdict.seen_before);
+        assert_eq!(verdict.count, 2);
+        assert_eq!(verdict.first_seen, Some(first.created_at));
+        assert!(verdict.same_key, "the same bytes came with this key before");
+        // The whole history, and a picture never seen.
+        let all = store
+            .resubmission_candidates(&query, now - chrono::Duration::days(365))
+            .await
+            .unwrap();
+        assert_eq!(all.len(), 3);
+        let fresh = secret.fingerprint(&sha256_hex(7), Some(&unit(5.1)), Uuid::new_v4());
+        let none = store.resubmission_candidates(&fresh, since).await.unwrap();
+        assert!(judge(&secret, &fresh, Some(&unit(5.1)), Some(me.id), &none).count == 0);
     })
     .await;
 }

@@ -7,4 +7,6 @@ pub mod keys;
 pub mod migrate;
 pub mod models;
 pub mod receipts;
+pub mod report;
+pub mod resubmission;
 pub mod serve;

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use livecheck::receipts::ReceiptKey;
+use livecheck::resubmission::PrintKey;
 use livecheck::server;
 use livecheck::server::ratelimit::RedisConfig;
 use livecheck::server::{AppConfig, Application};
@@ -159,12 +160,50 @@ pub struct ServeArgs {
     #[arg(long, env = "LIVECHECK_RECEIPT_KEY", value_name = "FILE")]
     pub receipt_key: Option<PathBuf>,
 
+    /// Secret that keys the stored hashes of re-submission detection (docs/resubmission.md).
+    /// Default: print-key.json in the data directory, created on first start. Every replica of
+    /// one deployment needs the same file.
+    #[arg(long, env = "LIVECHECK_PRINT_KEY", value_name = "FILE")]
+    pub print_key: Option<PathBuf>,
+
+    /// How far back a re-submitted picture (the same bytes or a near-copy, by any key) is looked
+    /// for: a number with a unit, s, m, h or d. 0 turns the lookup (and `data.signals`) off.
+    #[arg(long, env = "LIVECHECK_RESUBMISSION_WINDOW", default_value = "30d", value_parser = super::common::parse_window)]
+    pub resubmission_window: Duration,
+
+    /// Fail a re-submitted picture (`reason: resubmitted_image`, VERIFIED never) instead of only
+    /// reporting it in `data.signals.resubmission`.
+    #[arg(long, env = "LIVECHECK_REJECT_RESUBMISSIONS")]
+    pub reject_resubmissions: bool,
+
+    /// A second model set (built-in name or set file) that scores every checked picture again
+    /// after the answer, at the lowest CPU priority, into the audit row; `livecheck report`
+    /// shows how often it agrees with the live set. Answers never wait for it.
+    #[arg(long, env = "LIVECHECK_SHADOW_MODEL_SET", value_name = "NAME|FILE")]
+    pub shadow_model_set: Option<String>,
+
     #[command(flatten)]
     pub pipeline: super::common::PipelineArgs,
 }
 
 /// File name of the signing key `serve` creates in its data directory.
 pub const DEFAULT_RECEIPT_KEY_FILE: &str = "receipt-key.json";
+/// File name of the re-submission secret `serve` creates in its data directory.
+pub const DEFAULT_PRINT_KEY_FILE: &str = "print-key.json";
+
+/// The re-submission secret: `--print-key`'s file (which must exist), or the data directory's,
+/// created on first start.
+fn print_key(flag: Option<&Path>, database: &str) -> anyhow::Result<PrintKey> {
+    if let Some(path) = flag {
+        return Ok(PrintKey::load(path)?);
+    }
+    let path = data_dir(database).join(DEFAULT_PRINT_KEY_FILE);
+    let (key, created) = PrintKey::load_or_create(&path)?;
+    if created {
+        tracing::info!(file = %path.display(), "re-submission secret created");
+    }
+    Ok(key)
+}
 
 /// The data directory of a database URL: the SQLite file's folder, else the working directory.
 fn data_dir(database: &str) -> PathBuf {
@@ -229,6 +268,8 @@ impl ServeArgs {
                 key_prefix: self.redis_key_prefix.clone(),
                 timeout: Duration::from_secs_f64(self.redis_timeout),
             }),
+            resubmission_window: self.resubmission_window,
+            reject_resubmissions: self.reject_resubmissions,
             ..defaults
         }
     }
@@ -242,6 +283,21 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut config = args.app_config();
     config.receipt_key = Some(Arc::new(receipt_key(
         args.receipt_key.as_deref(),
+        &args.database.url,
+    )?));
+    if let Some(set) = &args.shadow_model_set {
+        // The shadow set's own threshold and the same quality settings as the live set.
+        let mut shadow = args.pipeline.clone();
+        shadow.model_set = Some(set.clone());
+        shadow.threshold = None;
+        let shadow = shadow
+            .build()
+            .with_context(|| format!("cannot load the shadow model set {set:?}"))?;
+        tracing::info!(model_set = %set, hash = shadow.model_hash(), "shadow model set loaded");
+        config.shadow_pipeline = Some(server::shadow::ShadowSet(Arc::new(shadow)));
+    }
+    config.print_key = Some(Arc::new(print_key(
+        args.print_key.as_deref(),
         &args.database.url,
     )?));
     // Blocking checks run on tokio's blocking pool, bounded by the CPU semaphore.
@@ -389,7 +445,7 @@ fn init_tracing(json: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cmd::common::{parse_cidr, parse_seconds};
+    use crate::cmd::common::{parse_cidr, parse_seconds, parse_window};
     use clap::Parser;
     use ipnet::IpNet;
     use livecheck::pipeline;
@@ -398,6 +454,27 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         serve: ServeArgs,
+    }
+
+    #[test]
+    fn resubmission_windows() {
+        assert_eq!(
+            parse_window("30d").unwrap(),
+            Duration::from_secs(30 * 86_400)
+        );
+        assert_eq!(parse_window("12h").unwrap(), Duration::from_secs(12 * 3600));
+        assert_eq!(parse_window("90m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_window("45s").unwrap(), Duration::from_secs(45));
+        assert_eq!(parse_window("0").unwrap(), Duration::ZERO);
+        for bad in ["30", "d", "3w", "-1d", "1.5d", "99999999999d", ""] {
+            assert!(parse_window(bad).is_err(), "{bad:?}");
+        }
+        let cli = Cli::try_parse_from(["x"]).unwrap();
+        assert_eq!(
+            cli.serve.resubmission_window,
+            Duration::from_secs(30 * 86_400)
+        );
+        assert!(!cli.serve.reject_resubmissions);
     }
 
     #[test]

@@ -234,6 +234,7 @@ mod tests {
             face: None,
             scores: None,
             image_size: None,
+            print: None,
             timings: Timings::default(),
         }
     }

@@ -763,6 +763,7 @@ mod tests {
             face: None,
             scores: None,
             image_size: None,
+            print: None,
             timings: Timings::default(),
         };
         ScoredSample::from_result(&item, Some("00".into()), Ok(v))

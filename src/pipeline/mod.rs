@@ -9,6 +9,7 @@ pub mod crop;
 pub mod decode;
 pub mod detect;
 pub mod finder;
+pub mod print;
 pub mod resize;
 pub mod square;
 
@@ -40,6 +41,10 @@ pub enum Reason {
     FaceTooClose,
     /// The image is smaller than the minimum side.
     ImageTooSmall,
+    /// The picture was checked before within the re-submission window, and the service rejects
+    /// re-submissions (`--reject-resubmissions`). Never produced by the pipeline itself: the
+    /// service decides it (`crate::resubmission`).
+    ResubmittedImage,
 }
 
 impl Reason {
@@ -53,11 +58,12 @@ impl Reason {
             Reason::FaceTooSmall => "face_too_small",
             Reason::FaceTooClose => "face_too_close",
             Reason::ImageTooSmall => "image_too_small",
+            Reason::ResubmittedImage => "resubmitted_image",
         }
     }
 
     /// Every reason, in declaration order.
-    pub const ALL: [Reason; 7] = [
+    pub const ALL: [Reason; 8] = [
         Reason::Live,
         Reason::Spoof,
         Reason::NoFace,
@@ -65,6 +71,7 @@ impl Reason {
         Reason::FaceTooSmall,
         Reason::FaceTooClose,
         Reason::ImageTooSmall,
+        Reason::ResubmittedImage,
     ];
 
     /// The reason with this stable code.
@@ -84,6 +91,9 @@ impl Reason {
                 "Face is too close to the camera; the image must show more of the head and background"
             }
             Reason::ImageTooSmall => "Image is too small",
+            Reason::ResubmittedImage => {
+                "This image was already submitted; a new photo must be taken for each check"
+            }
         }
     }
 }
@@ -183,6 +193,10 @@ pub struct Verdict {
     pub scores: Option<Scores>,
     /// Upright image size `[w, h]` (absent when the image was not decoded).
     pub image_size: Option<[u32; 2]>,
+    /// The picture's perceptual print (re-submission detection; absent for images too small to
+    /// be checked and featureless ones).
+    #[serde(skip)]
+    pub print: Option<Box<print::ImagePrint>>,
     pub timings: Timings,
 }
 
@@ -235,6 +249,7 @@ impl Verdict {
             face: None,
             scores: None,
             image_size: None,
+            print: None,
             timings: Timings::default(),
         }
     }
@@ -360,6 +375,10 @@ impl Pipeline {
         let (dw, dh) = detect::detector_input_size(w, h);
         let floor = cfg.min_face_confidence.min(MULTI_FACE_CANDIDATE);
         let faces = self.detect_at(&view, dw, dh, floor)?;
+        // The print reads the detector input `detect_at` just made (before any scan reuses it).
+        v.print = SCRATCH
+            .with(|s| print::ImagePrint::of_bgr(&s.borrow().resized, dw, dh))
+            .map(Box::new);
         v.timings.detect = ms(t0);
 
         // Upstream's box, and the confidence it was accepted at: its own, or the confirmation

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::service::{CheckOutcome, OutcomeFace};
+use crate::service::{CheckOutcome, OutcomeFace, Signals};
 
 /// Top-level `message` of a live verdict.
 pub const MSG_LIVE: &str = "Face Liveliness successful";
@@ -60,7 +60,7 @@ pub struct CheckData {
     #[schema(value_type = Object)]
     pub session: serde_json::Map<String, serde_json::Value>,
     /// Stable machine-readable reason: live, spoof, no_face, multiple_faces, face_too_small,
-    /// face_too_close, image_too_small.
+    /// face_too_close, image_too_small, resubmitted_image (only with `--reject-resubmissions`).
     pub reason: String,
     /// The face the verdict is about (absent when none was found).
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -73,6 +73,9 @@ pub struct CheckData {
     /// verifiable with the keys at `/.well-known/jwks.json` (docs/receipts.md).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub receipt: Option<String>,
+    /// Facts about the picture beside the verdict; absent when the service looks for none.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub signals: Option<Signals>,
 }
 
 /// `data.verification`.
@@ -129,6 +132,7 @@ impl From<&CheckOutcome> for CheckEnvelope {
                 threshold: outcome.threshold,
                 model: outcome.model.clone(),
                 receipt: outcome.receipt.clone(),
+                signals: outcome.signals,
             },
             message: message.to_owned(),
         }
@@ -159,6 +163,7 @@ mod tests {
             }),
             model: "abc".to_owned(),
             receipt: None,
+            signals: None,
         }
     }
 

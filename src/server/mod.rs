@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod ratelimit;
 pub mod routes;
+pub mod shadow;
 pub mod slots;
 
 use std::future::Future;
@@ -121,6 +122,18 @@ pub struct AppConfig {
     /// Signs every verdict's receipt (`data.receipt`) and publishes its public keys at
     /// `/.well-known/jwks.json`; `None`: no receipts and an empty key set.
     pub receipt_key: Option<Arc<crate::receipts::ReceiptKey>>,
+    /// Keys the stored hashes of every checked picture for re-submission detection
+    /// (`crate::resubmission`); `None`: no hashes kept and no `data.signals`.
+    pub print_key: Option<Arc<crate::resubmission::PrintKey>>,
+    /// How far back a re-submission is looked for (`--resubmission-window`); zero: not looked
+    /// for (hashes are still kept when `print_key` is set).
+    pub resubmission_window: Duration,
+    /// A re-submission fails the check (`reason: resubmitted_image`) instead of only being
+    /// reported (`--reject-resubmissions`).
+    pub reject_resubmissions: bool,
+    /// Scores every checked picture again with this pipeline after the answer, into the audit
+    /// row (`--shadow-model-set`, [`shadow`]).
+    pub shadow_pipeline: Option<shadow::ShadowSet>,
 }
 
 /// Default of [`AppConfig::max_body_bytes`] (`--max-body-bytes`).
@@ -176,6 +189,12 @@ impl Default for AppConfig {
             redis: None,
             app_version: env!("CARGO_PKG_VERSION").to_owned(),
             receipt_key: None,
+            print_key: None,
+            resubmission_window: Duration::from_secs(
+                crate::resubmission::DEFAULT_WINDOW_DAYS as u64 * 86_400,
+            ),
+            reject_resubmissions: false,
+            shadow_pipeline: None,
         }
     }
 }
@@ -223,6 +242,8 @@ pub(crate) struct Inner {
     pub(crate) fetch_slots: slots::FetchSlots,
     /// Set when shutdown begins: `/readyz` answers 503 `draining` while requests are still served.
     pub(crate) draining: Arc<AtomicBool>,
+    /// Shadow scoring, when a shadow model set is configured.
+    pub(crate) shadow: Option<shadow::Shadow>,
 }
 
 /// A built application, ready to serve.
@@ -303,6 +324,20 @@ impl Application {
         let keys = keycache::KeyCache::new(config.key_cache_ttl);
         let fetch_slots =
             slots::FetchSlots::new(config.max_concurrent_fetches, config.max_fetches_per_key);
+        let shadow = match &config.shadow_pipeline {
+            Some(shadow::ShadowSet(p)) => {
+                let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+                    ServerError::Config("the shadow scorer needs a Tokio runtime".into())
+                })?;
+                Some(
+                    shadow::Shadow::spawn(p.clone(), store.clone(), metrics.clone(), runtime)
+                        .map_err(|e| {
+                            ServerError::Config(format!("cannot start the shadow scorer: {e}"))
+                        })?,
+                )
+            }
+            None => None,
+        };
         let state = AppState {
             inner: Arc::new(Inner {
                 config,
@@ -317,10 +352,17 @@ impl Application {
                 body_budget,
                 fetch_slots,
                 draining: Arc::new(AtomicBool::new(false)),
+                shadow,
             }),
         };
         let router = router(state.clone());
         Ok(Application { state, router })
+    }
+
+    /// The shadow scorer (tests pause it to show that answers never wait for it).
+    #[doc(hidden)]
+    pub fn shadow(&self) -> Option<&shadow::Shadow> {
+        self.state.inner.shadow.as_ref()
     }
 
     /// The switch that starts draining: once set, `/readyz` answers 503 `draining` (so load

@@ -31,6 +31,8 @@ use super::routes;
         CheckData,
         Verification,
         FaceInfo,
+        crate::service::Signals,
+        crate::resubmission::Resubmission,
         ErrorEnvelope,
         routes::Health,
         routes::Readiness,
@@ -130,6 +132,20 @@ mod tests {
         ] {
             assert!(data.get(field).is_some(), "CheckData lacks {field}");
         }
+        // The additive fields, down to the re-submission signal.
+        for field in ["reason", "face", "threshold", "model", "receipt", "signals"] {
+            assert!(data.get(field).is_some(), "CheckData lacks {field}");
+        }
+        let resubmission = &v["components"]["schemas"]["Resubmission"]["properties"];
+        for field in ["seen_before", "first_seen", "count", "same_key"] {
+            assert!(
+                resubmission.get(field).is_some(),
+                "Resubmission lacks {field}"
+            );
+        }
+        assert!(v["components"]["schemas"]["Signals"]["properties"]
+            .get("resubmission")
+            .is_some());
     }
 
     /// Every error example's `message` is one the server really sends: each is produced here by

@@ -17,7 +17,8 @@ use super::envelope::CheckEnvelope;
 use super::error::{internal_error_response, json_response, ApiError, ErrorEnvelope};
 use super::AppState;
 use crate::fetch::{parse_image_input, ImageInput, InputKind};
-use crate::service::{CheckError, CheckOutcome, Provenance};
+use crate::resubmission;
+use crate::service::{CheckError, CheckOutcome, Provenance, Signals};
 
 /// Decrements the in-flight gauge when a check ends, however it ends.
 struct InFlight {
@@ -190,6 +191,7 @@ async fn run_check(
         .ok_or_else(|| ApiError::Unavailable("shutting down".into()))?;
     let service = Arc::clone(&inner.service);
     let started = Instant::now();
+    let shadow_bytes = inner.shadow.as_ref().map(|_| bytes.clone());
     let result = tokio::task::spawn_blocking(move || {
         let _running = running;
         service.check(&bytes)
@@ -212,13 +214,46 @@ async fn run_check(
         app_version: inner.config.app_version.clone(),
         created_at: chrono::Utc::now(),
     };
+    // Re-submission: the picture's keyed hashes, and the earlier checks that share them.
+    let fingerprint = match &inner.config.print_key {
+        Some(key) => {
+            let started = Instant::now();
+            let print = checked.verdict.print.as_deref();
+            let fp = key.fingerprint(&checked.image_sha256, print, outcome.reference);
+            let window = inner.config.resubmission_window;
+            if !window.is_zero() {
+                let since = provenance.created_at
+                    - chrono::Duration::from_std(window).unwrap_or(chrono::Duration::MAX);
+                let candidates = inner
+                    .store
+                    .resubmission_candidates(&fp, since)
+                    .await
+                    .map_err(|e| ApiError::from_store("re-submission lookup", &e))?;
+                let seen = resubmission::judge(key, &fp, print, Some(caller.key.id), &candidates);
+                outcome.signals = Some(Signals { resubmission: seen });
+                if seen.seen_before {
+                    metrics
+                        .resubmissions
+                        .with_label_values(&[if seen.same_key { "true" } else { "false" }])
+                        .inc();
+                }
+                if seen.seen_before && inner.config.reject_resubmissions {
+                    outcome.reject_as_resubmission();
+                }
+            }
+            metrics.observe_stage_ms("resubmission", started.elapsed().as_secs_f64() * 1000.0);
+            Some(fp)
+        }
+        None => None,
+    };
     if let Some(key) = &inner.config.receipt_key {
         let sign_start = Instant::now();
         let payload = outcome.receipt_payload(&checked.image_sha256, &provenance);
         outcome.receipt = Some(key.sign(&payload));
         metrics.observe_stage_ms("receipt", sign_start.elapsed().as_secs_f64() * 1000.0);
     }
-    let record = outcome.audit(&checked, provenance);
+    let mut record = outcome.audit(&checked, provenance);
+    record.fingerprint = fingerprint;
     // The audit row is committed before the verdict leaves; no row, no verdict.
     let audit_start = Instant::now();
     inner
@@ -234,6 +269,13 @@ async fn run_check(
             if outcome.live { "true" } else { "false" },
         ])
         .inc();
+    metrics.count_key_verdict(&caller.key.id.to_string(), outcome.live);
+    if checked.verdict.scores.is_some() {
+        metrics
+            .p_real
+            .with_label_values(&[outcome.model.as_str()])
+            .observe(outcome.p_real);
+    }
     tracing::info!(
         reference = %outcome.reference,
         key_id = %caller.key.id,
@@ -244,6 +286,10 @@ async fn run_check(
         "verdict"
     );
 
+    // The second model set scores the picture off the answer's path (src/server/shadow.rs).
+    if let (Some(shadow), Some(bytes)) = (&inner.shadow, shadow_bytes) {
+        shadow.submit(outcome.reference, bytes);
+    }
     let mut response = json_response(StatusCode::OK, &CheckEnvelope::from(&outcome));
     if let Some(info) = caller.rate_limit {
         info.apply(response.headers_mut());

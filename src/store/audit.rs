@@ -6,6 +6,7 @@ use uuid::Uuid;
 
 use super::{parse_ts, parse_uuid, pg_ts, ts_text, Pool, Store, StoreError, Timings};
 use crate::pipeline::Reason;
+use crate::resubmission::{Candidate, Fingerprint, MAX_CANDIDATES};
 
 /// How the image reached the service, as audited (stored as `url` or `base64`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,6 +70,24 @@ pub struct AuditRecord {
     pub timings_ms: Timings,
     /// The signed decision receipt sent with the verdict (`None` when the service signs none).
     pub receipt: Option<String>,
+    /// The picture's keyed hashes for re-submission detection (`None` when the service keeps
+    /// none).
+    pub fingerprint: Option<Fingerprint>,
+    /// The signals reported with the verdict (`data.signals`, a JSON object), if any.
+    pub signals: Option<String>,
+    /// The shadow model set's verdict on the same picture (`--shadow-model-set`), written after
+    /// the answer; `None` until then or without a shadow set.
+    pub shadow: Option<ShadowScore>,
+}
+
+/// A shadow model set's verdict on an audited picture.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShadowScore {
+    /// The shadow set's hash.
+    pub model: String,
+    pub p_real: f64,
+    pub live: bool,
+    pub reason: Reason,
 }
 
 #[derive(sqlx::FromRow)]
@@ -100,6 +119,17 @@ struct AuditRow {
     classify_ms: f64,
     total_ms: f64,
     receipt: Option<String>,
+    image_tag: Option<String>,
+    print_band0: Option<String>,
+    print_band1: Option<String>,
+    print_band2: Option<String>,
+    print_band3: Option<String>,
+    print_sealed: Option<String>,
+    signals: Option<String>,
+    shadow_model: Option<String>,
+    shadow_p_real: Option<f64>,
+    shadow_live: Option<bool>,
+    shadow_reason: Option<String>,
 }
 
 impl AuditRow {
@@ -153,6 +183,46 @@ impl AuditRow {
                 total: self.total_ms,
             },
             receipt: self.receipt,
+            fingerprint: self.image_tag.map(|image_tag| {
+                let bands = match (
+                    self.print_band0,
+                    self.print_band1,
+                    self.print_band2,
+                    self.print_band3,
+                ) {
+                    (Some(a), Some(b), Some(c), Some(d)) => Some([a, b, c, d]),
+                    _ => None,
+                };
+                Fingerprint {
+                    image_tag,
+                    bands,
+                    sealed: self.print_sealed,
+                }
+            }),
+            signals: self.signals,
+            shadow: match (
+                self.shadow_model,
+                self.shadow_p_real,
+                self.shadow_live,
+                self.shadow_reason,
+            ) {
+                (Some(model), Some(p_real), Some(live), Some(reason)) => Some(ShadowScore {
+                    model,
+                    p_real,
+                    live,
+                    reason: Reason::from_code(&reason).ok_or_else(|| StoreError::Corrupt {
+                        column: "audit.shadow_reason",
+                        detail: format!("unknown reason code {reason:?}"),
+                    })?,
+                }),
+                (None, None, None, None) => None,
+                _ => {
+                    return Err(StoreError::Corrupt {
+                        column: "audit.shadow_*",
+                        detail: "some but not all shadow columns are set".into(),
+                    })
+                }
+            },
         })
     }
 }
@@ -164,7 +234,9 @@ macro_rules! audit_columns {
         "reference, key_id, created_at, live, p_real, threshold, reason, detail, \
          bbox_x, bbox_y, bbox_w, bbox_h, detector_confidence, image_sha256, image_bytes, \
          image_width, image_height, input_kind, url_host, model_hash, engine, app_version, \
-         decode_ms, detect_ms, classify_ms, total_ms, receipt"
+         decode_ms, detect_ms, classify_ms, total_ms, receipt, image_tag, print_band0, \
+         print_band1, print_band2, print_band3, print_sealed, signals, shadow_model, \
+         shadow_p_real, shadow_live, shadow_reason"
     };
 }
 
@@ -173,14 +245,16 @@ const COLUMNS: &str = audit_columns!();
 const SQLITE_INSERT: &str = concat!(
     "INSERT INTO audit (",
     audit_columns!(),
-    ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, \
+     ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 );
 
 const PG_INSERT: &str = concat!(
     "INSERT INTO audit (",
     audit_columns!(),
     ") VALUES ($1::uuid, $2::uuid, $3::timestamptz, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
-     $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27)"
+     $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, \
+     $35, $36, $37, $38)"
 );
 
 const PG_SELECT_COLUMNS: &str = concat!(
@@ -189,7 +263,8 @@ const PG_SELECT_COLUMNS: &str = concat!(
     ", live, p_real, threshold, reason, detail, bbox_x, bbox_y, bbox_w, bbox_h, \
      detector_confidence, image_sha256, image_bytes, image_width, image_height, input_kind, \
      url_host, model_hash, engine, app_version, decode_ms, detect_ms, classify_ms, total_ms, \
-     receipt"
+     receipt, image_tag, print_band0, print_band1, print_band2, print_band3, print_sealed, \
+     signals, shadow_model, shadow_p_real, shadow_live, shadow_reason"
 );
 
 /// Bind every field of a record, in [`COLUMNS`] order, to a query of either backend.
@@ -197,6 +272,8 @@ macro_rules! bind_record {
     ($query:expr, $r:expr) => {{
         let r: &AuditRecord = $r;
         let bbox = r.bbox;
+        let fp = r.fingerprint.as_ref();
+        let band = |i: usize| fp.and_then(|f| f.bands.as_ref()).map(|b| b[i].clone());
         $query
             .bind(r.reference.to_string())
             .bind(r.key_id.map(|k| k.to_string()))
@@ -225,11 +302,24 @@ macro_rules! bind_record {
             .bind(r.timings_ms.classify)
             .bind(r.timings_ms.total)
             .bind(&r.receipt)
+            .bind(fp.map(|f| f.image_tag.clone()))
+            .bind(band(0))
+            .bind(band(1))
+            .bind(band(2))
+            .bind(band(3))
+            .bind(fp.and_then(|f| f.sealed.clone()))
+            .bind(&r.signals)
+            .bind(r.shadow.as_ref().map(|s| s.model.clone()))
+            .bind(r.shadow.as_ref().map(|s| s.p_real))
+            .bind(r.shadow.as_ref().map(|s| s.live))
+            .bind(r.shadow.as_ref().map(|s| s.reason.code()))
     }};
 }
 
 /// Longest receipt an audit row holds (a receipt is about 700 characters).
 const MAX_RECEIPT_LEN: usize = 4096;
+/// Longest signals object an audit row holds.
+const MAX_SIGNALS_LEN: usize = 4096;
 
 /// Refuse records that are malformed or could smuggle in data the trail must not hold.
 fn validate(r: &AuditRecord) -> Result<(), StoreError> {
@@ -267,6 +357,33 @@ fn validate(r: &AuditRecord) -> Result<(), StoreError> {
         let jws = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.');
         if receipt.len() > MAX_RECEIPT_LEN || !receipt.bytes().all(jws) {
             return invalid("receipt is not a compact JWS".into());
+        }
+    }
+    if let Some(f) = &r.fingerprint {
+        let hex_of = |t: &str, n: usize| t.len() == n && t.bytes().all(|b| b.is_ascii_hexdigit());
+        let b64 = |t: &str| {
+            t.len() <= 256
+                && t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        if !hex_of(&f.image_tag, 64)
+            || f.bands
+                .as_ref()
+                .is_some_and(|b| !b.iter().all(|t| hex_of(t, 32)))
+            || f.sealed.as_deref().is_some_and(|t| !b64(t))
+            || f.bands.is_some() != f.sealed.is_some()
+        {
+            return invalid("fingerprint is not a set of keyed hashes".into());
+        }
+    }
+    if r.shadow.as_ref().is_some_and(|s| !s.p_real.is_finite()) {
+        return invalid("shadow p_real is not a finite number".into());
+    }
+    if let Some(signals) = &r.signals {
+        let object =
+            serde_json::from_str::<serde_json::Value>(signals).is_ok_and(|v| v.is_object());
+        if signals.len() > MAX_SIGNALS_LEN || !object {
+            return invalid("signals is not a JSON object".into());
         }
     }
     Ok(())
@@ -377,6 +494,191 @@ impl Store {
         }
         .map_err(|e| self.db_err(e))?;
         row.map(AuditRow::into_record).transpose()
+    }
+
+    /// The earlier checks (made at or after `since`) that share `fingerprint`'s image tag or
+    /// one of its band tags: the candidates [`crate::resubmission::judge`] decides on. Oldest
+    /// first, at most [`MAX_CANDIDATES`].
+    pub async fn resubmission_candidates(
+        &self,
+        fingerprint: &Fingerprint,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<Candidate>, StoreError> {
+        let none = String::new();
+        let band = |i: usize| fingerprint.bands.as_ref().map_or(&none, |b| &b[i]);
+        type Row = (
+            String,
+            Option<String>,
+            String,
+            Option<String>,
+            Option<String>,
+        );
+        let rows: Vec<Row> = match &self.pool {
+            Pool::Sqlite(p) => {
+                sqlx::query_as(
+                    "SELECT reference, key_id, created_at, image_tag, print_sealed FROM audit \
+                     WHERE (image_tag = ? OR print_band0 = ? OR print_band1 = ? \
+                            OR print_band2 = ? OR print_band3 = ?) AND created_at >= ? \
+                     ORDER BY created_at LIMIT ?",
+                )
+                .bind(&fingerprint.image_tag)
+                .bind(band(0))
+                .bind(band(1))
+                .bind(band(2))
+                .bind(band(3))
+                .bind(ts_text(since))
+                .bind(MAX_CANDIDATES)
+                .fetch_all(p)
+                .await
+            }
+            Pool::Postgres(p) => {
+                sqlx::query_as(concat!(
+                    "SELECT reference::text AS reference, key_id::text AS key_id, ",
+                    pg_ts!("created_at"),
+                    ", image_tag, print_sealed FROM audit \
+                     WHERE (image_tag = $1 OR print_band0 = $2 OR print_band1 = $3 \
+                            OR print_band2 = $4 OR print_band3 = $5) \
+                       AND created_at >= $6::timestamptz \
+                     ORDER BY created_at LIMIT $7"
+                ))
+                .bind(&fingerprint.image_tag)
+                .bind(band(0))
+                .bind(band(1))
+                .bind(band(2))
+                .bind(band(3))
+                .bind(ts_text(since))
+                .bind(MAX_CANDIDATES)
+                .fetch_all(p)
+                .await
+            }
+        }
+        .map_err(|e| self.db_err(e))?;
+        rows.into_iter()
+            .map(|(reference, key_id, created_at, image_tag, sealed)| {
+                Ok(Candidate {
+                    reference: parse_uuid("audit.reference", &reference)?,
+                    key_id: key_id
+                        .as_deref()
+                        .map(|k| parse_uuid("audit.key_id", k))
+                        .transpose()?,
+                    created_at: parse_ts("audit.created_at", &created_at)?,
+                    image_tag: image_tag.unwrap_or_default(),
+                    sealed,
+                })
+            })
+            .collect()
+    }
+
+    /// Every verdict made in `[from, until)` (with key `key` only, when given), as the report
+    /// reads them, oldest first.
+    pub async fn report_rows(
+        &self,
+        from: DateTime<Utc>,
+        until: DateTime<Utc>,
+        key: Option<Uuid>,
+    ) -> Result<Vec<crate::report::ReportRow>, StoreError> {
+        type Row = (
+            Option<String>,
+            String,
+            bool,
+            f64,
+            String,
+            Option<f64>,
+            Option<bool>,
+        );
+        let key = key.map(|k| k.to_string());
+        let rows: Vec<Row> =
+            match &self.pool {
+                Pool::Sqlite(p) => sqlx::query_as(
+                    "SELECT key_id, created_at, live, p_real, reason, shadow_p_real, shadow_live \
+                     FROM audit \
+                     WHERE created_at >= ? AND created_at < ? AND (? IS NULL OR key_id = ?) \
+                     ORDER BY created_at",
+                )
+                .bind(ts_text(from))
+                .bind(ts_text(until))
+                .bind(&key)
+                .bind(&key)
+                .fetch_all(p)
+                .await,
+                Pool::Postgres(p) => {
+                    sqlx::query_as(concat!(
+                        "SELECT key_id::text AS key_id, ",
+                        pg_ts!("created_at"),
+                        ", live, p_real, reason, shadow_p_real, shadow_live FROM audit \
+                     WHERE created_at >= $1::timestamptz AND created_at < $2::timestamptz \
+                       AND ($3::text IS NULL OR key_id = $3::uuid) \
+                     ORDER BY created_at"
+                    ))
+                    .bind(ts_text(from))
+                    .bind(ts_text(until))
+                    .bind(&key)
+                    .fetch_all(p)
+                    .await
+                }
+            }
+            .map_err(|e| self.db_err(e))?;
+        rows.into_iter()
+            .map(
+                |(key_id, created_at, live, p_real, reason, shadow_p, shadow_live)| {
+                    Ok(crate::report::ReportRow {
+                        shadow: shadow_p.zip(shadow_live),
+                        key_id: key_id
+                            .as_deref()
+                            .map(|k| parse_uuid("audit.key_id", k))
+                            .transpose()?,
+                        created_at: parse_ts("audit.created_at", &created_at)?,
+                        live,
+                        p_real,
+                        reason: Reason::from_code(&reason).ok_or_else(|| StoreError::Corrupt {
+                            column: "audit.reason",
+                            detail: format!("unknown reason code {reason:?}"),
+                        })?,
+                    })
+                },
+            )
+            .collect()
+    }
+
+    /// Store the shadow model set's verdict on the picture of audit row `reference` (a no-op
+    /// for an unknown reference: the row may have been deleted since).
+    pub async fn set_shadow_score(
+        &self,
+        reference: Uuid,
+        score: &ShadowScore,
+    ) -> Result<(), StoreError> {
+        if !score.p_real.is_finite() {
+            return Err(StoreError::Invalid(
+                "shadow p_real is not a finite number".into(),
+            ));
+        }
+        match &self.pool {
+            Pool::Sqlite(p) => sqlx::query(
+                "UPDATE audit SET shadow_model = ?, shadow_p_real = ?, shadow_live = ?, \
+                     shadow_reason = ? WHERE reference = ?",
+            )
+            .bind(&score.model)
+            .bind(score.p_real)
+            .bind(score.live)
+            .bind(score.reason.code())
+            .bind(reference.to_string())
+            .execute(p)
+            .await
+            .map(|_| ()),
+            Pool::Postgres(p) => sqlx::query(
+                "UPDATE audit SET shadow_model = $1, shadow_p_real = $2, shadow_live = $3, \
+                     shadow_reason = $4 WHERE reference = $5::uuid",
+            )
+            .bind(&score.model)
+            .bind(score.p_real)
+            .bind(score.live)
+            .bind(score.reason.code())
+            .bind(reference.to_string())
+            .execute(p)
+            .await
+            .map(|_| ()),
+        }
+        .map_err(|e| self.db_err(e))
     }
 
     /// Number of audit records.

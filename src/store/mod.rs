@@ -30,7 +30,7 @@ use sqlx::sqlite::{
 };
 use sqlx::Connection;
 
-pub use self::audit::{AuditRecord, ImageSource};
+pub use self::audit::{AuditRecord, ImageSource, ShadowScore};
 pub use self::keys::{ApiKey, TOKEN_PREFIX};
 pub use self::writer::{AuditWriter, WriterStats};
 pub use crate::pipeline::Timings;

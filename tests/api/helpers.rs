@@ -81,6 +81,8 @@ pub struct TestApp {
     /// Token of a second, independent key.
     pub other_token: String,
     pub images: ImageServer,
+    /// With a shadow model set: the shadow scorer starts paused; drop this to let it run.
+    pub shadow_pause: Option<livecheck::server::shadow::PauseGuard>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
 }
@@ -185,8 +187,16 @@ pub fn test_config() -> AppConfig {
         max_queued_checks: 16,
         rate_limit_per_minute: None,
         receipt_key: Some(receipt_key()),
+        print_key: Some(print_key()),
         ..AppConfig::default()
     }
+}
+
+/// The re-submission secret of the in-process test servers (one per test binary).
+pub fn print_key() -> Arc<livecheck::resubmission::PrintKey> {
+    static KEY: OnceLock<Arc<livecheck::resubmission::PrintKey>> = OnceLock::new();
+    KEY.get_or_init(|| Arc::new(livecheck::resubmission::PrintKey::generate()))
+        .clone()
 }
 
 /// The receipt signing key of the in-process test servers (one per test binary).
@@ -209,6 +219,7 @@ pub async fn start(backend: Backend, db_url: String, config: AppConfig) -> TestA
     let (_, other_token) = store.create_key("other").await.unwrap();
     let images = ImageServer::start().await;
     let app = Application::build(config, pipeline(), store.clone()).unwrap();
+    let shadow_pause = app.shadow().map(|s| s.pause());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = oneshot::channel::<()>();
@@ -234,6 +245,7 @@ pub async fn start(backend: Backend, db_url: String, config: AppConfig) -> TestA
         key_id,
         other_token,
         images,
+        shadow_pause,
         shutdown: Some(tx),
         server: Some(server),
     }
