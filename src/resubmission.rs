@@ -36,8 +36,9 @@ type HmacSha256 = Hmac<Sha256>;
 
 /// Default of `--resubmission-window`: how far back a re-submission is looked for.
 pub const DEFAULT_WINDOW_DAYS: i64 = 30;
-/// Most stored candidates judged for one check (the newest first are dropped past it, so a
-/// picture submitted more often than this reports this count).
+/// Most stored candidates judged for one check: the newest. A picture checked more often than
+/// this within the window (or sharing bands with more rows) reports `count` and `first_seen`
+/// over those newest candidates only.
 pub const MAX_CANDIDATES: i64 = 1000;
 
 #[derive(Debug, thiserror::Error)]
@@ -98,10 +99,12 @@ pub struct Candidate {
 pub struct Resubmission {
     /// The same bytes, or a near-copy of the picture, were checked before within the window.
     pub seen_before: bool,
-    /// When it was first checked within the window (`null` when not seen before).
+    /// When it was first checked within the window (`null` when not seen before; among the
+    /// newest 1000 candidates).
     #[schema(value_type = Option<String>, format = DateTime)]
     pub first_seen: Option<DateTime<Utc>>,
-    /// How many earlier checks within the window were of this picture (at most 1000 counted).
+    /// How many earlier checks within the window were of this picture (among the newest 1000
+    /// candidates).
     pub count: u64,
     /// Whether one of those earlier checks was made with the same API key.
     pub same_key: bool,

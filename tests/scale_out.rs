@@ -352,7 +352,7 @@ async fn fallback_case(redis: &str, timeout: Duration) {
 }
 
 /// SIGTERM drains: `/readyz` turns 503 `draining` at once, requests that arrive during the grace
-/// period are still served, a request in flight when the signal came completes with 200, and
+/// period are still served (with `Connection: close`), a request in flight when the signal came completes with 200, and
 /// then the process exits cleanly and stops listening.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_readiness_first_and_finishes_in_flight_requests() {
@@ -387,6 +387,8 @@ async fn sigterm_drains_readiness_first_and_finishes_in_flight_requests() {
     let body = serde_json::json!({ "image": images.url("/img/image_F1.jpg") }).to_string();
     let during = post_check(&client(), &addr, &token, body).await.unwrap();
     assert_eq!(during.status(), StatusCode::OK);
+    // ... on connections that close after the answer (a proxy stops reusing them).
+    assert_eq!(during.headers()["connection"], "close");
 
     let slow = slow.await.unwrap().expect("the in-flight request was cut");
     assert_eq!(slow.status(), StatusCode::OK);

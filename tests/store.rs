@@ -358,7 +358,7 @@ async fn audit_round_trips_every_field() {
 }
 
 /// Re-submission candidates on both backends: rows sharing the image tag or a band tag within
-/// the window are found (and no others), oldest first; a row without a print is found by its
+/// the window are found (and no others), newest first; a row without a print is found by its
 /// image tag only; `judge` on them counts the copies, the first sighting and the keys.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resubmission_candidates_are_found_by_tag_within_the_window() {
@@ -399,9 +399,13 @@ async fn resubmission_candidates_are_found_by_tag_within_the_window() {
         let since = now - chrono::Duration::days(30);
         let found = store.resubmission_candidates(&query, since).await.unwrap();
         let refs: Vec<Uuid> = found.iter().map(|c| c.reference).collect();
-        assert_eq!(refs, vec![first.reference, same_bytes.reference]);
-        assert_eq!(found[0].created_at, first.created_at);
-        assert_eq!(found[0].key_id, Some(them.id));
+        assert_eq!(
+            refs,
+            vec![same_bytes.reference, first.reference],
+            "newest first"
+        );
+        assert_eq!(found[1].created_at, first.created_at);
+        assert_eq!(found[1].key_id, Some(them.id));
         let verdict = judge(&secret, &query, Some(&picture), Some(me.id), &found);
         assert!(verdict.seen_before);
         assert_eq!(verdict.count, 2);

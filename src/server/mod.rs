@@ -500,7 +500,8 @@ fn router(state: AppState) -> Router {
                     }),
             )
             .layer(PropagateRequestIdLayer::new(X_REQUEST_ID))
-            .layer(middleware::from_fn_with_state(state, track_metrics))
+            .layer(middleware::from_fn_with_state(state.clone(), track_metrics))
+            .layer(middleware::from_fn_with_state(state, close_when_draining))
             .layer(CatchPanicLayer::custom(routes::panic_response))
             .layer(DefaultBodyLimit::max(max_body)),
     )
@@ -534,6 +535,25 @@ async fn drop_unusable_request_id(mut req: Request, next: Next) -> Response {
 }
 
 /// Counts every response by route template, method and status, and times it.
+/// While draining, every answer says `Connection: close`, so that a proxy holding kept-alive
+/// connections to this replica stops reusing them before the listener closes: without it a
+/// request sent on an idle connection just as shutdown closed it came back as a 502 from nginx
+/// (seen once in the cluster test).
+async fn close_when_draining(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let mut response = next.run(req).await;
+    if state
+        .inner
+        .draining
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        response.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    response
+}
+
 async fn track_metrics(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let route = req
         .extensions()

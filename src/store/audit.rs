@@ -497,8 +497,9 @@ impl Store {
     }
 
     /// The earlier checks (made at or after `since`) that share `fingerprint`'s image tag or
-    /// one of its band tags: the candidates [`crate::resubmission::judge`] decides on. Oldest
-    /// first, at most [`MAX_CANDIDATES`].
+    /// one of its band tags: the candidates [`crate::resubmission::judge`] decides on. Newest
+    /// first, at most [`MAX_CANDIDATES`] (so that many older rows sharing a common band value
+    /// can never hide a recent copy).
     pub async fn resubmission_candidates(
         &self,
         fingerprint: &Fingerprint,
@@ -519,7 +520,7 @@ impl Store {
                     "SELECT reference, key_id, created_at, image_tag, print_sealed FROM audit \
                      WHERE (image_tag = ? OR print_band0 = ? OR print_band1 = ? \
                             OR print_band2 = ? OR print_band3 = ?) AND created_at >= ? \
-                     ORDER BY created_at LIMIT ?",
+                     ORDER BY created_at DESC LIMIT ?",
                 )
                 .bind(&fingerprint.image_tag)
                 .bind(band(0))
@@ -539,7 +540,7 @@ impl Store {
                      WHERE (image_tag = $1 OR print_band0 = $2 OR print_band1 = $3 \
                             OR print_band2 = $4 OR print_band3 = $5) \
                        AND created_at >= $6::timestamptz \
-                     ORDER BY created_at LIMIT $7"
+                     ORDER BY created_at DESC LIMIT $7"
                 ))
                 .bind(&fingerprint.image_tag)
                 .bind(band(0))
