@@ -445,6 +445,22 @@ impl Application {
                 }
             });
         }
+        // Connections the kernel has already completed wait in the listen backlog; closing the
+        // listener would reset them, and a proxy that had sent a POST on one answers 502 (it
+        // never replays a POST). Serve those too, then close: a connection attempted after this
+        // is refused, which a proxy retries on another replica.
+        while let Some(Ok((stream, _peer))) =
+            futures_util::FutureExt::now_or_never(listener.accept())
+        {
+            let _ = stream.set_nodelay(true);
+            let connection =
+                graceful.watch(http.serve_connection(TokioIo::new(stream), service.clone()));
+            tokio::spawn(async move {
+                if let Err(err) = connection.await {
+                    tracing::debug!(error = %err, "connection ended with an error");
+                }
+            });
+        }
         drop(listener);
         // In-flight requests finish; idle kept-alive connections close at once.
         graceful.shutdown().await;
@@ -535,10 +551,9 @@ async fn drop_unusable_request_id(mut req: Request, next: Next) -> Response {
 }
 
 /// Counts every response by route template, method and status, and times it.
-/// While draining, every answer says `Connection: close`, so that a proxy holding kept-alive
-/// connections to this replica stops reusing them before the listener closes: without it a
-/// request sent on an idle connection just as shutdown closed it came back as a 502 from nginx
-/// (seen once in the cluster test).
+/// While draining, every answer says `Connection: close`, so that a proxy keeping connections
+/// alive to this replica (nginx with `keepalive`, Envoy, most ingresses) stops reusing them
+/// before the listener closes, instead of sending a request on one just as shutdown closes it.
 async fn close_when_draining(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let mut response = next.run(req).await;
     if state
