@@ -249,16 +249,33 @@ impl ReceiptKey {
     /// The key at `path`, or a new one written there when the file does not exist (`true` when
     /// it was created).
     pub fn load_or_create(path: &Path) -> Result<(ReceiptKey, bool), ReceiptError> {
-        if path.exists() {
-            return Ok((ReceiptKey::load(path)?, false));
-        }
-        let key = ReceiptKey::generate();
-        match key.save(path) {
-            Ok(()) => Ok((key, true)),
-            // Another process (a replica starting at the same time) wrote it first: use theirs.
-            Err(_) if path.exists() => Ok((ReceiptKey::load(path)?, false)),
-            Err(e) => Err(e),
-        }
+        load_or_create_key(
+            path,
+            ReceiptKey::load,
+            ReceiptKey::generate,
+            ReceiptKey::save,
+        )
+    }
+}
+
+/// The key file at `path` (`load`), or a new key (`generate`) written there (`save`, which never
+/// overwrites) when the file does not exist; `true` when it was created. Shared by the key files
+/// of receipts and of re-submission detection.
+pub(crate) fn load_or_create_key<K, E>(
+    path: &Path,
+    load: impl Fn(&Path) -> Result<K, E>,
+    generate: impl FnOnce() -> K,
+    save: impl FnOnce(&K, &Path) -> Result<(), E>,
+) -> Result<(K, bool), E> {
+    if path.exists() {
+        return Ok((load(path)?, false));
+    }
+    let key = generate();
+    match save(&key, path) {
+        Ok(()) => Ok((key, true)),
+        // Another process (a replica starting at the same time) wrote it first: use theirs.
+        Err(_) if path.exists() => Ok((load(path)?, false)),
+        Err(e) => Err(e),
     }
 }
 

@@ -245,16 +245,12 @@ impl PrintKey {
     /// The key at `path`, or a new one written there when the file does not exist (`true` when
     /// it was created).
     pub fn load_or_create(path: &Path) -> Result<(PrintKey, bool), PrintKeyError> {
-        if path.exists() {
-            return Ok((PrintKey::load(path)?, false));
-        }
-        let key = PrintKey::generate();
-        match key.save(path) {
-            Ok(()) => Ok((key, true)),
-            // A replica starting at the same time wrote it first: use theirs.
-            Err(_) if path.exists() => Ok((PrintKey::load(path)?, false)),
-            Err(e) => Err(e),
-        }
+        crate::receipts::load_or_create_key(
+            path,
+            PrintKey::load,
+            PrintKey::generate,
+            PrintKey::save,
+        )
     }
 }
 

@@ -102,7 +102,7 @@ impl ImagePrint {
 
     /// The print of a 32x32 grey thumbnail (row-major).
     fn of_grey(grey: &[f64; THUMB * THUMB]) -> Option<ImagePrint> {
-        let basis = dct_basis();
+        let basis = &*DCT_BASIS;
         // Rows first: t[y][v] = sum_x grey[y][x] * basis[v][x]; then columns.
         let mut t = [[0f64; LOW]; THUMB];
         for (y, row) in grey.chunks_exact(THUMB).enumerate() {
@@ -191,6 +191,9 @@ fn grey_level(b: u8, g: u8, r: u8) -> u8 {
     const R: u32 = 9798;
     ((u32::from(b) * B + u32::from(g) * G + u32::from(r) * R + (1 << 14)) >> 15) as u8
 }
+
+/// [`dct_basis`], computed once.
+static DCT_BASIS: std::sync::LazyLock<[[f64; THUMB]; LOW]> = std::sync::LazyLock::new(dct_basis);
 
 /// The first [`LOW`] rows of the orthonormal DCT-II matrix of size [`THUMB`] (`cv2.dct`'s).
 fn dct_basis() -> [[f64; THUMB]; LOW] {

@@ -46,8 +46,8 @@ use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{
@@ -413,6 +413,19 @@ impl Application {
             .keep_alive(true);
         let service = TowerToHyperService::new(self.router);
         let graceful = GracefulShutdown::new();
+        // One accepted connection, served until it ends (or shutdown closes it when idle); it
+        // holds its connection permit, if any, until then.
+        let serve = |stream: TcpStream, permit: Option<OwnedSemaphorePermit>| {
+            let _ = stream.set_nodelay(true);
+            let connection =
+                graceful.watch(http.serve_connection(TokioIo::new(stream), service.clone()));
+            tokio::spawn(async move {
+                let _permit = permit;
+                if let Err(err) = connection.await {
+                    tracing::debug!(error = %err, "connection ended with an error");
+                }
+            });
+        };
         tokio::pin!(shutdown);
         loop {
             let permit = tokio::select! {
@@ -435,15 +448,7 @@ impl Application {
                     }
                 },
             };
-            let _ = stream.set_nodelay(true);
-            let connection =
-                graceful.watch(http.serve_connection(TokioIo::new(stream), service.clone()));
-            tokio::spawn(async move {
-                let _permit = permit;
-                if let Err(err) = connection.await {
-                    tracing::debug!(error = %err, "connection ended with an error");
-                }
-            });
+            serve(stream, Some(permit));
         }
         // Connections the kernel has already completed wait in the listen backlog; closing the
         // listener would reset them, and a proxy that had sent a POST on one answers 502 (it
@@ -452,14 +457,7 @@ impl Application {
         while let Some(Ok((stream, _peer))) =
             futures_util::FutureExt::now_or_never(listener.accept())
         {
-            let _ = stream.set_nodelay(true);
-            let connection =
-                graceful.watch(http.serve_connection(TokioIo::new(stream), service.clone()));
-            tokio::spawn(async move {
-                if let Err(err) = connection.await {
-                    tracing::debug!(error = %err, "connection ended with an error");
-                }
-            });
+            serve(stream, None);
         }
         drop(listener);
         // In-flight requests finish; idle kept-alive connections close at once.

@@ -43,7 +43,6 @@ impl std::fmt::Debug for ShadowSet {
 /// The shadow scorer of one application.
 pub struct Shadow {
     tx: SyncSender<Job>,
-    model: String,
     metrics: Metrics,
     pause: Arc<(Mutex<bool>, Condvar)>,
 }
@@ -57,7 +56,6 @@ impl Shadow {
         runtime: tokio::runtime::Handle,
     ) -> std::io::Result<Shadow> {
         let (tx, rx) = sync_channel(QUEUE);
-        let model = pipeline.model_hash().to_owned();
         let pause = Arc::new((Mutex::new(false), Condvar::new()));
         let worker = Worker {
             pipeline,
@@ -69,17 +67,7 @@ impl Shadow {
         std::thread::Builder::new()
             .name("livecheck-shadow".into())
             .spawn(move || worker.run(rx))?;
-        Ok(Shadow {
-            tx,
-            model,
-            metrics,
-            pause,
-        })
-    }
-
-    /// The shadow set's hash.
-    pub fn model(&self) -> &str {
-        &self.model
+        Ok(Shadow { tx, metrics, pause })
     }
 
     /// Hand a checked picture over (never waits).
