@@ -114,6 +114,38 @@ fn stages(c: &mut Criterion) {
             livecheck::resubmission::judge(&print_key, &query, Some(&print), None, &candidates)
         })
     });
+    // The image signals of one check (EXIF, the luma coefficients entropy-decoded again and
+    // histogrammed, dimensions, face share): CheckService::check's cost beyond the pipeline.
+    let bytes = std::fs::read(shared().join("testdata/silentface/image_T1.jpg")).unwrap();
+    let verdict = pipe.check(&bytes).unwrap();
+    g.bench_function("image_signals", |b| {
+        b.iter(|| livecheck::signals::examine(&bytes, &verdict))
+    });
+    // A phone-sized file (4032x3024, grain so that it compresses like a photo): the coefficient
+    // read stops at 256 KiB, so the cost is bounded whatever the file.
+    let img = livecheck::pipeline::decode::decode(&bytes, &Default::default()).unwrap();
+    let (w, h) = (4032usize, 3024usize);
+    let mut big = vec![0u8; w * h * 3];
+    livecheck::pipeline::resize::resize_bilinear(&img.view(), w, h, &mut big);
+    let mut seed = 0x2545_f491_u32;
+    for v in big.iter_mut() {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        *v = v.saturating_add((seed % 9) as u8).saturating_sub(4);
+    }
+    let rgb: Vec<u8> = big
+        .chunks_exact(3)
+        .flat_map(|p| [p[2], p[1], p[0]])
+        .collect();
+    let mut big_jpeg = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut big_jpeg, 90)
+        .encode(&rgb, w as u32, h as u32, image::ExtendedColorType::Rgb8)
+        .unwrap();
+    let big_verdict = pipe.check(&big_jpeg).unwrap();
+    g.bench_function("image_signals_12mp", |b| {
+        b.iter(|| livecheck::signals::examine(&big_jpeg, &big_verdict))
+    });
     g.finish();
 }
 

@@ -21,6 +21,7 @@ pub mod report;
 pub mod resubmission;
 pub mod server;
 pub mod service;
+pub mod signals;
 pub mod store;
 
 use std::path::Path;

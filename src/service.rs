@@ -16,12 +16,11 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::fetch::InputKind;
 use crate::pipeline::{DecodeError, Pipeline, PipelineError, Reason, Verdict};
-use crate::store::{AuditRecord, ImageSource};
+use crate::store::{AuditRecord, ImageSource, SessionRef};
 
 /// Why a check gave no verdict.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +66,8 @@ pub struct Checked {
     /// Lowercase hex SHA-256 of the bytes as received.
     pub image_sha256: String,
     pub image_bytes: usize,
+    /// The image signals (`data.signals` but `resubmission`, which needs the audit store).
+    pub signals: Signals,
 }
 
 /// Runs checks with one loaded pipeline.
@@ -92,10 +93,12 @@ impl CheckService {
     /// thread.
     pub fn check(&self, bytes: &[u8]) -> Result<Checked, CheckError> {
         let verdict = self.pipeline.check(bytes)?;
+        let signals = crate::signals::examine(bytes, &verdict);
         Ok(Checked {
             verdict,
             image_sha256: crate::sha256_hex(bytes),
             image_bytes: bytes.len(),
+            signals,
         })
     }
 
@@ -115,7 +118,8 @@ impl CheckService {
             }),
             model: self.model_hash().to_owned(),
             receipt: None,
-            signals: None,
+            signals: Some(checked.signals.clone()),
+            session: None,
         }
     }
 }
@@ -149,15 +153,11 @@ pub struct CheckOutcome {
     /// Facts about the picture reported beside the verdict (`data.signals`), when the front end
     /// looks for any.
     pub signals: Option<Signals>,
+    /// The capture session the check was made through (`data.session`), if any.
+    pub session: Option<SessionRef>,
 }
 
-/// `data.signals`: facts about the picture reported beside the verdict. They never change the
-/// verdict unless the operator asks (`--reject-resubmissions`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Signals {
-    /// Whether the picture (the same bytes or a near-copy) was checked before.
-    pub resubmission: crate::resubmission::Resubmission,
-}
+pub use crate::signals::Signals;
 
 impl CheckOutcome {
     /// Turn this outcome into a rejected re-submission (`reason: resubmitted_image`), keeping
@@ -200,7 +200,7 @@ impl CheckOutcome {
             reason: self.reason.code().to_owned(),
             model: self.model.clone(),
             app_version: provenance.app_version.clone(),
-            session: None,
+            session: self.session.as_ref().map(|s| s.id.to_string()),
         }
     }
 
@@ -235,6 +235,7 @@ impl CheckOutcome {
                 .as_ref()
                 .and_then(|s| serde_json::to_string(s).ok()),
             shadow: None,
+            session: self.session.clone(),
         }
     }
 }
@@ -268,6 +269,7 @@ impl From<&AuditRecord> for CheckOutcome {
                 .signals
                 .as_deref()
                 .and_then(|s| serde_json::from_str(s).ok()),
+            session: r.session.clone(),
         }
     }
 }
@@ -325,6 +327,7 @@ mod tests {
             verdict,
             image_sha256: "ab".repeat(32),
             image_bytes: 1234,
+            signals: Signals::default(),
         };
         let outcome = CheckOutcome {
             reference: Uuid::new_v4(),
@@ -340,12 +343,35 @@ mod tests {
             model: "708e3dd2e45fc9c8".into(),
             receipt: Some("aGVhZGVy.cGF5bG9hZA.c2ln".into()),
             signals: Some(Signals {
-                resubmission: crate::resubmission::Resubmission {
+                resubmission: Some(crate::resubmission::Resubmission {
                     seen_before: true,
                     first_seen: Some(Utc::now().trunc_subsecs(0)),
                     count: 2,
                     same_key: false,
-                },
+                }),
+                editor: Some(crate::signals::EditorSignal {
+                    flagged: true,
+                    software: Some("GIMP 2.10".into()),
+                }),
+                screenshot: Some(crate::signals::ScreenshotSignal {
+                    flagged: false,
+                    camera_exif: true,
+                    screen_sized: false,
+                }),
+                double_jpeg: Some(crate::signals::DoubleJpegSignal {
+                    flagged: false,
+                    analysed: true,
+                    quality: Some(92),
+                    evidence: 1,
+                }),
+                face_share: Some(crate::signals::FaceShareSignal {
+                    flagged: false,
+                    share: Some(0.2817),
+                }),
+            }),
+            session: Some(SessionRef {
+                id: Uuid::new_v4(),
+                reference_id: Some("applicant-1".into()),
             }),
         };
         let row = outcome.audit(

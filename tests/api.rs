@@ -454,6 +454,13 @@ async fn resubmissions_are_reported_with_keyed_hashes() {
         assert_eq!(status, StatusCode::OK);
         let got: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(signal(&got), signal(&copy));
+        // The image signals beside it, read back the same from the audit row.
+        for name in ["editor", "screenshot", "double_jpeg", "face_share"] {
+            assert!(copy["data"]["signals"][name]["flagged"].is_boolean(), "{name}: {copy}");
+        }
+        assert_eq!(copy["data"]["signals"]["double_jpeg"]["analysed"], false, "a PNG");
+        assert_eq!(first["data"]["signals"]["double_jpeg"]["analysed"], true, "a JPEG");
+        assert_eq!(got["data"]["signals"], copy["data"]["signals"]);
 
         // What is stored: keyed hashes only.
         let row = app

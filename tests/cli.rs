@@ -47,8 +47,19 @@ fn check_directory_prints_one_json_line_per_image() {
         }
         assert_eq!(v["p_real"], v["confidence"]);
         assert_eq!(v["scores"]["MiniFASNetV2"].as_array().unwrap().len(), 3);
+        // The image signals, as the API reports them (but re-submission, which needs a store).
+        for signal in ["editor", "screenshot", "double_jpeg", "face_share"] {
+            assert!(
+                v["signals"][signal]["flagged"].is_boolean(),
+                "{signal} in {v}"
+            );
+        }
+        assert!(v["signals"].get("resubmission").is_none());
+        assert_eq!(v["signals"]["double_jpeg"]["analysed"], true);
     }
     assert_eq!(l[0]["bbox"], serde_json::json!([178, 136, 223, 225]));
+    // image_F1's face box is 223 pixels wide in a 480-pixel-wide picture.
+    assert_eq!(l[0]["signals"]["face_share"]["share"], 0.4646);
 }
 
 #[test]

@@ -39,6 +39,7 @@ fn record(key: Uuid, at: DateTime<Utc>, live: bool, p_real: f64, reason: Reason)
         fingerprint: None,
         signals: None,
         shadow: None,
+        session: None,
     }
 }
 

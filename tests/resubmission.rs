@@ -62,16 +62,7 @@ fn cropped(img: &BgrImage, f: f64) -> BgrImage {
 
 /// JPEG at `quality` (the `image` crate's encoder), decoded again as the service decodes.
 fn reencode(img: &BgrImage, quality: u8) -> BgrImage {
-    let rgb: Vec<u8> = img
-        .data
-        .chunks_exact(3)
-        .flat_map(|p| [p[2], p[1], p[0]])
-        .collect();
-    let mut out = Vec::new();
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality)
-        .encode(&rgb, img.width, img.height, image::ExtendedColorType::Rgb8)
-        .unwrap();
-    decode(&out, &DecodeLimits::default()).unwrap()
+    decode(&common::encode_jpeg(img, quality), &DecodeLimits::default()).unwrap()
 }
 
 /// Whether `copy` would be found and judged the same picture as `original`.
@@ -119,11 +110,7 @@ fn devset_copies_are_caught_and_different_sources_never_match() {
     let Some(dir) = common::devset("re-submission robustness") else {
         return;
     };
-    let manifest = csv::Reader::from_path(dir.join("manifest.csv"))
-        .unwrap()
-        .into_deserialize::<BTreeMap<String, String>>()
-        .map(|r| r.unwrap())
-        .collect::<Vec<_>>();
+    let manifest = common::devset_manifest(&dir);
     let key = PrintKey::from_secret([6; 32]);
     let mut images = Vec::new();
     let mut caught_by: BTreeMap<&str, (usize, usize)> = BTreeMap::new();

@@ -92,6 +92,10 @@ fn full_record(key_id: Option<Uuid>) -> AuditRecord {
             live: false,
             reason: Reason::Spoof,
         }),
+        session: Some(livecheck::store::SessionRef {
+            id: Uuid::new_v4(),
+            reference_id: Some("applicant-7731".into()),
+        }),
     }
 }
 
@@ -122,6 +126,7 @@ fn sparse_record(key_id: Option<Uuid>) -> AuditRecord {
         fingerprint: None,
         signals: None,
         shadow: None,
+        session: None,
     }
 }
 

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use livecheck::fetch::Fetcher;
 use livecheck::pipeline::{Scores, Timings, Verdict};
-use livecheck::service::{CheckError, CheckService};
+use livecheck::service::{CheckError, CheckService, Signals};
 use url::Url;
 
 use super::common::{FetchArgs, PipelineArgs};
@@ -70,6 +70,9 @@ pub struct CheckLine {
     /// The model set's hash (`Pipeline::model_hash`).
     pub model_set: String,
     pub timings_ms: Timings,
+    /// The image signals (`data.signals` of the API but `resubmission`, which needs the audit
+    /// store of `serve`).
+    pub signals: Signals,
 }
 
 #[derive(Serialize)]
@@ -83,7 +86,7 @@ struct ErrorLine {
 }
 
 enum Outcome {
-    Line(CheckLine),
+    Line(Box<CheckLine>),
     Error(ErrorLine),
 }
 
@@ -166,7 +169,7 @@ impl Loader {
     }
 }
 
-fn line(file: String, v: Verdict, model_set: &str) -> CheckLine {
+fn line(file: String, v: Verdict, model_set: &str, signals: Signals) -> CheckLine {
     CheckLine {
         file,
         live: v.live,
@@ -180,6 +183,7 @@ fn line(file: String, v: Verdict, model_set: &str) -> CheckLine {
         scores: v.scores,
         model_set: model_set.to_string(),
         timings_ms: v.timings,
+        signals,
     }
 }
 
@@ -196,7 +200,12 @@ fn check_one(service: &CheckService, loader: &Loader, input: &Input) -> Outcome 
         }
     };
     match service.check(&bytes) {
-        Ok(c) => Outcome::Line(line(file, c.verdict, service.model_hash())),
+        Ok(c) => Outcome::Line(Box::new(line(
+            file,
+            c.verdict,
+            service.model_hash(),
+            c.signals,
+        ))),
         // A decode failure is an input error, never a verdict (`service` module docs).
         Err(e) => Outcome::Error(ErrorLine {
             file,
@@ -236,6 +245,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         "reason",
         "bbox (x,y,w,h)",
         "face conf",
+        "signals",
         "ms",
     ]);
     // Chunks keep the output in input order while streaming large directories.
@@ -267,6 +277,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
                         l.detector_confidence
                             .map(|c| format!("{c:.3}"))
                             .unwrap_or_default(),
+                        l.signals.flagged().join(","),
                         format!("{:.1}", l.timings_ms.total),
                     ]);
                 }

@@ -167,7 +167,8 @@ pub struct ServeArgs {
     pub print_key: Option<PathBuf>,
 
     /// How far back a re-submitted picture (the same bytes or a near-copy, by any key) is looked
-    /// for: a number with a unit, s, m, h or d. 0 turns the lookup (and `data.signals`) off.
+    /// for: a number with a unit, s, m, h or d. 0 turns the lookup (and
+    /// `data.signals.resubmission`) off.
     #[arg(long, env = "LIVECHECK_RESUBMISSION_WINDOW", default_value = "30d", value_parser = super::common::parse_window)]
     pub resubmission_window: Duration,
 

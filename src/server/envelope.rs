@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::service::{CheckOutcome, OutcomeFace, Signals};
+use crate::store::SessionRef;
 
 /// Top-level `message` of a live verdict.
 pub const MSG_LIVE: &str = "Face Liveliness successful";
@@ -56,7 +57,8 @@ pub struct CheckData {
     /// Always `{}`.
     #[schema(value_type = Object)]
     pub widget_info: serde_json::Map<String, serde_json::Value>,
-    /// Always `{}`.
+    /// `{}`, or for a check made through a capture session `{"id": ...}` plus the integrator's
+    /// `reference_id` when the session has one.
     #[schema(value_type = Object)]
     pub session: serde_json::Map<String, serde_json::Value>,
     /// Stable machine-readable reason: live, spoof, no_face, multiple_faces, face_too_small,
@@ -126,16 +128,24 @@ impl From<&CheckOutcome> for CheckEnvelope {
                     reference: outcome.reference,
                 },
                 widget_info: serde_json::Map::new(),
-                session: serde_json::Map::new(),
+                session: session_object(outcome.session.as_ref()),
                 reason: outcome.reason.code().to_owned(),
                 face: outcome.face.map(FaceInfo::from),
                 threshold: outcome.threshold,
                 model: outcome.model.clone(),
                 receipt: outcome.receipt.clone(),
-                signals: outcome.signals,
+                signals: outcome.signals.clone(),
             },
             message: message.to_owned(),
         }
+    }
+}
+
+/// `data.session`: empty (the seed's `{}`) unless the check was made through a session.
+fn session_object(session: Option<&SessionRef>) -> serde_json::Map<String, serde_json::Value> {
+    match session.map(serde_json::to_value) {
+        Some(Ok(serde_json::Value::Object(map))) => map,
+        _ => serde_json::Map::new(),
     }
 }
 
@@ -164,6 +174,7 @@ mod tests {
             model: "abc".to_owned(),
             receipt: None,
             signals: None,
+            session: None,
         }
     }
 
@@ -194,5 +205,23 @@ mod tests {
         assert_eq!(v["data"]["confidence_in_percentage"], 25.0);
         assert_eq!(v["message"], "Face Liveliness failed");
         assert!(v["data"].get("face").is_none());
+    }
+
+    #[test]
+    fn a_session_check_names_its_session() {
+        let mut o = outcome(true);
+        let id = Uuid::new_v4();
+        o.session = Some(SessionRef {
+            id,
+            reference_id: Some("applicant-9".into()),
+        });
+        let v = serde_json::to_value(CheckEnvelope::from(&o)).unwrap();
+        assert_eq!(
+            v["data"]["session"],
+            serde_json::json!({"id": id, "reference_id": "applicant-9"})
+        );
+        o.session.as_mut().unwrap().reference_id = None;
+        let v = serde_json::to_value(CheckEnvelope::from(&o)).unwrap();
+        assert_eq!(v["data"]["session"], serde_json::json!({"id": id}));
     }
 }

@@ -5,6 +5,8 @@ use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::store::SessionRefusal;
+
 /// The error envelope of the seed API. `data` is present (an empty array) on every error except
 /// the two authentication errors, whose seed bodies carry only `status` and `message`.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -25,6 +27,16 @@ pub struct ErrorEnvelope {
 pub const MSG_NO_CREDENTIALS: &str = "Authentication credentials were not provided.";
 /// Seed body: unknown or revoked token.
 pub const MSG_INVALID_TOKEN: &str = "Invalid token.";
+/// Why a session token was refused, in words (a 401 like the seed's authentication errors).
+pub fn session_message(refusal: SessionRefusal) -> &'static str {
+    match refusal {
+        SessionRefusal::Unknown => "Invalid session token.",
+        SessionRefusal::Used => "Session token has already been used.",
+        SessionRefusal::Expired => "Session token has expired.",
+        SessionRefusal::KeyRevoked => "The key that created this session has been revoked.",
+    }
+}
+
 /// Seed body: missing, empty or non-string `image`.
 pub const MSG_MISSING_FIELDS: &str = "Missing required fields";
 
@@ -40,6 +52,9 @@ pub enum ApiError {
     /// The token matches no active key.
     #[error("{MSG_INVALID_TOKEN}")]
     InvalidToken,
+    /// An `x-session-token` that cannot be spent: unknown, used, expired, or its key revoked.
+    #[error("{}", session_message(*.0))]
+    Session(SessionRefusal),
     /// `image` is absent, empty or not a string.
     #[error("{MSG_MISSING_FIELDS}")]
     MissingFields,
@@ -94,7 +109,9 @@ impl ApiError {
     /// The HTTP status of this error.
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::MissingCredentials | ApiError::InvalidToken => StatusCode::UNAUTHORIZED,
+            ApiError::MissingCredentials | ApiError::InvalidToken | ApiError::Session(_) => {
+                StatusCode::UNAUTHORIZED
+            }
             ApiError::MissingFields | ApiError::BadRequest(_) | ApiError::BadImage(_) => {
                 StatusCode::BAD_REQUEST
             }
@@ -123,7 +140,7 @@ impl ApiError {
     /// The envelope this error is sent as.
     pub fn envelope(&self) -> ErrorEnvelope {
         let data = match self {
-            ApiError::MissingCredentials | ApiError::InvalidToken => None,
+            ApiError::MissingCredentials | ApiError::InvalidToken | ApiError::Session(_) => None,
             _ => Some([]),
         };
         ErrorEnvelope {

@@ -28,8 +28,10 @@ pub mod metrics;
 pub mod openapi;
 pub mod ratelimit;
 pub mod routes;
+pub mod sessions;
 pub mod shadow;
 pub mod slots;
+mod unread;
 
 use std::future::Future;
 use std::num::NonZeroU32;
@@ -70,6 +72,10 @@ pub use metrics::Metrics;
 pub const CHECK_PATH: &str = "/api/onboarding/biometrics/face/liveliness_check/";
 /// The stored-result endpoint.
 pub const RESULT_PATH: &str = "/api/onboarding/biometrics/face/liveliness_check/{reference}/";
+/// Capture sessions: created by an API key (POST).
+pub const SESSIONS_PATH: &str = "/api/onboarding/biometrics/face/liveliness_check/sessions/";
+/// A capture session's status and result (GET, the key that created it).
+pub const SESSION_PATH: &str = "/api/onboarding/biometrics/face/liveliness_check/sessions/{id}/";
 
 /// Everything the server needs besides the pipeline and the store. Build it with
 /// [`AppConfig::default`] and override what differs.
@@ -123,7 +129,8 @@ pub struct AppConfig {
     /// `/.well-known/jwks.json`; `None`: no receipts and an empty key set.
     pub receipt_key: Option<Arc<crate::receipts::ReceiptKey>>,
     /// Keys the stored hashes of every checked picture for re-submission detection
-    /// (`crate::resubmission`); `None`: no hashes kept and no `data.signals`.
+    /// (`crate::resubmission`); `None`: no hashes kept and no
+    /// `data.signals.resubmission`.
     pub print_key: Option<Arc<crate::resubmission::PrintKey>>,
     /// How far back a re-submission is looked for (`--resubmission-window`); zero: not looked
     /// for (hashes are still kept when `print_key` is set).
@@ -476,6 +483,16 @@ fn router(state: AppState) -> Router {
         .route(CHECK_PATH.trim_end_matches('/'), post(routes::check))
         .route(RESULT_PATH, get(routes::get_check))
         .route(RESULT_PATH.trim_end_matches('/'), get(routes::get_check))
+        .route(SESSIONS_PATH, post(sessions::create_session))
+        .route(
+            SESSIONS_PATH.trim_end_matches('/'),
+            post(sessions::create_session),
+        )
+        .route(SESSION_PATH, get(sessions::get_session))
+        .route(
+            SESSION_PATH.trim_end_matches('/'),
+            get(sessions::get_session),
+        )
         .route("/.well-known/jwks.json", get(routes::jwks))
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
@@ -516,6 +533,7 @@ fn router(state: AppState) -> Router {
             .layer(PropagateRequestIdLayer::new(X_REQUEST_ID))
             .layer(middleware::from_fn_with_state(state.clone(), track_metrics))
             .layer(middleware::from_fn_with_state(state, close_when_draining))
+            .layer(middleware::from_fn(unread::close_if_body_unread))
             .layer(CatchPanicLayer::custom(routes::panic_response))
             .layer(DefaultBodyLimit::max(max_body)),
     )

@@ -19,6 +19,8 @@ use super::routes;
     paths(
         routes::check,
         routes::get_check,
+        crate::server::sessions::create_session,
+        crate::server::sessions::get_session,
         routes::jwks,
         routes::healthz,
         routes::readyz,
@@ -32,7 +34,17 @@ use super::routes;
         Verification,
         FaceInfo,
         crate::service::Signals,
+        crate::signals::EditorSignal,
+        crate::signals::ScreenshotSignal,
+        crate::signals::DoubleJpegSignal,
+        crate::signals::FaceShareSignal,
         crate::resubmission::Resubmission,
+        crate::server::sessions::CreateSessionRequest,
+        crate::server::sessions::SessionCreated,
+        crate::server::sessions::SessionCreatedEnvelope,
+        crate::server::sessions::SessionState,
+        crate::server::sessions::SessionStatus,
+        crate::server::sessions::SessionStatusEnvelope,
         ErrorEnvelope,
         routes::Health,
         routes::Readiness,
@@ -40,6 +52,7 @@ use super::routes;
     modifiers(&SecurityAddon),
     tags(
         (name = "liveness", description = "Face liveness checks"),
+        (name = "sessions", description = "One-time capture sessions: the API key stays on the integrator's server, the browser checks with the session's token"),
         (name = "operations", description = "Health, readiness, metrics, this document"),
     )
 )]
@@ -55,6 +68,14 @@ impl Modify for SecurityAddon {
             SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
                 "x-access-token",
                 "Your API key (`livecheck keys create`)",
+            ))),
+        );
+        components.add_security_scheme(
+            "session_token",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "x-session-token",
+                "A capture session's one-time token (POST .../sessions/), check endpoint only; \
+                 spent by the first check request that presents it",
             ))),
         );
     }
@@ -78,6 +99,8 @@ mod tests {
         for p in [
             "/api/onboarding/biometrics/face/liveliness_check/",
             "/api/onboarding/biometrics/face/liveliness_check/{reference}/",
+            "/api/onboarding/biometrics/face/liveliness_check/sessions/",
+            "/api/onboarding/biometrics/face/liveliness_check/sessions/{id}/",
             "/healthz",
             "/readyz",
             "/metrics",
@@ -143,9 +166,33 @@ mod tests {
                 "Resubmission lacks {field}"
             );
         }
-        assert!(v["components"]["schemas"]["Signals"]["properties"]
-            .get("resubmission")
-            .is_some());
+        for field in [
+            "resubmission",
+            "editor",
+            "screenshot",
+            "double_jpeg",
+            "face_share",
+        ] {
+            assert!(
+                v["components"]["schemas"]["Signals"]["properties"]
+                    .get(field)
+                    .is_some(),
+                "Signals lacks {field}"
+            );
+        }
+        for (schema, field) in [
+            ("EditorSignal", "software"),
+            ("ScreenshotSignal", "camera_exif"),
+            ("DoubleJpegSignal", "evidence"),
+            ("FaceShareSignal", "share"),
+        ] {
+            assert!(
+                v["components"]["schemas"][schema]["properties"]
+                    .get(field)
+                    .is_some(),
+                "{schema} lacks {field}"
+            );
+        }
     }
 
     /// Every error example's `message` is one the server really sends: each is produced here by
@@ -163,7 +210,12 @@ mod tests {
         let real: Vec<String> = [
             ApiError::MissingCredentials,
             ApiError::InvalidToken,
+            ApiError::Session(crate::store::SessionRefusal::Used),
             ApiError::MissingFields,
+            ApiError::BadRequest(format!(
+                "ttl_seconds must be between 1 and {}",
+                crate::server::sessions::MAX_SESSION_TTL_SECS
+            )),
             ApiError::NotFound,
             ApiError::BadRequest(CONTENT_TYPE_MESSAGE.to_owned()),
             ApiError::BadImage(format!(

@@ -49,7 +49,7 @@ struct Image {
     tag = "liveness",
     request_body(content = super::body::CheckRequest, content_type = "application/json",
         example = json!({"image": "https://example.com/photo.jpg"})),
-    security(("api_key" = [])),
+    security(("api_key" = []), ("session_token" = [])),
     responses(
         (status = 200, description = "A verdict (live or not live)", body = CheckEnvelope,
             headers(
@@ -106,6 +106,8 @@ struct Image {
                 value = json!({"status": "failed", "message": "Authentication credentials were not provided."}))),
             ("invalid" = (summary = "Unknown or revoked token",
                 value = json!({"status": "failed", "message": "Invalid token."}))),
+            ("session_used" = (summary = "x-session-token already spent (also: \"Invalid session token.\", \"Session token has expired.\", \"The key that created this session has been revoked.\")",
+                value = json!({"status": "failed", "message": "Session token has already been used."}))),
         )),
         (status = 408, description = "The request body was not received within the body timeout (`--body-timeout`, default 60 s)", body = ErrorEnvelope,
             example = json!({"status": "failed", "data": [], "message": "Request body was not received within 60 s"})),
@@ -206,6 +208,10 @@ async fn run_check(
     metrics.observe_stage_ms("classify", timings.classify);
 
     let mut outcome = inner.service.outcome(&checked, Uuid::new_v4());
+    outcome.session = caller
+        .session
+        .as_ref()
+        .map(crate::store::Session::reference);
     let provenance = Provenance {
         key_id: Some(caller.key.id),
         source: input_kind.into(),
@@ -230,7 +236,10 @@ async fn run_check(
                     .await
                     .map_err(|e| ApiError::from_store("re-submission lookup", &e))?;
                 let seen = resubmission::judge(key, &fp, print, Some(caller.key.id), &candidates);
-                outcome.signals = Some(Signals { resubmission: seen });
+                outcome
+                    .signals
+                    .get_or_insert_with(Signals::default)
+                    .resubmission = Some(seen);
                 if seen.seen_before {
                     metrics
                         .resubmissions

@@ -4,6 +4,7 @@ use chrono::{DateTime, Datelike, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::sessions::SessionRef;
 use super::{parse_ts, parse_uuid, pg_ts, ts_text, Pool, Store, StoreError, Timings};
 use crate::pipeline::Reason;
 use crate::resubmission::{Candidate, Fingerprint, MAX_CANDIDATES};
@@ -78,6 +79,8 @@ pub struct AuditRecord {
     /// The shadow model set's verdict on the same picture (`--shadow-model-set`), written after
     /// the answer; `None` until then or without a shadow set.
     pub shadow: Option<ShadowScore>,
+    /// The capture session the check was made through (`x-session-token`), if any.
+    pub session: Option<SessionRef>,
 }
 
 /// A shadow model set's verdict on an audited picture.
@@ -130,6 +133,8 @@ struct AuditRow {
     shadow_p_real: Option<f64>,
     shadow_live: Option<bool>,
     shadow_reason: Option<String>,
+    session_id: Option<String>,
+    session_reference_id: Option<String>,
 }
 
 impl AuditRow {
@@ -223,6 +228,16 @@ impl AuditRow {
                     })
                 }
             },
+            session: self
+                .session_id
+                .as_deref()
+                .map(|id| -> Result<SessionRef, StoreError> {
+                    Ok(SessionRef {
+                        id: parse_uuid("audit.session_id", id)?,
+                        reference_id: self.session_reference_id.clone(),
+                    })
+                })
+                .transpose()?,
         })
     }
 }
@@ -236,7 +251,7 @@ macro_rules! audit_columns {
          image_width, image_height, input_kind, url_host, model_hash, engine, app_version, \
          decode_ms, detect_ms, classify_ms, total_ms, receipt, image_tag, print_band0, \
          print_band1, print_band2, print_band3, print_sealed, signals, shadow_model, \
-         shadow_p_real, shadow_live, shadow_reason"
+         shadow_p_real, shadow_live, shadow_reason, session_id, session_reference_id"
     };
 }
 
@@ -246,7 +261,7 @@ const SQLITE_INSERT: &str = concat!(
     "INSERT INTO audit (",
     audit_columns!(),
     ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, \
-     ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+     ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 );
 
 const PG_INSERT: &str = concat!(
@@ -254,7 +269,7 @@ const PG_INSERT: &str = concat!(
     audit_columns!(),
     ") VALUES ($1::uuid, $2::uuid, $3::timestamptz, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
      $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, \
-     $35, $36, $37, $38)"
+     $35, $36, $37, $38, $39::uuid, $40)"
 );
 
 const PG_SELECT_COLUMNS: &str = concat!(
@@ -264,7 +279,8 @@ const PG_SELECT_COLUMNS: &str = concat!(
      detector_confidence, image_sha256, image_bytes, image_width, image_height, input_kind, \
      url_host, model_hash, engine, app_version, decode_ms, detect_ms, classify_ms, total_ms, \
      receipt, image_tag, print_band0, print_band1, print_band2, print_band3, print_sealed, \
-     signals, shadow_model, shadow_p_real, shadow_live, shadow_reason"
+     signals, shadow_model, shadow_p_real, shadow_live, shadow_reason, \
+     session_id::text AS session_id, session_reference_id"
 );
 
 /// Bind every field of a record, in [`COLUMNS`] order, to a query of either backend.
@@ -313,6 +329,8 @@ macro_rules! bind_record {
             .bind(r.shadow.as_ref().map(|s| s.p_real))
             .bind(r.shadow.as_ref().map(|s| s.live))
             .bind(r.shadow.as_ref().map(|s| s.reason.code()))
+            .bind(r.session.as_ref().map(|s| s.id.to_string()))
+            .bind(r.session.as_ref().and_then(|s| s.reference_id.clone()))
     }};
 }
 
@@ -384,6 +402,14 @@ fn validate(r: &AuditRecord) -> Result<(), StoreError> {
             serde_json::from_str::<serde_json::Value>(signals).is_ok_and(|v| v.is_object());
         if signals.len() > MAX_SIGNALS_LEN || !object {
             return invalid("signals is not a JSON object".into());
+        }
+    }
+    if let Some(reference_id) = r.session.as_ref().and_then(|s| s.reference_id.as_deref()) {
+        if reference_id.is_empty()
+            || reference_id.chars().count() > super::MAX_REFERENCE_ID_CHARS
+            || reference_id.chars().any(char::is_control)
+        {
+            return invalid("session reference_id is not a bounded printable string".into());
         }
     }
     Ok(())
@@ -488,6 +514,34 @@ impl Store {
                 ))
                 .bind(reference.to_string())
                 .bind(key_id.to_string())
+                .fetch_optional(p)
+                .await
+            }
+        }
+        .map_err(|e| self.db_err(e))?;
+        row.map(AuditRow::into_record).transpose()
+    }
+
+    /// The audit row of the check made through session `session_id` (at most one: a session
+    /// token is spent once).
+    pub async fn get_audit_by_session(
+        &self,
+        session_id: Uuid,
+    ) -> Result<Option<AuditRecord>, StoreError> {
+        let row: Option<AuditRow> = match &self.pool {
+            Pool::Sqlite(p) => {
+                sqlx::query_as(&format!(
+                    "SELECT {COLUMNS} FROM audit WHERE session_id = ? LIMIT 1"
+                ))
+                .bind(session_id.to_string())
+                .fetch_optional(p)
+                .await
+            }
+            Pool::Postgres(p) => {
+                sqlx::query_as(&format!(
+                    "SELECT {PG_SELECT_COLUMNS} FROM audit WHERE session_id = $1::uuid LIMIT 1"
+                ))
+                .bind(session_id.to_string())
                 .fetch_optional(p)
                 .await
             }

@@ -4,10 +4,7 @@
 //! padding (46 characters in all). Only its SHA-256 (lowercase hex) is stored, plus the first 11
 //! characters (`lc_` + 8, 48 of 256 random bits) for display.
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
 use chrono::{DateTime, Utc};
-use rand::TryRngCore;
 use serde::Serialize;
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
@@ -16,10 +13,6 @@ use super::{now, parse_opt_ts, parse_ts, parse_uuid, pg_ts, ts_text, Pool, Store
 
 /// Every token starts with this.
 pub const TOKEN_PREFIX: &str = "lc_";
-/// Random bytes in a token.
-const TOKEN_RANDOM_BYTES: usize = 32;
-/// `lc_` + 43 base64url characters.
-const TOKEN_LEN: usize = TOKEN_PREFIX.len() + (TOKEN_RANDOM_BYTES * 4).div_ceil(3);
 /// Characters of the token kept for display.
 const DISPLAY_PREFIX_LEN: usize = TOKEN_PREFIX.len() + 8;
 /// Longest key name accepted, in characters.
@@ -82,11 +75,7 @@ const PG_KEY_COLUMNS: &str = concat!(
 
 /// A fresh token from the OS CSPRNG.
 fn generate_token() -> Result<String, StoreError> {
-    let mut bytes = [0u8; TOKEN_RANDOM_BYTES];
-    rand::rngs::OsRng
-        .try_fill_bytes(&mut bytes)
-        .map_err(|e| StoreError::Random(e.to_string()))?;
-    Ok(format!("{TOKEN_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes)))
+    super::random_token(TOKEN_PREFIX)
 }
 
 /// Lowercase hex SHA-256 of the token, as stored in `api_keys.key_hash`.
@@ -96,11 +85,7 @@ fn hash_token(token: &str) -> String {
 
 /// Could this be a token we issued? Anything else is refused without a query.
 fn well_formed(token: &str) -> bool {
-    token.len() == TOKEN_LEN
-        && token.starts_with(TOKEN_PREFIX)
-        && token[TOKEN_PREFIX.len()..]
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    super::is_token_shaped(token, TOKEN_PREFIX)
 }
 
 fn validate_name(name: &str) -> Result<String, StoreError> {
@@ -330,9 +315,10 @@ mod tests {
         let b = generate_token().unwrap();
         assert_ne!(a, b);
         assert_eq!(a.len(), 46);
-        assert_eq!(TOKEN_LEN, 46);
         assert!(well_formed(&a) && well_formed(&b));
-        let raw = URL_SAFE_NO_PAD.decode(&a[3..]).unwrap();
+        let raw =
+            base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, &a[3..])
+                .unwrap();
         assert_eq!(raw.len(), 32);
         assert!(!well_formed(&a[..45]));
         assert!(!well_formed(&format!("xx_{}", &a[3..])));

@@ -16,6 +16,7 @@
 
 mod audit;
 mod keys;
+mod sessions;
 mod writer;
 
 use std::fmt;
@@ -32,6 +33,10 @@ use sqlx::Connection;
 
 pub use self::audit::{AuditRecord, ImageSource, ShadowScore};
 pub use self::keys::{ApiKey, TOKEN_PREFIX};
+pub use self::sessions::{
+    NewSession, Session, SessionRef, SessionRefusal, MAX_REDIRECT_URL_BYTES,
+    MAX_REFERENCE_ID_CHARS, SESSION_TOKEN_PREFIX,
+};
 pub use self::writer::{AuditWriter, WriterStats};
 pub use crate::pipeline::Timings;
 
@@ -521,6 +526,33 @@ fn is_connectivity(e: &sqlx::Error) -> bool {
 }
 
 /// Now, truncated to the stored precision.
+/// Random bytes in an API key's or a session's token.
+const TOKEN_RANDOM_BYTES: usize = 32;
+
+/// `prefix` + 32 bytes from the operating-system CSPRNG, base64url without padding.
+fn random_token(prefix: &str) -> Result<String, StoreError> {
+    use base64::Engine as _;
+    use rand::TryRngCore;
+    let mut bytes = [0u8; TOKEN_RANDOM_BYTES];
+    rand::rngs::OsRng
+        .try_fill_bytes(&mut bytes)
+        .map_err(|e| StoreError::Random(e.to_string()))?;
+    Ok(format!(
+        "{prefix}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    ))
+}
+
+/// Could `token` be one [`random_token`] made with `prefix`? Anything else is refused without a
+/// query.
+fn is_token_shaped(token: &str, prefix: &str) -> bool {
+    token.len() == prefix.len() + (TOKEN_RANDOM_BYTES * 4).div_ceil(3)
+        && token.starts_with(prefix)
+        && token[prefix.len()..]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
 }

@@ -65,6 +65,31 @@ pub fn devset(what: &str) -> Option<PathBuf> {
     }
 }
 
+/// JPEG bytes of `img` at `quality`, by the `image` crate's encoder (libjpeg's scaled tables).
+#[allow(dead_code)] // not every test binary encodes
+pub fn encode_jpeg(img: &livecheck::pipeline::BgrImage, quality: u8) -> Vec<u8> {
+    let rgb: Vec<u8> = img
+        .data
+        .chunks_exact(3)
+        .flat_map(|p| [p[2], p[1], p[0]])
+        .collect();
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality)
+        .encode(&rgb, img.width, img.height, image::ExtendedColorType::Rgb8)
+        .unwrap();
+    out
+}
+
+/// The devset's manifest rows (`file`, `label`, `source_repo`, ...), in file order.
+#[allow(dead_code)] // not every test binary reads the manifest
+pub fn devset_manifest(dir: &Path) -> Vec<std::collections::BTreeMap<String, String>> {
+    csv::Reader::from_path(dir.join("manifest.csv"))
+        .unwrap()
+        .into_deserialize::<std::collections::BTreeMap<String, String>>()
+        .map(|r| r.unwrap())
+        .collect()
+}
+
 /// The `livecheck` binary under test, with models from [`models`] and none of the outer
 /// environment's settings that would change what a command does (threshold, model set,
 /// database).
