@@ -122,7 +122,7 @@ fn stages(c: &mut Criterion) {
         b.iter(|| livecheck::signals::examine(&bytes, &verdict))
     });
     // A phone-sized file (4032x3024, grain so that it compresses like a photo): the coefficient
-    // read stops at 256 KiB, so the cost is bounded whatever the file.
+    // read stops at 128 KiB, so the cost is bounded whatever the file.
     let img = livecheck::pipeline::decode::decode(&bytes, &Default::default()).unwrap();
     let (w, h) = (4032usize, 3024usize);
     let mut big = vec![0u8; w * h * 3];

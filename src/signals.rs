@@ -92,7 +92,7 @@ pub struct DoubleJpegSignal {
     /// `evidence >= 2`.
     pub flagged: bool,
     /// Whether the coefficients were analysed: a YCbCr or greyscale DCT JPEG of at most 24 MP
-    /// (a sequential file's first 256 KiB; a progressive file only up to 256 KiB).
+    /// (a sequential file's first 128 KiB; a progressive file only up to 128 KiB).
     pub analysed: bool,
     /// IJG-equivalent quality (1 to 100) of the luma quantisation table; `null` when not a JPEG.
     pub quality: Option<u8>,
@@ -203,8 +203,15 @@ const IJG_LUMA: [u16; 64] = [
 /// The image signals of a picture (all but `resubmission`): `bytes` as received and the verdict
 /// made on them.
 pub fn examine(bytes: &[u8], verdict: &Verdict) -> Signals {
+    // A JPEG's EXIF is in its header: the parser gets only that (it would otherwise scan all
+    // of the image data for a marker when there is none, 7 ms on a 12 MP photo).
+    let container = if bytes.starts_with(&[0xFF, 0xD8]) {
+        &bytes[..decode::jpeg_header_len(bytes).unwrap_or(bytes.len())]
+    } else {
+        bytes
+    };
     let exif = exif::Reader::new()
-        .read_from_container(&mut Cursor::new(bytes))
+        .read_from_container(&mut Cursor::new(container))
         .ok();
     let ascii = |tag: exif::Tag| -> Option<String> {
         let field = exif.as_ref()?.get_field(tag, exif::In::PRIMARY)?;

@@ -202,7 +202,7 @@ fn double_jpeg_on_the_samples_and_png_is_not_analysed() {
         assert!(s.analysed && s.flagged, "{name} q50 then q90: {s:?}");
         assert_eq!(s.quality, Some(90));
     }
-    // A file over the read cap is analysed from its first 256 KiB: the sample at three times its
+    // A file over the read cap is analysed from its first 128 KiB: the sample at three times its
     // size with grain (so that it compresses poorly).
     let img = decode(&common::sample("image_T1.jpg"), &DecodeLimits::default()).unwrap();
     let (w, h) = (img.width as usize * 3, img.height as usize * 3);

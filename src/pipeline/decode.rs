@@ -283,8 +283,8 @@ pub const MAX_COEFFICIENT_PIXELS: u64 = 24_000_000;
 /// `visit` (the quantised DCT coefficients as stored in the file, natural row-major order), and
 /// return the luma quantisation table (natural order). `Ok(None)`: not a YCbCr or greyscale DCT
 /// JPEG, over [`MAX_COEFFICIENT_PIXELS`], or a progressive file over [`MAX_COEFFICIENT_BYTES`].
-/// A sequential file over [`MAX_COEFFICIENT_BYTES`] is read up to that length: the blocks past it
-/// come as zeros. The file is expected to have passed [`decode`]; damage
+/// A sequential file over [`MAX_COEFFICIENT_BYTES`] is read as its top rows, about as many as
+/// that many bytes hold. The file is expected to have passed [`decode`]; damage
 /// libjpeg only warns about is an error here too.
 ///
 /// Hand-written over `mozjpeg-sys`: the `mozjpeg` crate has no coefficient access, and no other
@@ -293,16 +293,34 @@ pub fn jpeg_luma_coefficients(
     bytes: &[u8],
     mut visit: impl FnMut(&[i16; 64]),
 ) -> Result<Option<[u16; 64]>, DecodeError> {
-    // Entropy decoding costs about 1 ms per 100 KB: a sequential file is read up to
-    // MAX_COEFFICIENT_BYTES (its top part; libjpeg zero-fills the rest, which only adds to the
-    // magnitude-0 bins), a progressive one whole or not at all (its scans refine every block, so
-    // a cut file has coarsened coefficients everywhere).
+    // Entropy decoding costs about 1 ms per 100 KB. A progressive file is read whole or not at
+    // all (its scans refine every block, so a cut file has coarsened coefficients everywhere). A
+    // longer sequential file is read as its top part: the first MAX_COEFFICIENT_BYTES, with the
+    // frame's height in a copy of the header lowered to the rows that part likely holds (three
+    // quarters of its share of the file, whole MCU rows), so libjpeg neither allocates nor walks
+    // the rest of the image.
+    let cut_copy;
     let (bytes, cut) = match sof_kind(bytes) {
-        Some(Sof::Sequential) if bytes.len() > MAX_COEFFICIENT_BYTES => {
-            (&bytes[..MAX_COEFFICIENT_BYTES], true)
+        Some((Sof::Sequential, at)) if bytes.len() > MAX_COEFFICIENT_BYTES => {
+            let Some(height) = bytes
+                .get(at + 5..at + 7)
+                .filter(|_| at + 7 <= MAX_COEFFICIENT_BYTES)
+            else {
+                return Ok(None);
+            };
+            let height = u64::from(u16::from_be_bytes([height[0], height[1]]));
+            let share = height * MAX_COEFFICIENT_BYTES as u64 * 3 / 4 / bytes.len() as u64;
+            let rows = u16::try_from(share & !15).unwrap_or(0);
+            if rows == 0 {
+                return Ok(None);
+            }
+            let mut copy = bytes[..MAX_COEFFICIENT_BYTES].to_vec();
+            copy[at + 5..at + 7].copy_from_slice(&rows.to_be_bytes());
+            cut_copy = copy;
+            (&cut_copy[..], true)
         }
-        Some(Sof::Sequential) => (bytes, false),
-        Some(Sof::Progressive) if bytes.len() <= MAX_COEFFICIENT_BYTES => (bytes, false),
+        Some((Sof::Sequential, _)) => (bytes, false),
+        Some((Sof::Progressive, _)) if bytes.len() <= MAX_COEFFICIENT_BYTES => (bytes, false),
         _ => return Ok(None),
     };
     use mozjpeg_sys as sys;
@@ -402,9 +420,9 @@ pub fn jpeg_luma_coefficients(
 }
 
 /// How much of a sequential JPEG [`jpeg_luma_coefficients`] reads (and the largest progressive
-/// JPEG it reads at all): 256 KiB, about 2.5 ms of entropy decoding, the whole of a typical
-/// 1-2 MP selfie.
-pub const MAX_COEFFICIENT_BYTES: usize = 256 * 1024;
+/// JPEG it reads at all): 128 KiB, 1.5 to 5 ms of entropy decoding (dense data decodes slower
+/// per byte), the whole of a typical 1 MP selfie and 10,000 or more luma blocks of any photo.
+pub const MAX_COEFFICIENT_BYTES: usize = 128 * 1024;
 
 /// The kind of a JPEG's frame, from its SOF marker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -417,9 +435,32 @@ enum Sof {
     Other,
 }
 
-/// The frame kind of a JPEG, from the marker segments before its first scan; `None` when there
-/// is no frame header there.
-fn sof_kind(bytes: &[u8]) -> Option<Sof> {
+/// The frame kind of a JPEG and where its SOF marker is, from the marker segments before its
+/// first scan; `None` when there is no frame header there.
+fn sof_kind(bytes: &[u8]) -> Option<(Sof, usize)> {
+    // SOF0-15 but DHT (C4), JPG (C8) and DAC (CC), which are tables; or a scan or the end.
+    let sof_or_end =
+        |m| matches!(m, 0xC0..=0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF | 0xDA | 0xD9);
+    let (marker, at) = first_marker(bytes, sof_or_end)?;
+    let kind = match marker {
+        0xC0 | 0xC1 | 0xC9 => Sof::Sequential,
+        0xC2 | 0xCA => Sof::Progressive,
+        0xC3 | 0xC5..=0xC7 | 0xCB | 0xCD..=0xCF => Sof::Other,
+        // A scan or the end before any frame.
+        _ => return None,
+    };
+    Some((kind, at))
+}
+
+/// Length of a JPEG's header: the bytes before its first scan (SOS), where its frame header,
+/// tables and application segments (EXIF among them) are. `None` when there is no scan.
+pub fn jpeg_header_len(bytes: &[u8]) -> Option<usize> {
+    first_marker(bytes, |m| m == 0xDA).map(|(_, at)| at)
+}
+
+/// The first marker `wanted` accepts among the marker segments of a JPEG before its first scan,
+/// and its offset.
+fn first_marker(bytes: &[u8], wanted: impl Fn(u8) -> bool) -> Option<(u8, usize)> {
     if !bytes.starts_with(&[0xFF, 0xD8]) {
         return None;
     }
@@ -433,10 +474,10 @@ fn sof_kind(bytes: &[u8]) -> Option<Sof> {
         if ff != 0xFF {
             return None;
         }
+        if wanted(marker) {
+            return Some((marker, at));
+        }
         match marker {
-            0xC0 | 0xC1 | 0xC9 => return Some(Sof::Sequential),
-            0xC2 | 0xCA => return Some(Sof::Progressive),
-            0xC3 | 0xC5..=0xC7 | 0xCB | 0xCD..=0xCF => return Some(Sof::Other),
             0xDA | 0xD9 => return None,
             // Markers without a length.
             0x01 | 0xD0..=0xD7 => at += 2,
@@ -673,15 +714,23 @@ mod tests {
     fn frame_kinds_are_read_from_the_markers() {
         // SOI, an APP0 of 4 bytes, fill bytes, then the frame marker.
         let with = |sof: u8| vec![0xFF, 0xD8, 0xFF, 0xE0, 0, 4, 1, 2, 0xFF, 0xFF, sof, 0, 8];
-        assert_eq!(sof_kind(&with(0xC0)), Some(Sof::Sequential));
-        assert_eq!(sof_kind(&with(0xC1)), Some(Sof::Sequential));
-        assert_eq!(sof_kind(&with(0xC2)), Some(Sof::Progressive));
-        assert_eq!(sof_kind(&with(0xC3)), Some(Sof::Other));
+        assert_eq!(sof_kind(&with(0xC0)), Some((Sof::Sequential, 9)));
+        assert_eq!(sof_kind(&with(0xC1)), Some((Sof::Sequential, 9)));
+        assert_eq!(sof_kind(&with(0xC2)), Some((Sof::Progressive, 9)));
+        assert_eq!(sof_kind(&with(0xC3)), Some((Sof::Other, 9)));
         // A scan before any frame, a cut header, a bad length, not a JPEG.
         assert_eq!(sof_kind(&with(0xDA)), None);
         assert_eq!(sof_kind(&with(0xC0)[..9]), None);
         assert_eq!(sof_kind(&[0xFF, 0xD8, 0xFF, 0xE0, 0, 1]), None);
         assert_eq!(sof_kind(b"\x89PNG"), None);
+        // Tables before the frame are stepped over; the header ends at the scan.
+        let mut tables = vec![
+            0xFF, 0xD8, 0xFF, 0xC4, 0, 3, 9, 0xFF, 0xC0, 0, 2, 0xFF, 0xDA, 0, 2,
+        ];
+        assert_eq!(sof_kind(&tables), Some((Sof::Sequential, 7)));
+        assert_eq!(jpeg_header_len(&tables), Some(11));
+        tables.truncate(11);
+        assert_eq!(jpeg_header_len(&tables), None);
     }
 
     /// Every build this repo's scripts make has libjpeg-turbo's SIMD decoder (scripts/setup.sh
