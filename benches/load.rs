@@ -9,6 +9,10 @@
 //! Environment: `LOAD_REQUESTS` (per concurrency level, default 120), `LOAD_LEVELS` (default
 //! `1,4,16`), `LIVECHECK_MODEL_DIR`. Without `--bench` (e.g. under `cargo test --benches`) it runs
 //! a small smoke version. All traffic stays on loopback.
+//!
+//! `LOAD_SHADOW=SET` measures what `--shadow-model-set SET` costs the answers instead: two servers,
+//! one without and one with the shadow set, driven in turn (A, B, A, B at each level) in the same
+//! command, and prints their throughput and latency side by side with the shadow scorer's counts.
 
 #[path = "common/mod.rs"]
 mod common;
@@ -192,6 +196,148 @@ fn markdown(
     s
 }
 
+/// The server settings of every run: loopback image URLs allowed, one CPU slot per core, no
+/// rate limit.
+fn load_config(cores: usize) -> AppConfig {
+    AppConfig {
+        fetch: livecheck::fetch::FetchConfig {
+            allow: vec!["127.0.0.1/32".parse().unwrap()],
+            ..Default::default()
+        },
+        max_concurrent_checks: cores,
+        // One key stands for every client here: its fetch cap would refuse the load itself.
+        max_fetches_per_key: 64,
+        rate_limit_per_minute: None,
+        ..AppConfig::default()
+    }
+}
+
+fn load_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(64)
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap()
+}
+
+/// A running server of the load bench, its store and key.
+struct Server {
+    api: SocketAddr,
+    token: String,
+    store: Store,
+    metrics: livecheck::server::Metrics,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), livecheck::server::ServerError>>,
+    _dir: tempfile::TempDir,
+}
+
+async fn start_server(config: AppConfig, pipeline: Arc<livecheck::pipeline::Pipeline>) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("load.db").display());
+    let store = Store::connect(&db).await.unwrap();
+    let (_, token) = store.create_key("load").await.unwrap();
+    let app = Application::build(config, pipeline, store.clone()).unwrap();
+    let metrics = app.metrics().clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(app.run(listener, async {
+        let _ = stopped.await;
+    }));
+    Server {
+        api,
+        token,
+        store,
+        metrics,
+        stop,
+        task,
+        _dir: dir,
+    }
+}
+
+/// `LOAD_SHADOW`: the same load on a server without and one with a shadow model set.
+#[allow(clippy::too_many_arguments)]
+async fn shadow_comparison(
+    shadow_set: &str,
+    pipeline: Arc<livecheck::pipeline::Pipeline>,
+    model_dir: &std::path::Path,
+    config: AppConfig,
+    client: &reqwest::Client,
+    images: SocketAddr,
+    levels: &[usize],
+    requests: usize,
+    cores: usize,
+) {
+    let shadow = Arc::new(
+        livecheck::load_pipeline(Some(shadow_set), Some(model_dir), PipelineConfig::default())
+            .expect("load the shadow set"),
+    );
+    let plain = start_server(config.clone(), Arc::clone(&pipeline)).await;
+    let shadowed = start_server(
+        AppConfig {
+            shadow_pipeline: Some(livecheck::server::shadow::ShadowSet(shadow)),
+            ..config
+        },
+        pipeline,
+    )
+    .await;
+    for s in [&plain, &shadowed] {
+        run_level(client, s.api, images, &s.token, cores, 3 * cores).await;
+    }
+    let mut rows = String::new();
+    for &c in levels {
+        // (req/s, p50, p99) summed over two rounds of each, interleaved.
+        let mut sums = [[0.0f64; 3]; 2];
+        for _ in 0..2 {
+            for (i, s) in [&plain, &shadowed].into_iter().enumerate() {
+                let l = run_level(client, s.api, images, &s.token, c, requests).await;
+                assert_eq!(l.other, 0, "non-200 responses under load");
+                sums[i][0] += l.ok as f64 / l.wall.as_secs_f64() / 2.0;
+                sums[i][1] += l.p50_ms / 2.0;
+                sums[i][2] += l.p99_ms / 2.0;
+            }
+        }
+        let [a, b] = sums;
+        eprintln!(
+            "{c:>3} clients: {:.1} vs {:.1} req/s, p50 {:.1} vs {:.1} ms, p99 {:.1} vs {:.1} ms",
+            a[0], b[0], a[1], b[1], a[2], b[2]
+        );
+        rows.push_str(&format!(
+            "| {c} | {:.1} | {:.1} | {:.2} | {:.1} | {:.1} | {:.1} | {:.1} |\n",
+            a[0],
+            b[0],
+            b[0] / a[0],
+            a[1],
+            b[1],
+            a[2],
+            b[2]
+        ));
+    }
+    let counts: Vec<String> = ["scored", "dropped", "failed"]
+        .into_iter()
+        .map(|o| {
+            let n = shadowed.metrics.shadow.with_label_values(&[o]).get();
+            format!("{n} {o}")
+        })
+        .collect();
+    println!(
+        "`LOAD_SHADOW={shadow_set} cargo bench --bench load` ({}, {cores} cores; {requests} \
+         requests per round, two rounds of each server per level, interleaved; figures are the \
+         means of the two):\n\n\
+         | clients | without: req/s | with shadow: req/s | ratio | without: p50 ms | with: p50 ms | \
+         without: p99 ms | with: p99 ms |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n{rows}\n\
+         Shadow scorer: {}.",
+        cpu_model(),
+        counts.join(", ")
+    );
+    for s in [plain, shadowed] {
+        let _ = s.stop.send(());
+        s.task.await.unwrap().unwrap();
+        s.store.close().await;
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let full = args.iter().any(|a| a == "--bench");
@@ -226,35 +372,36 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    if let Ok(shadow_set) = std::env::var("LOAD_SHADOW") {
+        runtime.block_on(async move {
+            let images = image_server().await;
+            shadow_comparison(
+                &shadow_set,
+                pipeline,
+                &model_dir,
+                load_config(cores),
+                &load_client(),
+                images,
+                &levels,
+                requests,
+                cores,
+            )
+            .await;
+        });
+        return;
+    }
     runtime.block_on(async move {
-        let dir = tempfile::tempdir().unwrap();
-        let db = format!("sqlite://{}", dir.path().join("load.db").display());
-        let store = Store::connect(&db).await.unwrap();
-        let (_, token) = store.create_key("load").await.unwrap();
         let images = image_server().await;
-        let config = AppConfig {
-            fetch: livecheck::fetch::FetchConfig {
-                allow: vec!["127.0.0.1/32".parse().unwrap()],
-                ..Default::default()
-            },
-            max_concurrent_checks: cores,
-            rate_limit_per_minute: None,
-            ..AppConfig::default()
-        };
-        let app = Application::build(config, pipeline, store.clone()).unwrap();
-        let metrics = app.metrics().clone();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let api = listener.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(app.run(listener, async {
-            let _ = stopped.await;
-        }));
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .pool_max_idle_per_host(64)
-            .timeout(Duration::from_secs(120))
-            .build()
-            .unwrap();
+        let Server {
+            api,
+            token,
+            store,
+            metrics,
+            stop,
+            task: server,
+            _dir,
+        } = start_server(load_config(cores), pipeline).await;
+        let client = load_client();
 
         // Warm-up: connections, allocator, per-thread scratch buffers.
         let warm = run_level(&client, api, images, &token, cores, 3 * cores).await;

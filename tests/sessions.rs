@@ -404,3 +404,47 @@ async fn refusals_before_the_body_close_the_connection() {
     })
     .await;
 }
+
+/// A request the server could not serve (503, overloaded) gives its session back: the browser's
+/// retry with the same token is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overloaded_check_gives_its_session_back() {
+    let one_slot = || livecheck::server::AppConfig {
+        max_concurrent_checks: 1,
+        max_queued_checks: 0,
+        ..test_config()
+    };
+    on_each_backend(one_slot, |app: TestApp| async move {
+        let mut tokens = Vec::new();
+        for _ in 0..10 {
+            let (_, created) = create(&app, Some(&app.token), "").await;
+            tokens.push(
+                created["data"]["session_token"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            );
+        }
+        let answers = futures_util::future::join_all(
+            tokens
+                .iter()
+                .map(|t| check_with_session(&app, t, "image_F1.jpg")),
+        )
+        .await;
+        let busy: Vec<&String> = tokens
+            .iter()
+            .zip(&answers)
+            .filter(|(_, (s, _))| *s == StatusCode::SERVICE_UNAVAILABLE)
+            .map(|(t, _)| t)
+            .collect();
+        let ok = answers.iter().filter(|(s, _)| *s == StatusCode::OK).count();
+        assert_eq!(ok + busy.len(), tokens.len(), "{answers:?}");
+        assert!(!busy.is_empty(), "no request was shed: {answers:?}");
+        for token in busy {
+            let (status, body) = check_with_session(&app, token, "image_F1.jpg").await;
+            assert_eq!(status, StatusCode::OK, "a shed session's retry: {body}");
+        }
+        assert_eq!(app.audit_count().await, tokens.len() as i64);
+    })
+    .await;
+}

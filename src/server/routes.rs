@@ -148,12 +148,17 @@ pub async fn check(
         Err(err) => Err(err),
     };
     // A request the server could not serve (overload, database down, a fault of ours) does not
-    // use up the caller's rate allowance.
-    if let (Err(err), Some(limiter), Some(counted)) =
-        (&result, &state.inner.limiter, &caller.rate_limit)
-    {
+    // use up the caller's rate allowance, nor its session's one check.
+    if let Err(err) = &result {
         if err.status().is_server_error() {
-            limiter.refund(&caller.key.id.to_string(), counted.counter);
+            if let (Some(limiter), Some(counted)) = (&state.inner.limiter, &caller.rate_limit) {
+                limiter.refund(&caller.key.id.to_string(), counted.counter);
+            }
+            if let Some(session) = &caller.session {
+                if let Err(e) = state.inner.store.restore_session(session).await {
+                    tracing::warn!(error = %e, session = %session.id, "session not restored");
+                }
+            }
         }
     }
     result

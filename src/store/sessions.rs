@@ -4,9 +4,9 @@
 //! A session token is `ls_` followed by 32 bytes from the operating-system CSPRNG, base64url
 //! without padding (46 characters, like an API key's but with its own prefix, so one is never
 //! mistaken for the other). Only its SHA-256 is stored. A token is spent by the first check
-//! request that presents it, whatever that check's outcome: [`Store::spend_session`] sets
-//! `used_at` in one conditional UPDATE, so of two concurrent requests (on any replica) exactly one
-//! gets it.
+//! request that presents it, whatever that check's outcome, unless the server could not serve
+//! it (a 5xx: [`Store::restore_session`]): [`Store::spend_session`] sets `used_at` in one
+//! conditional UPDATE, so of two concurrent requests (on any replica) exactly one gets it.
 
 use chrono::{DateTime, Utc};
 use subtle::ConstantTimeEq;
@@ -314,6 +314,39 @@ impl Store {
                 .err()
                 .unwrap_or(SessionRefusal::Used))),
         }
+    }
+}
+
+impl Store {
+    /// Give back a token spent by `session` (as [`Store::spend_session`] returned it) on a request
+    /// the server could not serve (overload, a database fault), so the browser can retry. Only
+    /// that spending is undone: a session spent again since, or never, is left as it is.
+    pub async fn restore_session(&self, session: &Session) -> Result<bool, StoreError> {
+        let Some(used_at) = session.used_at else {
+            return Ok(false);
+        };
+        let (id, at) = (session.id.to_string(), ts_text(used_at));
+        let restored = match &self.pool {
+            Pool::Sqlite(p) => {
+                sqlx::query("UPDATE sessions SET used_at = NULL WHERE id = ? AND used_at = ?")
+                    .bind(&id)
+                    .bind(&at)
+                    .execute(p)
+                    .await
+                    .map(|r| r.rows_affected())
+            }
+            Pool::Postgres(p) => sqlx::query(
+                "UPDATE sessions SET used_at = NULL WHERE id = $1::uuid \
+                 AND used_at = $2::timestamptz",
+            )
+            .bind(&id)
+            .bind(&at)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()),
+        }
+        .map_err(|e| self.db_err(e))?;
+        Ok(restored == 1)
     }
 }
 
