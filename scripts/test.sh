@@ -7,6 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# Chromium, Node.js and playwright-core for the browser end-to-end test (tests/browser.rs).
+bash scripts/browser-setup.sh
 cargo test --all-features -- "$@"
 
 # The database-fault test mounts a tmpfs and stops/starts the local PostgreSQL cluster, so it needs

@@ -19,7 +19,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::fetch::InputKind;
-use crate::pipeline::{DecodeError, Pipeline, PipelineError, Reason, Verdict};
+use crate::pipeline::{DecodeError, Pipeline, PipelineError, Precheck, Reason, Verdict};
 use crate::store::{AuditRecord, ImageSource, SessionRef};
 
 /// Why a check gave no verdict.
@@ -70,6 +70,13 @@ pub struct Checked {
     pub signals: Signals,
 }
 
+/// Largest preview frame [`CheckService::precheck`] takes, in bytes (the capture page sends
+/// frames of at most 480 pixels a side, 20-60 KB as JPEG).
+pub const MAX_PRECHECK_BYTES: usize = 256 * 1024;
+/// Largest preview frame [`CheckService::precheck`] decodes, in pixels: a small file cannot make
+/// it decode a large picture.
+pub const MAX_PRECHECK_PIXELS: u64 = 1_000_000;
+
 /// Runs checks with one loaded pipeline.
 pub struct CheckService {
     pipeline: Arc<Pipeline>,
@@ -100,6 +107,19 @@ impl CheckService {
             image_bytes: bytes.len(),
             signals,
         })
+    }
+
+    /// The quality gates alone on `bytes` (decode and detection, no classifiers, nothing
+    /// hashed or stored): the capture page's framing guidance before its one check. CPU-bound
+    /// like [`CheckService::check`].
+    /// Preview frames are small: at most [`MAX_PRECHECK_BYTES`] and [`MAX_PRECHECK_PIXELS`].
+    pub fn precheck(&self, bytes: &[u8]) -> Result<Precheck, CheckError> {
+        let limits = crate::pipeline::DecodeLimits {
+            max_bytes: MAX_PRECHECK_BYTES,
+            max_pixels: MAX_PRECHECK_PIXELS,
+        };
+        let img = crate::pipeline::decode::decode(bytes, &limits).map_err(CheckError::Input)?;
+        Ok(self.pipeline.precheck(&img)?)
     }
 
     /// What a front end reports about `checked` under a new `reference`.

@@ -9,11 +9,9 @@ mod helpers;
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
-use helpers::{on_each_backend, silentface, test_config, TestApp, CHECK};
+use helpers::{on_each_backend, silentface, test_config, TestApp, CHECK, SESSIONS};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-
-const SESSIONS: &str = "/api/onboarding/biometrics/face/liveliness_check/sessions/";
 
 async fn read(resp: reqwest::Response) -> (StatusCode, Value) {
     let status = resp.status();
@@ -344,6 +342,29 @@ async fn session_tokens_never_reach_the_logs() {
         .as_str()
         .unwrap()
         .to_owned();
+    // The capture page (the token in its URL), the session lookup and a pre-check.
+    let page = client
+        .get(format!("{base}/capture?session={token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let lookup = client
+        .get(format!("{base}/capture/session"))
+        .header("x-session-token", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lookup.status(), StatusCode::OK);
+    let precheck = client
+        .post(format!("{base}/capture/precheck"))
+        .header("x-session-token", &token)
+        .header("content-type", "image/jpeg")
+        .body(silentface("image_T1.jpg"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(precheck.status(), StatusCode::OK);
     for _ in 0..2 {
         let status = client
             .post(format!("{base}{CHECK}"))
@@ -363,6 +384,10 @@ async fn session_tokens_never_reach_the_logs() {
     assert!(
         logs.contains("sessions"),
         "debug logs name the route: {logs}"
+    );
+    assert!(
+        logs.contains("/capture"),
+        "debug logs name the page: {logs}"
     );
     assert!(!logs.contains(&token), "a session token in the logs");
     assert!(!logs.contains(&token[3..20]));

@@ -114,6 +114,36 @@ pub struct ServeArgs {
     )]
     pub rate_limit_per_minute: u32,
 
+    /// Origins whose pages may call the browser endpoints cross-origin (the check with
+    /// x-session-token, /capture/session, /capture/precheck), comma-separated, each exactly as a
+    /// browser sends it: scheme://host[:port]. Needed when an integrator's page embeds
+    /// /capture.js; the built-in /capture page needs none. x-access-token is never allowed
+    /// cross-origin.
+    #[arg(
+        long,
+        env = "LIVECHECK_CORS_ORIGIN",
+        value_name = "ORIGIN,...",
+        value_delimiter = ','
+    )]
+    pub cors_origin: Vec<String>,
+
+    /// Where clients reach this service (scheme, host and any path prefix, e.g.
+    /// https://livecheck.bank.example), for the capture_url of new sessions. Unset: the
+    /// request's own host (X-Forwarded-Host and X-Forwarded-Proto when a proxy sets them).
+    #[arg(long, env = "LIVECHECK_PUBLIC_URL", value_name = "URL",
+        value_parser = parse_public_url)]
+    pub public_url: Option<url::Url>,
+
+    /// Sources allowed to show the /capture page in a frame (its CSP frame-ancestors),
+    /// space-separated: 'none', 'self', or origins such as https://bank.example.
+    #[arg(
+        long,
+        env = "LIVECHECK_CAPTURE_FRAME_ANCESTORS",
+        default_value = server::capture::DEFAULT_FRAME_ANCESTORS,
+        value_name = "SOURCES"
+    )]
+    pub capture_frame_ancestors: String,
+
     /// Share the per-key rate limit between replicas through this Redis
     /// (redis://[USER:PASSWORD@]HOST:PORT[/DB]). Unset: each replica limits on its own. While Redis
     /// fails or is slower than --redis-timeout, requests are counted by the replica's own limiter
@@ -239,6 +269,21 @@ fn receipt_key(flag: Option<&Path>, database: &str) -> anyhow::Result<ReceiptKey
     Ok(key)
 }
 
+/// `--public-url`: an absolute http(s) URL without credentials, query or fragment.
+fn parse_public_url(value: &str) -> Result<url::Url, String> {
+    let u = url::Url::parse(value).map_err(|e| e.to_string())?;
+    if !matches!(u.scheme(), "http" | "https")
+        || u.host().is_none()
+        || !u.username().is_empty()
+        || u.password().is_some()
+        || u.query().is_some()
+        || u.fragment().is_some()
+    {
+        return Err("expected an http(s) URL such as https://livecheck.bank.example".into());
+    }
+    Ok(u)
+}
+
 impl ServeArgs {
     /// The server configuration these flags describe.
     pub fn app_config(&self) -> AppConfig {
@@ -271,6 +316,9 @@ impl ServeArgs {
             }),
             resubmission_window: self.resubmission_window,
             reject_resubmissions: self.reject_resubmissions,
+            capture_frame_ancestors: self.capture_frame_ancestors.clone(),
+            cors_origins: self.cors_origin.clone(),
+            public_url: self.public_url.clone(),
             ..defaults
         }
     }

@@ -255,6 +255,46 @@ impl Verdict {
     }
 }
 
+/// What the quality gates say about a picture ([`Pipeline::precheck`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Precheck {
+    /// The gate the picture stops at (`NoFace`, `MultipleFaces`, `FaceTooSmall`, `FaceTooClose`,
+    /// `ImageTooSmall`); `None` when it passes them all.
+    pub blocked: Option<Reason>,
+    /// The face found, if any.
+    pub face: Option<Face>,
+    /// Mean luma (0-255, BT.601 weights) of the face box, or of the whole picture without one.
+    pub brightness: f32,
+}
+
+/// Mean luma of `img` inside `region` (`[x, y, w, h]`, clipped to the image), or of the whole
+/// image; every 2nd pixel of every 2nd row is enough for a mean.
+pub fn mean_luma(img: &BgrImage, region: Option<[i32; 4]>) -> f32 {
+    let (w, h) = (img.width as i64, img.height as i64);
+    let [x, y, bw, bh] = region.map_or([0, 0, w, h], |r| r.map(i64::from));
+    let (x0, y0) = (x.clamp(0, w), y.clamp(0, h));
+    let (x1, y1) = ((x + bw).clamp(0, w), (y + bh).clamp(0, h));
+    let (mut sum, mut n) = (0u64, 0u64);
+    for row in (y0..y1).step_by(2) {
+        for col in (x0..x1).step_by(2) {
+            let i = ((row * w + col) * 3) as usize;
+            if let Some(&[b, g, r]) = img
+                .data
+                .get(i..i + 3)
+                .and_then(|p| <&[u8; 3]>::try_from(p).ok())
+            {
+                sum += 29 * u64::from(b) + 150 * u64::from(g) + 77 * u64::from(r);
+                n += 1;
+            }
+        }
+    }
+    if n == 0 {
+        0.0
+    } else {
+        (sum as f64 / n as f64 / 256.0) as f32
+    }
+}
+
 /// Lowest detector confidence at which a second detection counts as another person.
 pub const MIN_SECOND_FACE_CONFIDENCE: f32 = 0.6;
 
@@ -361,13 +401,45 @@ impl Pipeline {
     pub fn check_image(&self, img: &BgrImage) -> Result<Verdict, PipelineError> {
         let t0 = Instant::now();
         let cfg = &self.config;
-        let (w, h) = (img.width as usize, img.height as usize);
         let mut v = Verdict::quality(Reason::NoFace, cfg.threshold);
+        let Some(bbox) = self.gates(img, &mut v, t0)? else {
+            v.timings.total = ms(t0);
+            return Ok(v);
+        };
+        let view = img.view();
+
+        // Classification.
+        let t1 = Instant::now();
+        let mut members = Vec::with_capacity(self.set.classifiers.len());
+        for (i, m) in self.set.classifiers.iter().enumerate() {
+            members.push(self.classify(&view, bbox, i, m, |_| ())?);
+        }
+        let p: Vec<f32> = members.iter().map(|m| m.p_real).collect();
+        v.timings.classify = ms(t1);
+        v.p_real = classify::fuse(&self.set.fusion, &p);
+        v.scores = Some(Scores(members));
+        v.live = v.p_real >= cfg.threshold;
+        v.reason = if v.live { Reason::Live } else { Reason::Spoof };
+        v.timings.total = ms(t0);
+        Ok(v)
+    }
+
+    /// The quality gates a check passes before its classifiers, in order: image size, a face
+    /// (with the confirmation scan), one face only (with the multi-face scan), face size, context
+    /// around the face. Fills `v`'s image size, face, print and detection time; returns the face
+    /// box when every gate passes, else `None` with `v.reason` naming the gate.
+    fn gates(
+        &self,
+        img: &BgrImage,
+        v: &mut Verdict,
+        t0: Instant,
+    ) -> Result<Option<[i32; 4]>, PipelineError> {
+        let cfg = &self.config;
+        let (w, h) = (img.width as usize, img.height as usize);
         v.image_size = Some([img.width, img.height]);
         if w.min(h) < cfg.min_image_side.max(1) as usize {
             v.reason = Reason::ImageTooSmall;
-            v.timings.total = ms(t0);
-            return Ok(v);
+            return Ok(None);
         }
         let view = img.view();
 
@@ -390,15 +462,13 @@ impl Pipeline {
                     Some(c) => (b, c),
                     None => {
                         v.reason = Reason::NoFace;
-                        v.timings.total = ms(t0);
-                        return Ok(v);
+                        return Ok(None);
                     }
                 }
             }
             _ => {
                 v.reason = Reason::NoFace;
-                v.timings.total = ms(t0);
-                return Ok(v);
+                return Ok(None);
             }
         };
         let bbox = best.bbox(w, h);
@@ -434,26 +504,28 @@ impl Pipeline {
         } else {
             None
         };
-        if let Some(r) = quality {
-            v.reason = r;
-            v.timings.total = ms(t0);
-            return Ok(v);
+        match quality {
+            Some(r) => {
+                v.reason = r;
+                Ok(None)
+            }
+            None => Ok(Some(bbox)),
         }
+    }
 
-        // Classification.
-        let t1 = Instant::now();
-        let mut members = Vec::with_capacity(self.set.classifiers.len());
-        for (i, m) in self.set.classifiers.iter().enumerate() {
-            members.push(self.classify(&view, bbox, i, m, |_| ())?);
-        }
-        let p: Vec<f32> = members.iter().map(|m| m.p_real).collect();
-        v.timings.classify = ms(t1);
-        v.p_real = classify::fuse(&self.set.fusion, &p);
-        v.scores = Some(Scores(members));
-        v.live = v.p_real >= cfg.threshold;
-        v.reason = if v.live { Reason::Live } else { Reason::Spoof };
-        v.timings.total = ms(t0);
-        Ok(v)
+    /// The quality gates alone, without the classifiers: what the capture page asks about a
+    /// preview frame before the one check a session allows. `blocked` is the gate the picture
+    /// would stop at in a check with this pipeline (`None`: it reaches the classifiers).
+    pub fn precheck(&self, img: &BgrImage) -> Result<Precheck, PipelineError> {
+        let t0 = Instant::now();
+        let mut v = Verdict::quality(Reason::NoFace, self.config.threshold);
+        let passed = self.gates(img, &mut v, t0)?;
+        let region = v.face.as_ref().map(|f| f.bbox);
+        Ok(Precheck {
+            blocked: passed.is_none().then_some(v.reason),
+            face: v.face,
+            brightness: mean_luma(img, region),
+        })
     }
 
     /// Runs the detector on `view` resized to `dw x dh` and selects faces at `floor` or above.

@@ -75,6 +75,17 @@ pub struct Running {
     shared: Arc<Shared>,
     _permit: OwnedSemaphorePermit,
     started: Instant,
+    timed: bool,
+}
+
+impl Running {
+    /// Work that is not a check (a capture pre-check, a few milliseconds): it holds the slot like
+    /// a check, but its time does not enter the service-time estimate, which must stay the
+    /// checks' own.
+    pub fn untimed(mut self) -> Running {
+        self.timed = false;
+        self
+    }
 }
 
 impl Admission {
@@ -194,6 +205,7 @@ impl Ticket {
             shared: Arc::clone(&self.shared),
             _permit: permit,
             started: Instant::now(),
+            timed: true,
         })
     }
 
@@ -213,7 +225,9 @@ impl Drop for Ticket {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        self.shared.record(self.started.elapsed());
+        if self.timed {
+            self.shared.record(self.started.elapsed());
+        }
     }
 }
 

@@ -41,6 +41,27 @@ pub struct RateLimitedCaller {
 /// spent (so a throttled request does not waste it). Spending is one conditional UPDATE: of two
 /// requests racing with one token, the second gets 401.
 async fn session_caller(token: &str, state: &AppState) -> Result<RateLimitedCaller, ApiError> {
+    let (_, key) = usable_session(token, state).await?;
+    let rate_limit = rate_limit(&key, state).await?;
+    let store = &state.inner.store;
+    let session = store
+        .spend_session(token)
+        .await
+        .map_err(|e| ApiError::from_store("session spend", &e))?
+        .map_err(ApiError::Session)?;
+    Ok(RateLimitedCaller {
+        key,
+        rate_limit,
+        session: Some(session),
+    })
+}
+
+/// The session of an unspent, unexpired token whose key is still active, and that key; the
+/// token is not spent. `Err` is the 401 that names why not.
+pub(crate) async fn usable_session(
+    token: &str,
+    state: &AppState,
+) -> Result<(Session, ApiKey), ApiError> {
     let store = &state.inner.store;
     let session = store
         .find_session(token)
@@ -53,17 +74,33 @@ async fn session_caller(token: &str, state: &AppState) -> Result<RateLimitedCall
         .map_err(|e| ApiError::from_store("session key", &e))?
         .filter(|k| !k.is_revoked())
         .ok_or(ApiError::Session(SessionRefusal::KeyRevoked))?;
-    let rate_limit = rate_limit(&key, state).await?;
-    let session = store
-        .spend_session(token)
-        .await
-        .map_err(|e| ApiError::from_store("session spend", &e))?
-        .map_err(ApiError::Session)?;
-    Ok(RateLimitedCaller {
-        key,
-        rate_limit,
-        session: Some(session),
-    })
+    Ok((session, key))
+}
+
+/// A request bearing an unspent capture-session token (`x-session-token`), which it does not
+/// spend: the capture page's session lookup and pre-checks.
+#[derive(Debug, Clone)]
+pub struct SessionHolder {
+    pub session: Session,
+}
+
+impl FromRequestParts<AppState> for SessionHolder {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let token = match parts.headers.get(SESSION_TOKEN_HEADER) {
+            None => return Err(ApiError::MissingCredentials),
+            Some(value) => value
+                .to_str()
+                .map_err(|_| ApiError::Session(SessionRefusal::Unknown))?
+                .trim(),
+        };
+        let (session, _) = usable_session(token, state).await?;
+        Ok(SessionHolder { session })
+    }
 }
 
 /// Count a request against `key`'s rate limit (`None` when there is none).

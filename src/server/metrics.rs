@@ -37,7 +37,8 @@ pub struct Metrics {
     pub http_duration: HistogramVec,
     /// `livecheck_verdicts_total{reason,live}`.
     pub verdicts: IntCounterVec,
-    /// `livecheck_stage_duration_seconds{stage}`: fetch, decode, detect, classify, pipeline, audit.
+    /// `livecheck_stage_duration_seconds{stage}`: fetch, decode, detect, classify, pipeline, audit,
+    /// precheck (the capture page's framing pre-checks).
     pub stage_duration: HistogramVec,
     /// `livecheck_checks_in_flight`: admitted checks (running or waiting for a CPU slot).
     pub in_flight: IntGauge,

@@ -15,12 +15,15 @@
 //! - [`slots`]: bounded image-fetch concurrency, global and per key.
 //! - [`admission`]: CPU slots for checks, and admission by expected waiting time.
 //! - [`routes`]: one `async fn` per route.
+//! - [`sessions`]: capture sessions (create, read).
+//! - [`capture`]: the capture page, its widget, pre-checks and CORS for the browser routes.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`openapi`]: the OpenAPI document generated from the handlers.
 
 pub mod admission;
 pub mod auth;
 pub mod body;
+pub mod capture;
 pub mod envelope;
 pub mod error;
 pub mod keycache;
@@ -141,6 +144,15 @@ pub struct AppConfig {
     /// Scores every checked picture again with this pipeline after the answer, into the audit
     /// row (`--shadow-model-set`, [`shadow`]).
     pub shadow_pipeline: Option<shadow::ShadowSet>,
+    /// The capture page's CSP `frame-ancestors` sources (`--capture-frame-ancestors`): which
+    /// sites may show `/capture` in a frame. Default `'none'`.
+    pub capture_frame_ancestors: String,
+    /// Origins whose pages may call the browser endpoints (the check with `x-session-token`,
+    /// `/capture/session`, `/capture/precheck`) cross-origin (`--cors-origin`); empty: none.
+    pub cors_origins: Vec<String>,
+    /// Where clients reach this service (`--public-url`), for the `capture_url` of a new session;
+    /// `None`: the request's own host.
+    pub public_url: Option<url::Url>,
 }
 
 /// Default of [`AppConfig::max_body_bytes`] (`--max-body-bytes`).
@@ -202,6 +214,9 @@ impl Default for AppConfig {
             ),
             reject_resubmissions: false,
             shadow_pipeline: None,
+            capture_frame_ancestors: capture::DEFAULT_FRAME_ANCESTORS.to_owned(),
+            cors_origins: Vec::new(),
+            public_url: None,
         }
     }
 }
@@ -251,6 +266,12 @@ pub(crate) struct Inner {
     pub(crate) draining: Arc<AtomicBool>,
     /// Shadow scoring, when a shadow model set is configured.
     pub(crate) shadow: Option<shadow::Shadow>,
+    /// The capture page's headers.
+    pub(crate) capture: capture::CapturePolicy,
+    /// Pre-checks per capture session (this replica's count).
+    pub(crate) prechecks: ratelimit::KeyRateLimiter,
+    /// `--cors-origin`, parsed.
+    pub(crate) cors_origins: Vec<axum::http::HeaderValue>,
 }
 
 /// A built application, ready to serve.
@@ -305,6 +326,13 @@ impl Application {
                     .into(),
             ));
         }
+        let capture = capture::CapturePolicy::new(&config.capture_frame_ancestors)
+            .map_err(ServerError::Config)?;
+        let cors_origins =
+            capture::parse_origins(&config.cors_origins).map_err(ServerError::Config)?;
+        let prechecks = ratelimit::KeyRateLimiter::new(
+            NonZeroU32::new(capture::PRECHECKS_PER_MINUTE).unwrap_or(NonZeroU32::MIN),
+        );
         let fetcher = Fetcher::new(FetchConfig {
             max_bytes: config.max_image_bytes,
             ..config.fetch.clone()
@@ -360,6 +388,9 @@ impl Application {
                 fetch_slots,
                 draining: Arc::new(AtomicBool::new(false)),
                 shadow,
+                capture,
+                prechecks,
+                cors_origins,
             }),
         };
         let router = router(state.clone());
@@ -410,6 +441,7 @@ impl Application {
                 if let Some(limiter) = &inner.limiter {
                     limiter.retain_recent();
                 }
+                inner.prechecks.retain_recent();
             }
         });
         let config = &self.state.inner.config;
@@ -478,9 +510,26 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 fn router(state: AppState) -> Router {
     let max_body = state.inner.config.max_body_bytes;
-    let api = Router::new()
+    // The routes a browser calls with a session token: cross-origin only with `--cors-origin`.
+    let mut browser = Router::new()
         .route(CHECK_PATH, post(routes::check))
         .route(CHECK_PATH.trim_end_matches('/'), post(routes::check))
+        .route(capture::SESSION_INFO_PATH, get(capture::session_info))
+        .route(capture::PRECHECK_PATH, post(capture::precheck))
+        // Before the CORS layer, so that the layer covers it (a preflight is an OPTIONS, which
+        // these routes do not otherwise serve); the outer router's own call below leaves a
+        // fallback set here alone.
+        .method_not_allowed_fallback(routes::method_not_allowed);
+    if !state.inner.cors_origins.is_empty() {
+        browser = browser.layer(capture::cors_layer(&state.inner.cors_origins));
+    }
+    let api = Router::new()
+        .merge(browser)
+        .route(capture::CAPTURE_PATH, get(capture::page))
+        .route(capture::WIDGET_PATH, get(capture::widget_script))
+        .route(capture::STYLE_PATH, get(capture::stylesheet))
+        .route(capture::PAGE_SCRIPT_PATH, get(capture::page_script))
+        .route(capture::ICON_PATH, get(capture::icon))
         .route(RESULT_PATH, get(routes::get_check))
         .route(RESULT_PATH.trim_end_matches('/'), get(routes::get_check))
         .route(SESSIONS_PATH, post(sessions::create_session))

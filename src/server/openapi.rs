@@ -21,6 +21,10 @@ use super::routes;
         routes::get_check,
         crate::server::sessions::create_session,
         crate::server::sessions::get_session,
+        crate::server::capture::session_info,
+        crate::server::capture::precheck,
+        crate::server::capture::page,
+        crate::server::capture::widget_script,
         routes::jwks,
         routes::healthz,
         routes::readyz,
@@ -45,6 +49,11 @@ use super::routes;
         crate::server::sessions::SessionState,
         crate::server::sessions::SessionStatus,
         crate::server::sessions::SessionStatusEnvelope,
+        crate::server::capture::SessionInfo,
+        crate::server::capture::SessionInfoEnvelope,
+        crate::server::capture::Guidance,
+        crate::server::capture::PrecheckResult,
+        crate::server::capture::PrecheckEnvelope,
         ErrorEnvelope,
         routes::Health,
         routes::Readiness,
@@ -53,6 +62,7 @@ use super::routes;
     tags(
         (name = "liveness", description = "Face liveness checks"),
         (name = "sessions", description = "One-time capture sessions: the API key stays on the integrator's server, the browser checks with the session's token"),
+        (name = "capture", description = "The built-in capture page and the embeddable widget (docs/browser.md)"),
         (name = "operations", description = "Health, readiness, metrics, this document"),
     )
 )]
@@ -74,8 +84,9 @@ impl Modify for SecurityAddon {
             "session_token",
             SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
                 "x-session-token",
-                "A capture session's one-time token (POST .../sessions/), check endpoint only; \
-                 spent by the first check request that presents it",
+                "A capture session's one-time token (POST .../sessions/): spent by the first \
+                 check request that presents it; /capture/session and /capture/precheck read it \
+                 without spending it",
             ))),
         );
     }
@@ -101,6 +112,10 @@ mod tests {
             "/api/onboarding/biometrics/face/liveliness_check/{reference}/",
             "/api/onboarding/biometrics/face/liveliness_check/sessions/",
             "/api/onboarding/biometrics/face/liveliness_check/sessions/{id}/",
+            "/capture",
+            "/capture.js",
+            "/capture/session",
+            "/capture/precheck",
             "/healthz",
             "/readyz",
             "/metrics",
@@ -211,6 +226,15 @@ mod tests {
             ApiError::MissingCredentials,
             ApiError::InvalidToken,
             ApiError::Session(crate::store::SessionRefusal::Used),
+            ApiError::Session(crate::store::SessionRefusal::Unknown),
+            ApiError::Session(crate::store::SessionRefusal::Expired),
+            ApiError::BodyTooLarge {
+                limit: crate::service::MAX_PRECHECK_BYTES,
+            },
+            ApiError::RateLimited {
+                limit: crate::server::capture::PRECHECKS_PER_MINUTE,
+                retry_after_secs: 1,
+            },
             ApiError::MissingFields,
             ApiError::BadRequest(format!(
                 "ttl_seconds must be between 1 and {}",

@@ -5,7 +5,7 @@
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -48,6 +48,10 @@ pub struct SessionCreated {
     pub session_token: String,
     #[schema(value_type = String, format = DateTime)]
     pub expires_at: DateTime<Utc>,
+    /// The built-in capture page for this session, to send the person to (it holds the token):
+    /// `--public-url` (or the request's own host) + `/capture?session=<token>`.
+    #[schema(example = "https://livecheck.bank.example/capture?session=ls_0vJx7...")]
+    pub capture_url: String,
 }
 
 /// The answer of `POST .../sessions/` (201).
@@ -140,6 +144,39 @@ fn parse_request(body: &[u8]) -> Result<(chrono::Duration, NewSession), ApiError
     ))
 }
 
+/// The capture page's URL for `token`: under `public_url` when configured, else under the
+/// scheme and host the request names (`X-Forwarded-Proto` / `X-Forwarded-Host` from a proxy, else
+/// `Host` over plain HTTP), else a relative URL. The request is the API key holder's own, and the
+/// answer goes back to it alone, so its headers are trusted for this.
+fn capture_url(public_url: Option<&url::Url>, headers: &HeaderMap, token: &str) -> String {
+    let path = format!("{}?session={token}", super::capture::CAPTURE_PATH);
+    if let Some(base) = public_url {
+        return format!("{}{path}", base.as_str().trim_end_matches('/'));
+    }
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    };
+    let host = header("x-forwarded-host")
+        .or_else(|| header("host"))
+        .filter(|h| {
+            h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+        });
+    let scheme = match header("x-forwarded-proto") {
+        Some(p) if p.eq_ignore_ascii_case("https") => "https",
+        _ => "http",
+    };
+    match host {
+        Some(host) => format!("{scheme}://{host}{path}"),
+        None => path,
+    }
+}
+
 /// Create a one-time capture session.
 #[utoipa::path(
     post,
@@ -153,7 +190,9 @@ fn parse_request(body: &[u8]) -> Result<(chrono::Duration, NewSession), ApiError
             example = json!({"status": "success", "data": {
                 "session_id": "5b0f4f8e-2d0b-4a51-9a43-2f8f4f1f2e11",
                 "session_token": "ls_0vJx7...",
-                "expires_at": "2026-12-01T10:05:00Z"}, "message": "Session created"})),
+                "expires_at": "2026-12-01T10:05:00Z",
+                "capture_url": "https://livecheck.bank.example/capture?session=ls_0vJx7..."},
+                "message": "Session created"})),
         (status = 400, description = "Invalid body, ttl_seconds, redirect_url or reference_id", body = ErrorEnvelope,
             example = json!({"status": "failed", "data": [], "message": "ttl_seconds must be between 1 and 1800"})),
         (status = 401, description = "Missing or invalid key", body = ErrorEnvelope,
@@ -166,6 +205,7 @@ fn parse_request(body: &[u8]) -> Result<(chrono::Duration, NewSession), ApiError
 pub async fn create_session(
     State(state): State<AppState>,
     caller: Caller,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let (ttl, new) = parse_request(&body)?;
@@ -184,8 +224,9 @@ pub async fn create_session(
             status: "success".into(),
             data: SessionCreated {
                 session_id: session.id,
-                session_token: token,
                 expires_at: session.expires_at,
+                capture_url: capture_url(state.inner.config.public_url.as_ref(), &headers, &token),
+                session_token: token,
             },
             message: "Session created".into(),
         },
@@ -263,6 +304,30 @@ pub async fn get_session(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn capture_urls() {
+        let mut h = HeaderMap::new();
+        assert_eq!(capture_url(None, &h, "ls_x"), "/capture?session=ls_x");
+        h.insert("host", "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(
+            capture_url(None, &h, "ls_x"),
+            "http://127.0.0.1:8080/capture?session=ls_x"
+        );
+        h.insert("x-forwarded-host", "lc.bank.example".parse().unwrap());
+        h.insert("x-forwarded-proto", "https".parse().unwrap());
+        assert_eq!(
+            capture_url(None, &h, "ls_x"),
+            "https://lc.bank.example/capture?session=ls_x"
+        );
+        h.insert("x-forwarded-host", "evil/<script>".parse().unwrap());
+        assert_eq!(capture_url(None, &h, "ls_x"), "/capture?session=ls_x");
+        let base = url::Url::parse("https://lc.example/liveness/").unwrap();
+        assert_eq!(
+            capture_url(Some(&base), &h, "ls_x"),
+            "https://lc.example/liveness/capture?session=ls_x"
+        );
+    }
 
     #[test]
     fn session_requests_are_validated() {

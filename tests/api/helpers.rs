@@ -28,6 +28,8 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 pub const CHECK: &str = "/api/onboarding/biometrics/face/liveliness_check/";
+#[allow(dead_code)] // the session and capture tests
+pub const SESSIONS: &str = "/api/onboarding/biometrics/face/liveliness_check/sessions/";
 #[allow(unused_imports)] // each test binary that includes this file uses a part of it
 pub use crate::common::{skip_unless_ci, PgSchema, TestServer, PG_ENV};
 
@@ -119,6 +121,24 @@ impl TestApp {
             .send()
             .await
             .unwrap()
+    }
+
+    /// Creates a capture session with the main key and `body`; its `data` (201 asserted).
+    #[allow(dead_code)] // the session and capture tests
+    pub async fn new_session(&self, body: &serde_json::Value) -> serde_json::Value {
+        let resp = self
+            .client
+            .post(self.url(SESSIONS))
+            .header("x-access-token", &self.token)
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        assert_eq!(status, reqwest::StatusCode::CREATED, "{text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v["data"].clone()
     }
 
     pub async fn get(&self, path: &str, token: Option<&str>) -> reqwest::Response {
