@@ -11,6 +11,8 @@
 //! - a refused camera shows the upload fallback with its message, and an uploaded photo is
 //!   checked;
 //! - at a 360 px wide mobile viewport nothing overflows;
+//! - the photo can be taken with the keyboard alone, and axe-core finds no WCAG 2.1 A/AA
+//!   violation on the camera, upload and result screens (contrast, labels, names, structure);
 //! - the widget works embedded in another origin's page (with `--cors-origin`);
 //! - no request leaves loopback, no CSP violation, no script error; screenshots are kept in
 //!   `target/browser-e2e/`.
@@ -229,11 +231,12 @@ async fn capture_page_in_chromium() {
             {"name": "live", "url": live_url, "clip": live_clip, "camera": "grant",
              "viewport": desktop, "waitForUrl": format!("{done}?session_id={live_id}")},
             {"name": "attack", "url": attack_url, "clip": attack_clip, "camera": "grant",
-             "viewport": desktop},
+             "viewport": desktop, "keyboard": true, "axe": true},
             {"name": "denied", "url": denied_url, "clip": live_clip, "camera": "deny",
-             "viewport": desktop, "upload": photo},
+             "viewport": desktop, "upload": photo, "axe": true},
             {"name": "mobile", "url": mobile_url, "clip": live_clip, "camera": "grant",
-             "viewport": {"width": 360, "height": 640}, "mobile": true},
+             "viewport": {"width": 360, "height": 640}, "mobile": true, "axe": true,
+             "reducedMotion": true},
             {"name": "embed", "url": embed_url, "clip": live_clip, "camera": "grant",
              "viewport": desktop},
         ],
@@ -266,8 +269,13 @@ async fn capture_page_in_chromium() {
     assert_eq!(status["status"], "completed", "{status:#}");
     assert_eq!(status["result"]["status"], true);
 
-    // Attack: not verified, and the backend reads a failed check.
+    // Attack (photo taken with the keyboard alone): not verified, and the backend reads a failed
+    // check.
     let attack = scenario(&report, "attack");
+    assert_eq!(
+        attack["keyboard"], true,
+        "Tab never reached the capture button"
+    );
     assert_eq!(attack["outcome"], "not_verified", "{attack:#}");
     assert_eq!(attack["title"], "Not verified");
     let status = session_status(&app, &attack_id).await;
@@ -300,6 +308,9 @@ async fn capture_page_in_chromium() {
         session_status(&app, &mobile_id).await["status"],
         "completed"
     );
+    // It also asked for reduced motion: the oval does not animate (elsewhere it does).
+    assert_eq!(mobile["ovalTransition"], "0s");
+    assert_eq!(scenario(&report, "live")["ovalTransition"], "0.3s");
     for m in mobile["overflow"].as_array().unwrap() {
         assert_eq!(m["innerWidth"], 360, "{m}");
         assert!(
@@ -314,7 +325,15 @@ async fn capture_page_in_chromium() {
     assert_eq!(embed["widgetResult"]["verified"], true);
     assert_eq!(embed["widgetResult"]["sessionId"], embed_id.as_str());
 
-    // Everywhere: loopback only, no CSP violation, no script error, screenshots kept.
+    // Everywhere: loopback only, no CSP violation, no script error, no accessibility
+    // violation, screenshots kept.
+    let audited: usize = report["scenarios"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["accessibility"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(audited, 6, "axe-core ran on 6 screens");
     for s in report["scenarios"].as_array().unwrap() {
         let name = &s["name"];
         for url in s["requests"].as_array().unwrap() {
@@ -331,6 +350,10 @@ async fn capture_page_in_chromium() {
             "{name}: script errors: {:#}",
             s["requests"]
         );
+        // Accessibility: no WCAG 2.1 A/AA violation found by axe-core on any screen audited.
+        for audit in s["accessibility"].as_array().unwrap() {
+            assert_eq!(audit["violations"], json!([]), "{name}: {audit:#}");
+        }
         for shot in s["screenshots"].as_array().unwrap() {
             let path = Path::new(shot.as_str().unwrap());
             let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);

@@ -9,16 +9,24 @@
 //   "camera": "grant" | "deny",
 //   "viewport": {"width", "height"}, "mobile": bool,
 //   "upload": file to choose in the upload fallback (with "camera": "deny"),
-//   "waitForUrl": a URL prefix the page must end on (the session's redirect)
+//   "waitForUrl": a URL prefix the page must end on (the session's redirect),
+//   "keyboard": take the photo with Tab and Enter instead of a click,
+//   "axe": run axe-core's WCAG 2.1 AA rules on each screen,
+//   "reducedMotion": the browser asks for reduced motion
 // }]}
 //
 // Prints one JSON object: {"scenarios": [{name, screens: [...], outcome, title, detail,
 // status, cameraError, widgetResult, finalUrl, requests, cspViolations, pageErrors,
-// overflow: [{screen, scrollWidth, innerWidth}], screenshots: [...]}]}. It asserts nothing itself
+// overflow: [{screen, scrollWidth, innerWidth}], screenshots: [...], keyboard,
+// accessibility: [{screen, violations: [{id, impact, help, targets}]}]}]}. It asserts nothing itself
 // beyond reaching each step (a step that never comes fails with its name).
 import { chromium } from 'playwright-core';
 import { readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { join } from 'node:path';
+
+const require = createRequire(import.meta.url);
+const AXE = readFileSync(require.resolve('axe-core/axe.min.js'), 'utf8');
 
 const config = JSON.parse(readFileSync(process.argv[2], 'utf8'));
 const STEP_MS = 45000;
@@ -29,6 +37,29 @@ async function layout(page, screen, report) {
     innerWidth: window.innerWidth
   }));
   report.overflow.push({ screen, ...m });
+}
+
+// axe-core's WCAG 2.1 A and AA rules on the page as it is now (evaluated through the DevTools
+// protocol, which the page's CSP does not govern).
+async function audit(page, screen, report) {
+  await page.evaluate(AXE);
+  const violations = await page.evaluate(() => window.axe.run(document, {
+    runOnly: { type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa'] }
+  }).then((r) => r.violations.map((v) => ({
+    id: v.id, impact: v.impact, help: v.help, targets: v.nodes.map((n) => n.target.join(' '))
+  }))));
+  report.accessibility.push({ screen, violations });
+}
+
+// Tab through the page until the element matching `selector` has focus; true if it got there.
+async function tabTo(page, selector) {
+  for (let i = 0; i < 12; i++) {
+    await page.keyboard.press('Tab');
+    if (await page.evaluate((sel) => document.activeElement === document.querySelector(sel), selector)) {
+      return true;
+    }
+  }
+  return false;
 }
 
 async function shot(page, name, step, report) {
@@ -59,12 +90,13 @@ async function run(s) {
   const browser = await chromium.launch({ executablePath: config.chromium, headless: true, args });
   const report = {
     name: s.name, screens: [], requests: [], cspViolations: [], pageErrors: [], overflow: [],
-    screenshots: []
+    screenshots: [], accessibility: []
   };
   try {
     const context = await browser.newContext({
       viewport: s.viewport || { width: 1024, height: 768 },
-      isMobile: !!s.mobile, hasTouch: !!s.mobile, deviceScaleFactor: s.mobile ? 2 : 1
+      isMobile: !!s.mobile, hasTouch: !!s.mobile, deviceScaleFactor: s.mobile ? 2 : 1,
+      reducedMotion: s.reducedMotion ? 'reduce' : 'no-preference'
     });
     if (s.camera === 'grant') await context.grantPermissions(['camera'], { origin: new URL(s.url).origin });
     const page = await context.newPage();
@@ -83,14 +115,23 @@ async function run(s) {
       await page.waitForSelector('.lc[data-screen="camera"][data-guidance="ready"] .lc-capture:not([disabled])',
         { timeout: STEP_MS });
       report.screens.push(await screenOf(page));
+      report.ovalTransition = await page.evaluate(
+        () => getComputedStyle(document.querySelector('.lc-oval')).transitionDuration);
       await layout(page, 'camera', report);
       await shot(page, s.name, 'camera', report);
-      await page.click('.lc-capture');
+      if (s.axe) await audit(page, 'camera', report);
+      if (s.keyboard) {
+        report.keyboard = await tabTo(page, '.lc-capture');
+        await page.keyboard.press('Enter');
+      } else {
+        await page.click('.lc-capture');
+      }
     } else {
       await page.waitForSelector('.lc[data-screen="upload"]', { timeout: STEP_MS });
       report.screens.push(await screenOf(page));
       await layout(page, 'upload', report);
       await shot(page, s.name, 'upload', report);
+      if (s.axe) await audit(page, 'upload', report);
       if (s.upload) await page.setInputFiles('.lc-file', s.upload);
     }
     if (s.camera === 'grant' || s.upload) {
@@ -100,6 +141,7 @@ async function run(s) {
       Object.assign(report, { outcome: last.outcome, title: last.title, detail: last.detail });
       await layout(page, 'result', report);
       await shot(page, s.name, 'result', report);
+      if (s.axe) await audit(page, 'result', report);
       report.widgetResult = await page.evaluate(() => window.__result || null);
       report.cspViolations = await page.evaluate(() => window.__csp || []);
     }
