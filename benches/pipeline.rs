@@ -85,7 +85,7 @@ fn stages(c: &mut Criterion) {
     g.bench_function("receipt_sign", |b| b.iter(|| key.sign(&payload)));
     // Re-submission detection's CPU per check: the print from the detector input the pipeline
     // has already made (32x32 INTER_AREA, grey, 8x8 DCT), then the keyed fingerprint (image tag,
-    // four band tags, the sealed print), and judging ten stored candidates (each opened and
+    // four band tags, the sealed print), and judging stored candidates (each opened and
     // compared). The store lookup itself is I/O, measured by loadbench.
     let print_key = livecheck::resubmission::PrintKey::generate();
     g.bench_function("image_print", |b| {
@@ -95,25 +95,36 @@ fn stages(c: &mut Criterion) {
     g.bench_function("resubmission_fingerprint", |b| {
         b.iter(|| print_key.fingerprint(&payload.image_sha256, Some(&print), payload.reference))
     });
-    let candidates: Vec<_> = (0..10)
-        .map(|_| {
-            let r = uuid::Uuid::new_v4();
-            let f = print_key.fingerprint(&"cd".repeat(32), Some(&print), r);
-            livecheck::resubmission::Candidate {
-                reference: r,
-                key_id: None,
-                created_at: chrono::Utc::now(),
-                image_tag: f.image_tag,
-                sealed: f.sealed,
-            }
-        })
-        .collect();
+    // Ten candidates, and the most a lookup can return (`MAX_BAND_CANDIDATES` for each of the
+    // four bands, all of other bytes, so every one is opened): judging's worst case.
+    let stored = |n: usize| livecheck::resubmission::Sightings {
+        same_bytes: Default::default(),
+        near: (0..n)
+            .map(|_| {
+                let r = uuid::Uuid::new_v4();
+                let f = print_key.fingerprint(&"cd".repeat(32), Some(&print), r);
+                livecheck::resubmission::Candidate {
+                    reference: r,
+                    key_id: None,
+                    created_at: chrono::Utc::now(),
+                    image_tag: f.image_tag,
+                    sealed: f.sealed,
+                }
+            })
+            .collect(),
+    };
     let query = print_key.fingerprint(&payload.image_sha256, Some(&print), payload.reference);
-    g.bench_function("resubmission_judge_10", |b| {
-        b.iter(|| {
-            livecheck::resubmission::judge(&print_key, &query, Some(&print), None, &candidates)
-        })
-    });
+    let most = 4 * livecheck::resubmission::MAX_BAND_CANDIDATES as usize;
+    for (name, sightings) in [
+        ("resubmission_judge_10", stored(10)),
+        ("resubmission_judge_400", stored(most)),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                livecheck::resubmission::judge(&print_key, &query, Some(&print), None, &sightings)
+            })
+        });
+    }
     // The image signals of one check (EXIF, the luma coefficients entropy-decoded again and
     // histogrammed, dimensions, face share): CheckService::check's cost beyond the pipeline.
     let bytes = std::fs::read(shared().join("testdata/silentface/image_T1.jpg")).unwrap();

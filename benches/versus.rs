@@ -9,7 +9,8 @@
 //!   bash scripts/loadbench.sh --write-docs        # also replaces the section in docs/benchmarks.md
 //!
 //! Environment: `VERSUS_SECS` (measured seconds per run, default 15), `VERSUS_LEVELS` (default
-//! `1,4,16,64`), `VERSUS_BURST` (burst clients, default 512; 0 skips), `VERSUS_PYTHON` (the
+//! `1,4,16,64`), `VERSUS_BURST` (burst clients, default 512; 0 skips), `VERSUS_LC_ARGS` (extra
+//! `serve` flags for livecheck, space-separated), `VERSUS_PYTHON` (the
 //! peer's interpreter, default `.bench-venv/bin/python`), `LIVECHECK_MODEL_DIR`,
 //! `LIVECHECK_MODEL_SET` (a built-in set both services run; default: livecheck's default set). The clients run
 //! on the same cores as the servers (the same for both). All traffic stays on loopback.
@@ -384,12 +385,11 @@ fn main() {
         .unwrap_or_else(|_| livecheck::models::DEFAULT_MODEL_SET.to_string());
     let set_file = root.join("models/sets").join(format!("{set_name}.json"));
     assert!(set_file.is_file(), "no built-in set {set_name}");
-    let lc = ServeProcess::spawn_binary(
-        &bin,
-        &db,
-        &["--rate-limit-per-minute", "0", "--model-set", &set_name],
-        &[("RUST_LOG", "warn")],
-    );
+    // VERSUS_LC_ARGS: extra `serve` flags for livecheck (an A/B of one setting), space-separated.
+    let extra = std::env::var("VERSUS_LC_ARGS").unwrap_or_default();
+    let mut args = vec!["--rate-limit-per-minute", "0", "--model-set", &set_name];
+    args.extend(extra.split_whitespace());
+    let lc = ServeProcess::spawn_binary(&bin, &db, &args, &[("RUST_LOG", "warn")]);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

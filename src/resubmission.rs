@@ -36,10 +36,14 @@ type HmacSha256 = Hmac<Sha256>;
 
 /// Default of `--resubmission-window`: how far back a re-submission is looked for.
 pub const DEFAULT_WINDOW_DAYS: i64 = 30;
-/// Most stored candidates judged for one check: the newest. A picture checked more often than
-/// this within the window (or sharing bands with more rows) reports `count` and `first_seen`
-/// over those newest candidates only.
-pub const MAX_CANDIDATES: i64 = 1000;
+/// Most earlier checks of the same bytes counted for one check: the newest. A file checked more
+/// often than this within the window reports this `count`; `first_seen` is exact whatever their
+/// number. (Counted from the index alone: no row is read.)
+pub const MAX_SAME_BYTES: i64 = 1000;
+/// Most stored checks read per band tag for one check, the newest: the candidates for a
+/// near-copy, whose sealed prints are opened and compared. Bounded so that a picture submitted
+/// thousands of times (by a fraud ring, or a load test) costs every later lookup the same.
+pub const MAX_BAND_CANDIDATES: i64 = 100;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PrintKeyError {
@@ -84,6 +88,26 @@ pub struct Fingerprint {
     pub sealed: Option<String>,
 }
 
+/// Earlier checks of the same bytes (the same image tag) within the window, as the store counts
+/// them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SameBytes {
+    /// How many, among the newest [`MAX_SAME_BYTES`].
+    pub count: u64,
+    /// When the first was made (exact).
+    pub first_seen: Option<DateTime<Utc>>,
+    /// Whether one of the newest [`MAX_SAME_BYTES`] was made with the key asking now.
+    pub same_key: bool,
+}
+
+/// What the store knows of a picture's earlier checks: the same bytes counted, and the newest
+/// checks sharing a band tag (at most [`MAX_BAND_CANDIDATES`] per band) to judge as near-copies.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Sightings {
+    pub same_bytes: SameBytes,
+    pub near: Vec<Candidate>,
+}
+
 /// A stored check whose fingerprint shares the image tag or a band with the one being judged.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Candidate {
@@ -99,12 +123,12 @@ pub struct Candidate {
 pub struct Resubmission {
     /// The same bytes, or a near-copy of the picture, were checked before within the window.
     pub seen_before: bool,
-    /// When it was first checked within the window (`null` when not seen before; among the
-    /// newest 1000 candidates).
+    /// When it was first checked within the window (`null` when not seen before; for near-copies,
+    /// among the newest 100 checks sharing each band).
     #[schema(value_type = Option<String>, format = DateTime)]
     pub first_seen: Option<DateTime<Utc>>,
-    /// How many earlier checks within the window were of this picture (among the newest 1000
-    /// candidates).
+    /// How many earlier checks within the window were of this picture (the same bytes: among the
+    /// newest 1000; near-copies: among the newest 100 checks sharing each band).
     pub count: u64,
     /// Whether one of those earlier checks was made with the same API key.
     pub same_key: bool,
@@ -254,29 +278,38 @@ impl PrintKey {
     }
 }
 
-/// Judge the stored candidates of a picture: those with the same image tag (the same bytes) or
-/// whose opened print is within [`crate::pipeline::print::MATCH_DISTANCE`] of `print` are earlier
-/// checks of it. `key_id` is the key asking now.
+/// Judge a picture's earlier checks: those of the same bytes (counted by the store), and the
+/// band candidates of other bytes whose opened print is within
+/// [`crate::pipeline::print::MATCH_DISTANCE`] of `print`. `key_id` is the key asking now (the
+/// store already answered `same_bytes.same_key` for it).
 pub fn judge(
     key: &PrintKey,
     fingerprint: &Fingerprint,
     print: Option<&ImagePrint>,
     key_id: Option<Uuid>,
-    candidates: &[Candidate],
+    sightings: &Sightings,
 ) -> Resubmission {
+    let same = sightings.same_bytes;
     let mut out = Resubmission {
-        seen_before: false,
-        first_seen: None,
-        count: 0,
-        same_key: false,
+        seen_before: same.count > 0,
+        first_seen: same.first_seen,
+        count: same.count,
+        same_key: same.same_key,
     };
-    for c in candidates {
-        let same_bytes = c.image_tag == fingerprint.image_tag;
-        let near = || match (print, &c.sealed) {
-            (Some(p), Some(s)) => key.open(s, c.reference).is_some_and(|q| p.matches(&q)),
-            _ => false,
-        };
-        if same_bytes || near() {
+    let Some(print) = print else {
+        return out;
+    };
+    for c in &sightings.near {
+        // The same bytes were counted above, whatever their prints say.
+        if c.image_tag == fingerprint.image_tag {
+            continue;
+        }
+        let near = c
+            .sealed
+            .as_deref()
+            .and_then(|s| key.open(s, c.reference))
+            .is_some_and(|q| print.matches(&q));
+        if near {
             out.seen_before = true;
             out.count += 1;
             out.same_key |= key_id.is_some() && c.key_id == key_id;
@@ -369,24 +402,45 @@ mod tests {
         };
         let sha = "11".repeat(32);
         let query = key.fingerprint(&sha, Some(&p), Uuid::new_v4());
-        let none = judge(&key, &query, Some(&p), Some(me), &[]);
+        let none = judge(&key, &query, Some(&p), Some(me), &Sightings::default());
         assert!(!none.seen_before && none.count == 0 && none.first_seen.is_none());
 
-        let cands = vec![
+        // One earlier check of the same bytes (counted by the store, by the other key), and three
+        // band candidates: a near copy, another picture, and a same-bytes row (already counted).
+        let same_bytes = |same_key| SameBytes {
+            count: 1,
+            first_seen: Some(t0 + chrono::Duration::days(2)),
+            same_key,
+        };
+        let near_rows = vec![
             stored(Some(&near), &"22".repeat(32), them, 3),
             stored(Some(&far), &"33".repeat(32), me, 1),
-            stored(None, &sha, them, 2),
+            stored(Some(&p), &sha, them, 2),
         ];
-        let r = judge(&key, &query, Some(&p), Some(me), &cands);
+        let seen = Sightings {
+            same_bytes: same_bytes(false),
+            near: near_rows.clone(),
+        };
+        let r = judge(&key, &query, Some(&p), Some(me), &seen);
         assert!(r.seen_before);
         assert_eq!(
             r.count, 2,
-            "the near copy and the same bytes, not the other picture"
+            "the near copy and the same bytes (once), not the other picture"
         );
         assert!(!r.same_key, "only the other key saw it");
         assert_eq!(r.first_seen, Some(t0 + chrono::Duration::days(2)));
-        let r = judge(&key, &query, Some(&p), Some(them), &cands);
-        assert!(r.same_key);
+        let r = judge(&key, &query, Some(&p), Some(them), &seen);
+        assert!(r.same_key, "the near copy came with this key");
+        // A near copy older than the first same-bytes check moves first_seen back.
+        let older = Sightings {
+            same_bytes: same_bytes(false),
+            near: vec![stored(Some(&near), &"44".repeat(32), them, 0)],
+        };
+        let r = judge(&key, &query, Some(&p), Some(me), &older);
+        assert_eq!((r.count, r.first_seen), (2, Some(t0)));
+        // Without a print, only the same bytes count.
+        let r = judge(&key, &query, None, Some(me), &seen);
+        assert_eq!((r.count, r.same_key), (1, false));
     }
 
     #[test]

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, SubsecRound, Utc};
 use livecheck::pipeline::print::ImagePrint;
 use livecheck::pipeline::Reason;
-use livecheck::resubmission::{judge, Fingerprint, PrintKey};
+use livecheck::resubmission::{
+    judge, Fingerprint, PrintKey, SameBytes, Sightings, MAX_BAND_CANDIDATES, MAX_SAME_BYTES,
+};
 use livecheck::store::{
     AuditRecord, AuditWriter, ImageSource, ShadowScore, Store, StoreError, StoreOptions, Timings,
 };
@@ -362,29 +364,22 @@ async fn audit_round_trips_every_field() {
     .await;
 }
 
-/// Re-submission candidates on both backends: rows sharing the image tag or a band tag within
-/// the window are found (and no others), newest first; a row without a print is found by its
-/// image tag only; `judge` on them counts the copies, the first sighting and the keys.
+/// Re-submission sightings on both backends: the earlier checks of the same bytes within the
+/// window are counted (with the first one's time, and whether the asking key made one), and rows
+/// sharing a band tag within the window are the near-copy candidates (and no others); a row
+/// without a print is found by its image tag only; `judge` on them counts the copies, the first
+/// sighting and the keys.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resubmission_candidates_are_found_by_tag_within_the_window() {
+async fn resubmission_sightings_are_found_by_tag_within_the_window() {
     on_each_backend(|db| async move {
         let store = db.store;
         let (me, _) = store.create_key("me").await.unwrap();
         let (them, _) = store.create_key("them").await.unwrap();
         let secret = PrintKey::from_secret([9; 32]);
-        let unit = |seed: f32| {
-            let mut c = [0f32; 63];
-            for (i, v) in c.iter_mut().enumerate() {
-                *v = ((i as f32 + 1.0) * seed).sin();
-            }
-            let n = c.iter().map(|v| v * v).sum::<f32>().sqrt();
-            c.iter_mut().for_each(|v| *v /= n);
-            ImagePrint { coeffs: c }
-        };
-        let picture = unit(0.37);
+        let picture = unit_print(0.37);
         let mut copy = picture;
         copy.coeffs[5] += 0.01;
-        let other = unit(2.3);
+        let other = unit_print(2.3);
         let now = Utc::now().trunc_subsecs(6);
         let row = |key: Uuid, sha: u8, print: Option<&ImagePrint>, days_ago: i64| {
             let mut r = sparse_record(Some(key));
@@ -402,31 +397,111 @@ async fn resubmission_candidates_are_found_by_tag_within_the_window() {
         }
         let query = secret.fingerprint(&sha256_hex(3), Some(&picture), Uuid::new_v4());
         let since = now - chrono::Duration::days(30);
-        let found = store.resubmission_candidates(&query, since).await.unwrap();
-        let refs: Vec<Uuid> = found.iter().map(|c| c.reference).collect();
+        let found = store
+            .resubmission_sightings(&query, since, Some(me.id))
+            .await
+            .unwrap();
+        assert_eq!(
+            found.same_bytes,
+            SameBytes {
+                count: 1,
+                first_seen: Some(same_bytes.created_at),
+                same_key: true
+            }
+        );
+        let refs: Vec<Uuid> = found.near.iter().map(|c| c.reference).collect();
         assert_eq!(
             refs,
-            vec![same_bytes.reference, first.reference],
-            "newest first"
+            vec![first.reference],
+            "the band-sharing row in the window"
         );
-        assert_eq!(found[1].created_at, first.created_at);
-        assert_eq!(found[1].key_id, Some(them.id));
+        assert_eq!(found.near[0].created_at, first.created_at);
+        assert_eq!(found.near[0].key_id, Some(them.id));
         let verdict = judge(&secret, &query, Some(&picture), Some(me.id), &found);
         assert!(verdict.seen_before);
         assert_eq!(verdict.count, 2);
         assert_eq!(verdict.first_seen, Some(first.created_at));
         assert!(verdict.same_key, "the same bytes came with this key before");
-        // The whole history, and a picture never seen.
-        let all = store
-            .resubmission_candidates(&query, now - chrono::Duration::days(365))
+        // Another key asking: the same bytes were not its own.
+        let theirs = store
+            .resubmission_sightings(&query, since, Some(them.id))
             .await
             .unwrap();
-        assert_eq!(all.len(), 3);
-        let fresh = secret.fingerprint(&sha256_hex(7), Some(&unit(5.1)), Uuid::new_v4());
-        let none = store.resubmission_candidates(&fresh, since).await.unwrap();
-        assert!(judge(&secret, &fresh, Some(&unit(5.1)), Some(me.id), &none).count == 0);
+        assert!(!theirs.same_bytes.same_key);
+        // The whole history, and a picture never seen.
+        let all = store
+            .resubmission_sightings(&query, now - chrono::Duration::days(365), Some(me.id))
+            .await
+            .unwrap();
+        assert_eq!((all.same_bytes.count, all.near.len()), (1, 2));
+        let fresh = secret.fingerprint(&sha256_hex(7), Some(&unit_print(5.1)), Uuid::new_v4());
+        let none = store
+            .resubmission_sightings(&fresh, since, Some(me.id))
+            .await
+            .unwrap();
+        assert_eq!(none, Sightings::default());
     })
     .await;
+}
+
+/// A picture checked far more often than the lookup reads: the count stops at
+/// `MAX_SAME_BYTES`, the first sighting stays exact, and at most `MAX_BAND_CANDIDATES` rows per
+/// band are read (the work per lookup is bounded; its cost is measured in docs/benchmarks.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resubmission_lookups_are_bounded_however_often_a_picture_was_seen() {
+    on_each_backend(|db| async move {
+        let store = db.store;
+        let (me, _) = store.create_key("me").await.unwrap();
+        let secret = PrintKey::from_secret([4; 32]);
+        let picture = unit_print(0.61);
+        let now = Utc::now().trunc_subsecs(6);
+        let copies = MAX_SAME_BYTES as usize + 200;
+        let rows: Vec<_> = (0..copies)
+            .map(|i| {
+                let mut r = sparse_record(Some(me.id));
+                r.image_sha256 = sha256_hex(9);
+                r.created_at = now - chrono::Duration::seconds(i as i64 + 1);
+                r.fingerprint =
+                    Some(secret.fingerprint(&r.image_sha256, Some(&picture), r.reference));
+                r
+            })
+            .collect();
+        for chunk in rows.chunks(200) {
+            store.insert_audit_batch(chunk).await.unwrap();
+        }
+        let query = secret.fingerprint(&sha256_hex(9), Some(&picture), Uuid::new_v4());
+        let since = now - chrono::Duration::days(30);
+        let found = store
+            .resubmission_sightings(&query, since, Some(me.id))
+            .await
+            .unwrap();
+        assert_eq!(found.same_bytes.count, MAX_SAME_BYTES as u64);
+        assert_eq!(
+            found.same_bytes.first_seen,
+            Some(rows[copies - 1].created_at)
+        );
+        assert!(found.same_bytes.same_key);
+        // Every band holds all the copies: each part stops at its limit, and the parts are
+        // the same newest rows.
+        assert_eq!(found.near.len(), MAX_BAND_CANDIDATES as usize);
+        let verdict = judge(&secret, &query, Some(&picture), Some(me.id), &found);
+        assert_eq!(
+            verdict.count, MAX_SAME_BYTES as u64,
+            "same-bytes rows count once"
+        );
+        assert_eq!(verdict.first_seen, Some(rows[copies - 1].created_at));
+    })
+    .await;
+}
+
+fn unit_print(seed: f32) -> ImagePrint {
+    let mut c = [0f32; 63];
+    for (i, v) in c.iter_mut().enumerate() {
+        *v = ((i as f32 + 1.0) * seed).sin();
+    }
+    let n = c.iter().map(|v| v * v).sum::<f32>().sqrt();
+    c.iter_mut().for_each(|v| *v /= n);
+    ImagePrint { coeffs: c }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -235,12 +235,12 @@ async fn run_check(
             if !window.is_zero() {
                 let since = provenance.created_at
                     - chrono::Duration::from_std(window).unwrap_or(chrono::Duration::MAX);
-                let candidates = inner
+                let sightings = inner
                     .store
-                    .resubmission_candidates(&fp, since)
+                    .resubmission_sightings(&fp, since, Some(caller.key.id))
                     .await
                     .map_err(|e| ApiError::from_store("re-submission lookup", &e))?;
-                let seen = resubmission::judge(key, &fp, print, Some(caller.key.id), &candidates);
+                let seen = resubmission::judge(key, &fp, print, Some(caller.key.id), &sightings);
                 outcome
                     .signals
                     .get_or_insert_with(Signals::default)

@@ -7,7 +7,9 @@ use uuid::Uuid;
 use super::sessions::SessionRef;
 use super::{parse_ts, parse_uuid, pg_ts, ts_text, Pool, Store, StoreError, Timings};
 use crate::pipeline::Reason;
-use crate::resubmission::{Candidate, Fingerprint, MAX_CANDIDATES};
+use crate::resubmission::{
+    Candidate, Fingerprint, SameBytes, Sightings, MAX_BAND_CANDIDATES, MAX_SAME_BYTES,
+};
 
 /// How the image reached the service, as audited (stored as `url` or `base64`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -550,65 +552,146 @@ impl Store {
         row.map(AuditRow::into_record).transpose()
     }
 
-    /// The earlier checks (made at or after `since`) that share `fingerprint`'s image tag or
-    /// one of its band tags: the candidates [`crate::resubmission::judge`] decides on. Newest
-    /// first, at most [`MAX_CANDIDATES`] (so that many older rows sharing a common band value
-    /// can never hide a recent copy).
-    pub async fn resubmission_candidates(
+    /// What is known of `fingerprint`'s picture from the checks made at or after `since`: the
+    /// earlier checks of the same bytes, counted (how many among the newest
+    /// [`MAX_SAME_BYTES`], the first one's time, whether `key_id` made one of those), and the
+    /// newest [`MAX_BAND_CANDIDATES`] checks sharing each band tag, the near-copy candidates
+    /// [`crate::resubmission::judge`] decides on.
+    ///
+    /// Bounded work whatever the history: each part is a range of a composite index
+    /// (`(image_tag, created_at, key_id)`, `(print_bandN, created_at)`) read newest first up
+    /// to its limit, and the first sighting is one index seek. Before, one query gathered every
+    /// row sharing any tag and sorted them: a picture checked 4,000 times made each later check
+    /// of it read 4,000 rows (11 ms a check in the debug build, and growing).
+    pub async fn resubmission_sightings(
         &self,
         fingerprint: &Fingerprint,
         since: DateTime<Utc>,
-    ) -> Result<Vec<Candidate>, StoreError> {
-        let none = String::new();
-        let band = |i: usize| fingerprint.bands.as_ref().map_or(&none, |b| &b[i]);
-        type Row = (
+        key_id: Option<Uuid>,
+    ) -> Result<Sightings, StoreError> {
+        let since = ts_text(since);
+        let key = key_id.map(|k| k.to_string()).unwrap_or_default();
+        type Near = (
             String,
             Option<String>,
             String,
             Option<String>,
             Option<String>,
         );
-        let rows: Vec<Row> = match &self.pool {
-            Pool::Sqlite(p) => {
-                sqlx::query_as(
-                    "SELECT reference, key_id, created_at, image_tag, print_sealed FROM audit \
-                     WHERE (image_tag = ? OR print_band0 = ? OR print_band1 = ? \
-                            OR print_band2 = ? OR print_band3 = ?) AND created_at >= ? \
-                     ORDER BY created_at DESC LIMIT ?",
-                )
-                .bind(&fingerprint.image_tag)
-                .bind(band(0))
-                .bind(band(1))
-                .bind(band(2))
-                .bind(band(3))
-                .bind(ts_text(since))
-                .bind(MAX_CANDIDATES)
-                .fetch_all(p)
-                .await
-            }
-            Pool::Postgres(p) => {
-                sqlx::query_as(concat!(
-                    "SELECT reference::text AS reference, key_id::text AS key_id, ",
-                    pg_ts!("created_at"),
-                    ", image_tag, print_sealed FROM audit \
-                     WHERE (image_tag = $1 OR print_band0 = $2 OR print_band1 = $3 \
-                            OR print_band2 = $4 OR print_band3 = $5) \
-                       AND created_at >= $6::timestamptz \
-                     ORDER BY created_at DESC LIMIT $7"
-                ))
-                .bind(&fingerprint.image_tag)
-                .bind(band(0))
-                .bind(band(1))
-                .bind(band(2))
-                .bind(band(3))
-                .bind(ts_text(since))
-                .bind(MAX_CANDIDATES)
-                .fetch_all(p)
-                .await
-            }
-        }
-        .map_err(|e| self.db_err(e))?;
-        rows.into_iter()
+        let (count, same_key, first, near): (i64, bool, Option<String>, Vec<Near>) =
+            match &self.pool {
+                Pool::Sqlite(p) => {
+                    let (count, same_key): (i64, Option<i64>) = sqlx::query_as(
+                        "SELECT COUNT(*), MAX(key_id = ?1) FROM (SELECT key_id FROM audit \
+                         WHERE image_tag = ?2 AND created_at >= ?3 \
+                         ORDER BY created_at DESC LIMIT ?4)",
+                    )
+                    .bind(&key)
+                    .bind(&fingerprint.image_tag)
+                    .bind(&since)
+                    .bind(MAX_SAME_BYTES)
+                    .fetch_one(p)
+                    .await
+                    .map_err(|e| self.db_err(e))?;
+                    let first: Option<String> = if count == 0 {
+                        None
+                    } else {
+                        sqlx::query_scalar(
+                            "SELECT created_at FROM audit WHERE image_tag = ?1 \
+                             AND created_at >= ?2 ORDER BY created_at ASC LIMIT 1",
+                        )
+                        .bind(&fingerprint.image_tag)
+                        .bind(&since)
+                        .fetch_optional(p)
+                        .await
+                        .map_err(|e| self.db_err(e))?
+                    };
+                    let near = match &fingerprint.bands {
+                        None => Vec::new(),
+                        Some(bands) => {
+                            let part = |i: usize| {
+                                format!(
+                                    "SELECT * FROM (SELECT reference, key_id, created_at, \
+                                     image_tag, print_sealed FROM audit \
+                                     WHERE print_band{i} = ?{} AND created_at >= ?5 \
+                                     ORDER BY created_at DESC LIMIT ?6)",
+                                    i + 1
+                                )
+                            };
+                            let sql = (0..4).map(part).collect::<Vec<_>>().join(" UNION ");
+                            sqlx::query_as(&sql)
+                                .bind(&bands[0])
+                                .bind(&bands[1])
+                                .bind(&bands[2])
+                                .bind(&bands[3])
+                                .bind(&since)
+                                .bind(MAX_BAND_CANDIDATES)
+                                .fetch_all(p)
+                                .await
+                                .map_err(|e| self.db_err(e))?
+                        }
+                    };
+                    (count, same_key == Some(1), first, near)
+                }
+                Pool::Postgres(p) => {
+                    let (count, same_key): (i64, Option<bool>) = sqlx::query_as(
+                        "SELECT COUNT(*), bool_or(key_id::text = $1) FROM (SELECT key_id \
+                         FROM audit WHERE image_tag = $2 AND created_at >= $3::timestamptz \
+                         ORDER BY created_at DESC LIMIT $4) newest",
+                    )
+                    .bind(&key)
+                    .bind(&fingerprint.image_tag)
+                    .bind(&since)
+                    .bind(MAX_SAME_BYTES)
+                    .fetch_one(p)
+                    .await
+                    .map_err(|e| self.db_err(e))?;
+                    let first: Option<String> = if count == 0 {
+                        None
+                    } else {
+                        sqlx::query_scalar(concat!(
+                            "SELECT ",
+                            pg_ts!("created_at"),
+                            " FROM audit WHERE image_tag = $1 \
+                             AND created_at >= $2::timestamptz ORDER BY created_at ASC LIMIT 1"
+                        ))
+                        .bind(&fingerprint.image_tag)
+                        .bind(&since)
+                        .fetch_optional(p)
+                        .await
+                        .map_err(|e| self.db_err(e))?
+                    };
+                    let near = match &fingerprint.bands {
+                        None => Vec::new(),
+                        Some(bands) => {
+                            let part = |i: usize| {
+                                format!(
+                                    "(SELECT reference::text AS reference, key_id::text AS key_id, \
+                                     {}, image_tag, print_sealed FROM audit \
+                                     WHERE print_band{i} = ${} AND created_at >= $5::timestamptz \
+                                     ORDER BY created_at DESC LIMIT $6)",
+                                    pg_ts!("created_at"),
+                                    i + 1
+                                )
+                            };
+                            let sql = (0..4).map(part).collect::<Vec<_>>().join(" UNION ");
+                            sqlx::query_as(&sql)
+                                .bind(&bands[0])
+                                .bind(&bands[1])
+                                .bind(&bands[2])
+                                .bind(&bands[3])
+                                .bind(&since)
+                                .bind(MAX_BAND_CANDIDATES)
+                                .fetch_all(p)
+                                .await
+                                .map_err(|e| self.db_err(e))?
+                        }
+                    };
+                    (count, same_key == Some(true), first, near)
+                }
+            };
+        let near = near
+            .into_iter()
             .map(|(reference, key_id, created_at, image_tag, sealed)| {
                 Ok(Candidate {
                     reference: parse_uuid("audit.reference", &reference)?,
@@ -621,7 +704,18 @@ impl Store {
                     sealed,
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(Sightings {
+            same_bytes: SameBytes {
+                count: u64::try_from(count).unwrap_or(0),
+                first_seen: first
+                    .as_deref()
+                    .map(|t| parse_ts("audit.created_at", t))
+                    .transpose()?,
+                same_key: key_id.is_some() && same_key,
+            },
+            near,
+        })
     }
 
     /// Every verdict made in `[from, until)` (with key `key` only, when given), as the report
