@@ -562,7 +562,7 @@ impl Store {
     /// (`(image_tag, created_at, key_id)`, `(print_bandN, created_at)`) read newest first up
     /// to its limit, and the first sighting is one index seek. Before, one query gathered every
     /// row sharing any tag and sorted them: a picture checked 4,000 times made each later check
-    /// of it read 4,000 rows (11 ms a check in the debug build, and growing).
+    /// of it read 4,000 rows (docs/benchmarks.md, "Before the bounded re-submission lookup").
     pub async fn resubmission_sightings(
         &self,
         fingerprint: &Fingerprint,
