@@ -178,17 +178,22 @@ impl FromRequest<AppState> for ImageBody {
     }
 }
 
+/// A content type's essence: the type and subtype, lowercase, without parameters.
+pub fn content_type_essence(value: &str) -> String {
+    value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase()
+}
+
 /// `application/json`, `application/json; charset=utf-8`, or `application/<x>+json`.
 pub fn is_json_content_type(value: Option<&str>) -> bool {
     let Some(value) = value else {
         return false;
     };
-    let essence = value
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
+    let essence = content_type_essence(value);
     essence == "application/json"
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }

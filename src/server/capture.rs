@@ -386,10 +386,7 @@ pub async fn precheck(
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            let essence = v.split(';').next().unwrap_or_default().trim();
-            essence.to_ascii_lowercase().starts_with("image/")
-        });
+        .is_some_and(|v| super::body::content_type_essence(v).starts_with("image/"));
     if !is_image {
         return Err(ApiError::BadRequest(
             "Content-Type must be an image type (image/jpeg, image/png or image/webp)".into(),

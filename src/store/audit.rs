@@ -427,6 +427,35 @@ fn is_bare_host(host: &str) -> bool {
         })
 }
 
+/// The near-copy candidates' query: for each of the four bands, the newest rows sharing its
+/// tag (parameters 1-4: the band tags, 5: since, 6: the limit per band), united. Built once.
+fn band_union(part: impl Fn(usize) -> String) -> String {
+    (0..4).map(part).collect::<Vec<_>>().join(" UNION ")
+}
+
+static SQLITE_BANDS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    band_union(|i| {
+        format!(
+            "SELECT * FROM (SELECT reference, key_id, created_at, image_tag, print_sealed \
+             FROM audit WHERE print_band{i} = ?{} AND created_at >= ?5 \
+             ORDER BY created_at DESC LIMIT ?6)",
+            i + 1
+        )
+    })
+});
+
+static POSTGRES_BANDS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    band_union(|i| {
+        format!(
+            "(SELECT reference::text AS reference, key_id::text AS key_id, {}, image_tag, \
+             print_sealed FROM audit WHERE print_band{i} = ${} \
+             AND created_at >= $5::timestamptz ORDER BY created_at DESC LIMIT $6)",
+            pg_ts!("created_at"),
+            i + 1
+        )
+    })
+});
+
 impl Store {
     /// Insert one record; it is committed when this returns `Ok`. Fails with
     /// [`StoreError::Invalid`] for a malformed record (non-finite number, `image_sha256` not 64
@@ -608,28 +637,16 @@ impl Store {
                     };
                     let near = match &fingerprint.bands {
                         None => Vec::new(),
-                        Some(bands) => {
-                            let part = |i: usize| {
-                                format!(
-                                    "SELECT * FROM (SELECT reference, key_id, created_at, \
-                                     image_tag, print_sealed FROM audit \
-                                     WHERE print_band{i} = ?{} AND created_at >= ?5 \
-                                     ORDER BY created_at DESC LIMIT ?6)",
-                                    i + 1
-                                )
-                            };
-                            let sql = (0..4).map(part).collect::<Vec<_>>().join(" UNION ");
-                            sqlx::query_as(&sql)
-                                .bind(&bands[0])
-                                .bind(&bands[1])
-                                .bind(&bands[2])
-                                .bind(&bands[3])
-                                .bind(&since)
-                                .bind(MAX_BAND_CANDIDATES)
-                                .fetch_all(p)
-                                .await
-                                .map_err(|e| self.db_err(e))?
-                        }
+                        Some(bands) => sqlx::query_as(SQLITE_BANDS.as_str())
+                            .bind(&bands[0])
+                            .bind(&bands[1])
+                            .bind(&bands[2])
+                            .bind(&bands[3])
+                            .bind(&since)
+                            .bind(MAX_BAND_CANDIDATES)
+                            .fetch_all(p)
+                            .await
+                            .map_err(|e| self.db_err(e))?,
                     };
                     (count, same_key == Some(1), first, near)
                 }
@@ -663,29 +680,16 @@ impl Store {
                     };
                     let near = match &fingerprint.bands {
                         None => Vec::new(),
-                        Some(bands) => {
-                            let part = |i: usize| {
-                                format!(
-                                    "(SELECT reference::text AS reference, key_id::text AS key_id, \
-                                     {}, image_tag, print_sealed FROM audit \
-                                     WHERE print_band{i} = ${} AND created_at >= $5::timestamptz \
-                                     ORDER BY created_at DESC LIMIT $6)",
-                                    pg_ts!("created_at"),
-                                    i + 1
-                                )
-                            };
-                            let sql = (0..4).map(part).collect::<Vec<_>>().join(" UNION ");
-                            sqlx::query_as(&sql)
-                                .bind(&bands[0])
-                                .bind(&bands[1])
-                                .bind(&bands[2])
-                                .bind(&bands[3])
-                                .bind(&since)
-                                .bind(MAX_BAND_CANDIDATES)
-                                .fetch_all(p)
-                                .await
-                                .map_err(|e| self.db_err(e))?
-                        }
+                        Some(bands) => sqlx::query_as(POSTGRES_BANDS.as_str())
+                            .bind(&bands[0])
+                            .bind(&bands[1])
+                            .bind(&bands[2])
+                            .bind(&bands[3])
+                            .bind(&since)
+                            .bind(MAX_BAND_CANDIDATES)
+                            .fetch_all(p)
+                            .await
+                            .map_err(|e| self.db_err(e))?,
                     };
                     (count, same_key == Some(true), first, near)
                 }

@@ -143,15 +143,13 @@ async function run(s) {
       await shot(page, s.name, 'result', report);
       if (s.axe) await audit(page, 'result', report);
       report.widgetResult = await page.evaluate(() => window.__result || null);
-      report.cspViolations = await page.evaluate(() => window.__csp || []);
     }
+    // Read on the capture page itself, before any redirect leaves it.
+    report.cspViolations = await page.evaluate(() => window.__csp || []);
     if (s.waitForUrl) {
       await page.waitForURL((u) => u.toString().startsWith(s.waitForUrl), { timeout: STEP_MS });
     }
     report.finalUrl = page.url();
-    if (!report.cspViolations.length && !s.waitForUrl) {
-      report.cspViolations = await page.evaluate(() => window.__csp || []);
-    }
   } catch (e) {
     report.failure = String(e && e.stack || e);
   } finally {
