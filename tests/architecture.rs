@@ -157,25 +157,27 @@ fn python_lives_only_in_training_and_scripts() {
 }
 
 /// "CPU work (the pipeline) never runs on async worker threads": the HTTP handlers call the
-/// check service only inside `spawn_blocking`.
+/// check service only inside a closure handed to `Running::run`, which runs it on a CPU slot's
+/// own thread (src/server/admission.rs).
 #[test]
-fn the_server_runs_checks_on_the_blocking_pool() {
-    let routes = std::fs::read_to_string(repo().join("src/server/routes.rs")).unwrap();
-    let calls: Vec<usize> = routes
-        .match_indices("service.check(")
-        .map(|(i, _)| i)
-        .collect();
-    assert!(!calls.is_empty(), "routes.rs no longer calls service.check");
-    for i in calls {
-        let before = &routes[..i];
-        let spawn = before
-            .rfind("spawn_blocking(")
-            .expect("a check outside spawn_blocking");
-        // The call sits in the closure handed to that spawn_blocking: no statement ends the
-        // spawn_blocking call between the two.
-        assert!(
-            !before[spawn..].contains(".await"),
-            "service.check is not inside the closure of the spawn_blocking before it"
-        );
+fn the_server_runs_checks_on_the_cpu_slot_threads() {
+    for (file, call) in [
+        ("src/server/routes.rs", "service.check("),
+        ("src/server/capture.rs", "service.precheck("),
+    ] {
+        let source = std::fs::read_to_string(repo().join(file)).unwrap();
+        let calls: Vec<usize> = source.match_indices(call).map(|(i, _)| i).collect();
+        assert!(!calls.is_empty(), "{file} no longer calls {call}");
+        for i in calls {
+            let before = &source[..i];
+            let run = before
+                .rfind(".run(")
+                .unwrap_or_else(|| panic!("{call} in {file} outside Running::run"));
+            // The call sits in the closure handed to that run: no await between the two.
+            assert!(
+                !before[run..].contains(".await"),
+                "{call} in {file} is not inside the closure of the run before it"
+            );
+        }
     }
 }

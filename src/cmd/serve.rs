@@ -349,7 +349,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         args.print_key.as_deref(),
         &args.database.url,
     )?));
-    // Blocking checks run on tokio's blocking pool, bounded by the CPU semaphore.
+    // Checks run on the CPU slots' own threads (server::admission), not on this runtime.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("livecheck-serve")

@@ -12,13 +12,33 @@
 //! request costs no decoding. [`super::AppConfig::max_queued_checks`] stays as a hard ceiling on
 //! waiting checks whatever the estimate says (memory, and a wrong estimate).
 //!
+//! Work on a slot runs on the controller's own threads, one per slot ([`Running::run`]). They
+//! were tokio's blocking pool, which starts a new thread whenever none is idle at the instant of
+//! the call: a slot freed at the end of a check was taken by the next one before its thread was
+//! back in the pool, so checks wandered over many threads, and every one of them kept its own
+//! copy of the pipeline's thread-local scratch (decoder, engine, crops) and its own allocator
+//! pages. A fixed thread per slot keeps exactly `slots` copies warm.
+//!
 //! Nothing here reads a clock except [`Running`]'s drop: the estimate is driven by
 //! [`Admission::record_service`], so the tests feed it service times directly.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// A closure for a slot thread.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Why work given to [`Running::run`] has no result.
+#[derive(Debug, thiserror::Error)]
+pub enum SlotError {
+    #[error("the work panicked: {0}")]
+    Panicked(String),
+    #[error("the slot threads have stopped")]
+    Stopped,
+}
 
 /// Weight of the newest service time in the moving average: about the last 10 checks count.
 const EWMA_ALPHA: f64 = 0.1;
@@ -50,6 +70,8 @@ pub struct Admission {
 
 struct Shared {
     cpu: Arc<Semaphore>,
+    /// The slot threads' queue; they stop when the controller and every [`Running`] are gone.
+    jobs: flume::Sender<Job>,
     slots: usize,
     max_wait: Duration,
     max_waiting: usize,
@@ -86,22 +108,63 @@ impl Running {
         self.timed = false;
         self
     }
+
+    /// Runs `work` on a slot thread, then frees the slot (before the result is handed back, as
+    /// the slot is what the next check waits for). A panic in `work` is caught and returned.
+    /// Dropping the future does not stop `work`: like a check whose client left, it finishes and
+    /// its result is dropped.
+    pub async fn run<T, F>(self, work: F) -> Result<T, SlotError>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let jobs = self.shared.jobs.clone();
+        let job: Job = Box::new(move || {
+            let outcome = std::panic::catch_unwind(AssertUnwindSafe(work));
+            drop(self);
+            let _ = tx.send(outcome.map_err(|panic| {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "no message".to_owned());
+                SlotError::Panicked(message)
+            }));
+        });
+        jobs.send(job).map_err(|_| SlotError::Stopped)?;
+        rx.await.map_err(|_| SlotError::Stopped)?
+    }
 }
 
 impl Admission {
     /// `slots` CPU slots (at least 1), shedding beyond `max_wait` of expected waiting or when
     /// more than `max_waiting` checks would be waiting for a slot. `initial_service` is the estimate before the first check
-    /// finishes.
+    /// finishes. Starts one thread per slot (named `livecheck-cpu`); fails only if the system
+    /// refuses a thread.
     pub fn new(
         slots: usize,
         max_wait: Duration,
         max_waiting: usize,
         initial_service: Duration,
-    ) -> Admission {
+    ) -> std::io::Result<Admission> {
         let slots = slots.clamp(1, Semaphore::MAX_PERMITS);
-        Admission {
+        let (jobs, queue) = flume::unbounded::<Job>();
+        for _ in 0..slots {
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name("livecheck-cpu".into())
+                .spawn(move || {
+                    // Ends when every sender (the controller and each `Running`) is gone.
+                    while let Ok(job) = queue.recv() {
+                        job();
+                    }
+                })?;
+        }
+        Ok(Admission {
             shared: Arc::new(Shared {
                 cpu: Arc::new(Semaphore::new(slots)),
+                jobs,
                 slots,
                 max_wait,
                 max_waiting,
@@ -110,7 +173,7 @@ impl Admission {
                     service_s: initial_service.as_secs_f64(),
                 }),
             }),
-        }
+        })
     }
 
     /// The wait a check arriving now can expect before it gets a CPU slot: none while a slot is
@@ -245,7 +308,7 @@ mod tests {
     }
 
     fn admission(slots: usize, max_wait_ms: u32, max_waiting: usize, service_ms: u32) -> Admission {
-        Admission::new(slots, max_wait_ms * MS, max_waiting, service_ms * MS)
+        Admission::new(slots, max_wait_ms * MS, max_waiting, service_ms * MS).unwrap()
     }
 
     #[test]
@@ -357,6 +420,62 @@ mod tests {
         assert_eq!(a.waiting(), 0);
         assert_eq!(a.running(), 1);
         drop(second);
+        assert_eq!(a.running(), 0);
+    }
+
+    #[tokio::test]
+    async fn work_runs_on_one_fixed_thread_per_slot() {
+        let a = admission(2, 2000, 64, 10);
+        let mut runs = Vec::new();
+        for _ in 0..40 {
+            let a = a.clone();
+            runs.push(tokio::spawn(async move {
+                let running = a.try_admit().unwrap().start().await.unwrap();
+                running
+                    .run(|| {
+                        let me = std::thread::current();
+                        (me.name().map(str::to_owned), me.id())
+                    })
+                    .await
+                    .unwrap()
+            }));
+        }
+        let mut threads = std::collections::HashSet::new();
+        for run in runs {
+            let (name, id) = run.await.unwrap();
+            assert_eq!(name.as_deref(), Some("livecheck-cpu"));
+            threads.insert(id);
+        }
+        assert!(threads.len() <= 2, "{} threads for 2 slots", threads.len());
+        assert_eq!(a.running(), 0);
+        assert_eq!(a.waiting(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_panic_is_an_error_and_frees_the_slot() {
+        let a = admission(1, 2000, 4, 10);
+        let running = a.try_admit().unwrap().start().await.unwrap();
+        let err = running
+            .run(|| -> u32 { panic!("engine fault") })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, SlotError::Panicked(m) if m == "engine fault"),
+            "{err:?}"
+        );
+        assert_eq!(a.running(), 0);
+        // The thread survived: the next check runs.
+        let running = a.try_admit().unwrap().start().await.unwrap();
+        assert_eq!(running.run(|| 7).await.unwrap(), 7);
+    }
+
+    #[tokio::test]
+    async fn the_slot_is_free_before_the_result_arrives() {
+        let a = admission(1, 2000, 4, 10);
+        let running = a.try_admit().unwrap().start().await.unwrap();
+        let probe = a.clone();
+        let running_during = running.run(move || probe.running()).await.unwrap();
+        assert_eq!(running_during, 1);
         assert_eq!(a.running(), 0);
     }
 }

@@ -420,12 +420,10 @@ pub async fn precheck(
         .untimed();
     let service = std::sync::Arc::clone(&inner.service);
     let started = Instant::now();
-    let outcome = tokio::task::spawn_blocking(move || {
-        let _running = running;
-        service.precheck(&bytes)
-    })
-    .await
-    .map_err(|e| ApiError::Internal(format!("precheck task failed: {e}")))?;
+    let outcome = running
+        .run(move || service.precheck(&bytes))
+        .await
+        .map_err(|e| ApiError::Internal(format!("precheck task failed: {e}")))?;
     inner
         .metrics
         .observe_stage_ms("precheck", started.elapsed().as_secs_f64() * 1000.0);

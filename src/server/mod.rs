@@ -352,7 +352,7 @@ impl Application {
             config.max_queue_wait,
             config.max_queued_checks,
             INITIAL_SERVICE_ESTIMATE,
-        );
+        )?;
         let body_budget = Arc::new(Semaphore::new(
             config.max_body_bytes_in_flight.min(Semaphore::MAX_PERMITS),
         ));

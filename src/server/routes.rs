@@ -199,12 +199,10 @@ async fn run_check(
     let service = Arc::clone(&inner.service);
     let started = Instant::now();
     let shadow_bytes = inner.shadow.as_ref().map(|_| bytes.clone());
-    let result = tokio::task::spawn_blocking(move || {
-        let _running = running;
-        service.check(&bytes)
-    })
-    .await
-    .map_err(|e| ApiError::Internal(format!("check task failed: {e}")))?;
+    let result = running
+        .run(move || service.check(&bytes))
+        .await
+        .map_err(|e| ApiError::Internal(format!("check task failed: {e}")))?;
     metrics.observe_stage_ms("pipeline", started.elapsed().as_secs_f64() * 1000.0);
     let checked = result.map_err(check_error)?;
     let timings = checked.verdict.timings;
