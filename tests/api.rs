@@ -1383,8 +1383,8 @@ async fn no_verdict_without_its_audit_row() {
     .await;
 }
 
-/// `livecheck serve` as a process: flags, key created with `livecheck keys`, a check, and a clean
-/// exit on SIGTERM.
+/// `livecheck serve` as a process: flags, key created with `livecheck keys`, a check, transparent
+/// huge pages off, and a clean exit on SIGTERM.
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_binary_answers_and_stops_on_sigterm() {
@@ -1456,6 +1456,17 @@ async fn serve_binary_answers_and_stops_on_sigterm() {
         .unwrap();
     let (status, _, body) = read(resp).await;
     bad_request_message(status, &body);
+    // Transparent huge pages are off for the process (its memory under load; src/main.rs).
+    #[cfg(target_os = "linux")]
+    {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap();
+        let thp = status
+            .lines()
+            .find_map(|l| l.strip_prefix("THP_enabled:"))
+            .expect("no THP_enabled line in /proc/PID/status (kernel older than 5.0?)");
+        assert_eq!(thp.trim(), "0", "transparent huge pages are on");
+    }
 
     let (exit, logs) = tokio::task::spawn_blocking(move || server.stop("TERM"))
         .await
