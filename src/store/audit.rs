@@ -607,14 +607,53 @@ impl Store {
             Option<String>,
             Option<String>,
         );
-        let (count, same_key, first, near): (i64, bool, Option<String>, Vec<Near>) =
-            match &self.pool {
-                Pool::Sqlite(p) => {
-                    let (count, same_key): (i64, Option<i64>) = sqlx::query_as(
-                        "SELECT COUNT(*), MAX(key_id = ?1) FROM (SELECT key_id FROM audit \
-                         WHERE image_tag = ?2 AND created_at >= ?3 \
-                         ORDER BY created_at DESC LIMIT ?4)",
-                    )
+        let (count, same_key, first, near): (i64, bool, Option<String>, Vec<Near>) = match &self
+            .pool
+        {
+            Pool::Sqlite(p) => {
+                // One statement (one trip to the connection's thread) for the count, the
+                // key match and the first sighting; the scalar subquery runs once.
+                let (count, same_key, first): (i64, Option<i64>, Option<String>) = sqlx::query_as(
+                    "SELECT COUNT(*), MAX(key_id = ?1), \
+                             (SELECT created_at FROM audit WHERE image_tag = ?2 \
+                              AND created_at >= ?3 ORDER BY created_at ASC LIMIT 1) \
+                             FROM (SELECT key_id FROM audit \
+                             WHERE image_tag = ?2 AND created_at >= ?3 \
+                             ORDER BY created_at DESC LIMIT ?4)",
+                )
+                .bind(&key)
+                .bind(&fingerprint.image_tag)
+                .bind(&since)
+                .bind(MAX_SAME_BYTES)
+                .fetch_one(p)
+                .await
+                .map_err(|e| self.db_err(e))?;
+                let near = match &fingerprint.bands {
+                    None => Vec::new(),
+                    Some(bands) => sqlx::query_as(SQLITE_BANDS.as_str())
+                        .bind(&bands[0])
+                        .bind(&bands[1])
+                        .bind(&bands[2])
+                        .bind(&bands[3])
+                        .bind(&since)
+                        .bind(MAX_BAND_CANDIDATES)
+                        .fetch_all(p)
+                        .await
+                        .map_err(|e| self.db_err(e))?,
+                };
+                (count, same_key == Some(1), first, near)
+            }
+            Pool::Postgres(p) => {
+                let (count, same_key, first): (i64, Option<bool>, Option<String>) =
+                    sqlx::query_as(concat!(
+                        "SELECT COUNT(*), bool_or(key_id::text = $1), (SELECT ",
+                        pg_ts!("created_at"),
+                        " FROM audit WHERE image_tag = $2 \
+                             AND created_at >= $3::timestamptz ORDER BY created_at ASC LIMIT 1) \
+                             FROM (SELECT key_id \
+                             FROM audit WHERE image_tag = $2 AND created_at >= $3::timestamptz \
+                             ORDER BY created_at DESC LIMIT $4) newest"
+                    ))
                     .bind(&key)
                     .bind(&fingerprint.image_tag)
                     .bind(&since)
@@ -622,78 +661,22 @@ impl Store {
                     .fetch_one(p)
                     .await
                     .map_err(|e| self.db_err(e))?;
-                    let first: Option<String> = if count == 0 {
-                        None
-                    } else {
-                        sqlx::query_scalar(
-                            "SELECT created_at FROM audit WHERE image_tag = ?1 \
-                             AND created_at >= ?2 ORDER BY created_at ASC LIMIT 1",
-                        )
-                        .bind(&fingerprint.image_tag)
+                let near = match &fingerprint.bands {
+                    None => Vec::new(),
+                    Some(bands) => sqlx::query_as(POSTGRES_BANDS.as_str())
+                        .bind(&bands[0])
+                        .bind(&bands[1])
+                        .bind(&bands[2])
+                        .bind(&bands[3])
                         .bind(&since)
-                        .fetch_optional(p)
+                        .bind(MAX_BAND_CANDIDATES)
+                        .fetch_all(p)
                         .await
-                        .map_err(|e| self.db_err(e))?
-                    };
-                    let near = match &fingerprint.bands {
-                        None => Vec::new(),
-                        Some(bands) => sqlx::query_as(SQLITE_BANDS.as_str())
-                            .bind(&bands[0])
-                            .bind(&bands[1])
-                            .bind(&bands[2])
-                            .bind(&bands[3])
-                            .bind(&since)
-                            .bind(MAX_BAND_CANDIDATES)
-                            .fetch_all(p)
-                            .await
-                            .map_err(|e| self.db_err(e))?,
-                    };
-                    (count, same_key == Some(1), first, near)
-                }
-                Pool::Postgres(p) => {
-                    let (count, same_key): (i64, Option<bool>) = sqlx::query_as(
-                        "SELECT COUNT(*), bool_or(key_id::text = $1) FROM (SELECT key_id \
-                         FROM audit WHERE image_tag = $2 AND created_at >= $3::timestamptz \
-                         ORDER BY created_at DESC LIMIT $4) newest",
-                    )
-                    .bind(&key)
-                    .bind(&fingerprint.image_tag)
-                    .bind(&since)
-                    .bind(MAX_SAME_BYTES)
-                    .fetch_one(p)
-                    .await
-                    .map_err(|e| self.db_err(e))?;
-                    let first: Option<String> = if count == 0 {
-                        None
-                    } else {
-                        sqlx::query_scalar(concat!(
-                            "SELECT ",
-                            pg_ts!("created_at"),
-                            " FROM audit WHERE image_tag = $1 \
-                             AND created_at >= $2::timestamptz ORDER BY created_at ASC LIMIT 1"
-                        ))
-                        .bind(&fingerprint.image_tag)
-                        .bind(&since)
-                        .fetch_optional(p)
-                        .await
-                        .map_err(|e| self.db_err(e))?
-                    };
-                    let near = match &fingerprint.bands {
-                        None => Vec::new(),
-                        Some(bands) => sqlx::query_as(POSTGRES_BANDS.as_str())
-                            .bind(&bands[0])
-                            .bind(&bands[1])
-                            .bind(&bands[2])
-                            .bind(&bands[3])
-                            .bind(&since)
-                            .bind(MAX_BAND_CANDIDATES)
-                            .fetch_all(p)
-                            .await
-                            .map_err(|e| self.db_err(e))?,
-                    };
-                    (count, same_key == Some(true), first, near)
-                }
-            };
+                        .map_err(|e| self.db_err(e))?,
+                };
+                (count, same_key == Some(true), first, near)
+            }
+        };
         let near = near
             .into_iter()
             .map(|(reference, key_id, created_at, image_tag, sealed)| {

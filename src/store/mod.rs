@@ -249,7 +249,12 @@ impl Store {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(options.busy_timeout)
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // Reads through a shared memory map instead of read(2) into each connection's own
+            // page cache, which a connection drops whenever another one has committed (every
+            // check commits): the re-submission lookup re-read its index pages by system call on
+            // every check. Writes still go through the WAL; 256 MiB of address space, not memory.
+            .pragma("mmap_size", "268435456");
         let pool = SqlitePoolOptions::new()
             .max_connections(options.max_connections.max(1))
             .acquire_timeout(options.connect_timeout)
