@@ -629,8 +629,12 @@ impl Dense3x3 {
                     }
                 }
             }
-            wide.clear();
-            wide.resize(co * len, 0.0);
+            // Every element of `wide[..co * len]` is written by the product (stride `len`,
+            // `len` per channel): grown when needed, never cleared.
+            if wide.len() < co * len {
+                wide.resize(co * len, 0.0);
+            }
+            let wide = &mut wide[..co * len];
             self.product.run(padded, &offsets, len, wide, len)?;
             for (dst, src) in out
                 .chunks_exact_mut(g.ho * g.wo)
