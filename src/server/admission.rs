@@ -124,12 +124,7 @@ impl Running {
             let outcome = std::panic::catch_unwind(AssertUnwindSafe(work));
             drop(self);
             let _ = tx.send(outcome.map_err(|panic| {
-                let message = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "no message".to_owned());
-                SlotError::Panicked(message)
+                SlotError::Panicked(super::error::panic_message(panic.as_ref()).to_owned())
             }));
         });
         jobs.send(job).map_err(|_| SlotError::Stopped)?;

@@ -7,6 +7,18 @@ use serde::Serialize;
 
 use crate::store::SessionRefusal;
 
+/// The text of a caught panic's payload (`panic!` gives a `&str` or a `String`), for logs and
+/// internal error details.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    if let Some(s) = panic.downcast_ref::<String>() {
+        s.as_str()
+    } else if let Some(s) = panic.downcast_ref::<&str>() {
+        s
+    } else {
+        "non-string panic payload"
+    }
+}
+
 /// The error envelope of the seed API. `data` is present (an empty array) on every error except
 /// the two authentication errors, whose seed bodies carry only `status` and `message`.
 #[derive(Debug, Serialize, utoipa::ToSchema)]

@@ -559,13 +559,7 @@ pub async fn method_not_allowed() -> ApiError {
 
 /// The body of a 500 after a panic: the envelope, never the panic message.
 pub fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
-    let detail = if let Some(s) = panic.downcast_ref::<String>() {
-        s.as_str()
-    } else if let Some(s) = panic.downcast_ref::<&str>() {
-        s
-    } else {
-        "non-string panic payload"
-    };
+    let detail = super::error::panic_message(panic.as_ref());
     tracing::error!(panic = %detail, "handler panicked");
     internal_error_response()
 }

@@ -456,6 +456,24 @@ static POSTGRES_BANDS: std::sync::LazyLock<String> = std::sync::LazyLock::new(||
     })
 });
 
+/// The same-bytes lookup in one statement (one trip to the connection): how many of the newest
+/// rows (up to parameter 4) share the image tag (2) since (3), whether one of them is the key's
+/// (1), and the first sighting in that window (the scalar subquery runs once).
+const SQLITE_SAME_BYTES: &str = "SELECT COUNT(*), MAX(key_id = ?1), \
+     (SELECT created_at FROM audit WHERE image_tag = ?2 \
+      AND created_at >= ?3 ORDER BY created_at ASC LIMIT 1) \
+     FROM (SELECT key_id FROM audit WHERE image_tag = ?2 AND created_at >= ?3 \
+     ORDER BY created_at DESC LIMIT ?4)";
+
+const POSTGRES_SAME_BYTES: &str = concat!(
+    "SELECT COUNT(*), bool_or(key_id::text = $1), (SELECT ",
+    pg_ts!("created_at"),
+    " FROM audit WHERE image_tag = $2 \
+     AND created_at >= $3::timestamptz ORDER BY created_at ASC LIMIT 1) \
+     FROM (SELECT key_id FROM audit WHERE image_tag = $2 AND created_at >= $3::timestamptz \
+     ORDER BY created_at DESC LIMIT $4) newest"
+);
+
 impl Store {
     /// Insert one record; it is committed when this returns `Ok`. Fails with
     /// [`StoreError::Invalid`] for a malformed record (non-finite number, `image_sha256` not 64
@@ -607,73 +625,48 @@ impl Store {
             Option<String>,
             Option<String>,
         );
-        let (count, same_key, first, near): (i64, bool, Option<String>, Vec<Near>) = match &self
-            .pool
-        {
-            Pool::Sqlite(p) => {
-                // One statement (one trip to the connection's thread) for the count, the
-                // key match and the first sighting; the scalar subquery runs once.
-                let (count, same_key, first): (i64, Option<i64>, Option<String>) = sqlx::query_as(
-                    "SELECT COUNT(*), MAX(key_id = ?1), \
-                             (SELECT created_at FROM audit WHERE image_tag = ?2 \
-                              AND created_at >= ?3 ORDER BY created_at ASC LIMIT 1) \
-                             FROM (SELECT key_id FROM audit \
-                             WHERE image_tag = ?2 AND created_at >= ?3 \
-                             ORDER BY created_at DESC LIMIT ?4)",
-                )
-                .bind(&key)
-                .bind(&fingerprint.image_tag)
-                .bind(&since)
-                .bind(MAX_SAME_BYTES)
-                .fetch_one(p)
-                .await
-                .map_err(|e| self.db_err(e))?;
-                let near = match &fingerprint.bands {
+        // The same two queries on either backend; only the SQL, the pool and the type of the
+        // key match differ.
+        macro_rules! sightings {
+            ($pool:expr, $same_bytes:expr, $bands:expr, $key_match:ty) => {{
+                let (count, same_key, first): (i64, $key_match, Option<String>) =
+                    sqlx::query_as($same_bytes)
+                        .bind(&key)
+                        .bind(&fingerprint.image_tag)
+                        .bind(&since)
+                        .bind(MAX_SAME_BYTES)
+                        .fetch_one($pool)
+                        .await
+                        .map_err(|e| self.db_err(e))?;
+                let near: Vec<Near> = match &fingerprint.bands {
                     None => Vec::new(),
-                    Some(bands) => sqlx::query_as(SQLITE_BANDS.as_str())
+                    Some(bands) => sqlx::query_as($bands)
                         .bind(&bands[0])
                         .bind(&bands[1])
                         .bind(&bands[2])
                         .bind(&bands[3])
                         .bind(&since)
                         .bind(MAX_BAND_CANDIDATES)
-                        .fetch_all(p)
+                        .fetch_all($pool)
                         .await
                         .map_err(|e| self.db_err(e))?,
                 };
+                (count, same_key, first, near)
+            }};
+        }
+        let (count, same_key, first, near) = match &self.pool {
+            Pool::Sqlite(p) => {
+                let (count, same_key, first, near) =
+                    sightings!(p, SQLITE_SAME_BYTES, SQLITE_BANDS.as_str(), Option<i64>);
                 (count, same_key == Some(1), first, near)
             }
             Pool::Postgres(p) => {
-                let (count, same_key, first): (i64, Option<bool>, Option<String>) =
-                    sqlx::query_as(concat!(
-                        "SELECT COUNT(*), bool_or(key_id::text = $1), (SELECT ",
-                        pg_ts!("created_at"),
-                        " FROM audit WHERE image_tag = $2 \
-                             AND created_at >= $3::timestamptz ORDER BY created_at ASC LIMIT 1) \
-                             FROM (SELECT key_id \
-                             FROM audit WHERE image_tag = $2 AND created_at >= $3::timestamptz \
-                             ORDER BY created_at DESC LIMIT $4) newest"
-                    ))
-                    .bind(&key)
-                    .bind(&fingerprint.image_tag)
-                    .bind(&since)
-                    .bind(MAX_SAME_BYTES)
-                    .fetch_one(p)
-                    .await
-                    .map_err(|e| self.db_err(e))?;
-                let near = match &fingerprint.bands {
-                    None => Vec::new(),
-                    Some(bands) => sqlx::query_as(POSTGRES_BANDS.as_str())
-                        .bind(&bands[0])
-                        .bind(&bands[1])
-                        .bind(&bands[2])
-                        .bind(&bands[3])
-                        .bind(&since)
-                        .bind(MAX_BAND_CANDIDATES)
-                        .fetch_all(p)
-                        .await
-                        .map_err(|e| self.db_err(e))?,
-                };
+                let (count, same_key, first, near) = sightings!(
+                    p,
+                    POSTGRES_SAME_BYTES,
+                    POSTGRES_BANDS.as_str(),
+                    Option<bool>
+                );
                 (count, same_key == Some(true), first, near)
             }
         };
