@@ -45,9 +45,8 @@ enum Command {
 /// Transparent huge pages off for this process. mimalloc asks for them on its arenas
 /// (`madvise(MADV_HUGEPAGE)`, honoured where the system's THP mode is `madvise` or `always`), so
 /// every 2 MiB region a check's scratch buffers touched became resident in full: the service's
-/// RSS rose by about 30 MB on its first check and stood at 159-181 MB under load, against 112-131
-/// MB without huge pages at the same throughput and CPU per check (docs/benchmarks.md, "Memory:
-/// transparent huge pages"). The same switch as `MIMALLOC_ALLOW_THP=0`, set here so that no
+/// RSS stood at 159-181 MB under load, against 112-131 MB without huge pages at the same CPU per
+/// check (`scripts/loadbench.sh`; docs/benchmarks.md, "Memory under load"). The same switch as `MIMALLOC_ALLOW_THP=0`, set here so that no
 /// deployment has to know about it; it covers the C libraries' allocations (libjpeg, SQLite) too.
 fn no_transparent_huge_pages() {
     #[cfg(target_os = "linux")]
