@@ -55,6 +55,27 @@ fn stages(c: &mut Criterion) {
     g.bench_function("classifier_v1se_tract", |b| {
         b.iter(|| engine.classify(1, &cls_in).unwrap())
     });
+    // The default set's third member (face-antispoof-onnx, 128x128): its square reflect crop and
+    // letterbox resize, and the network.
+    let set3 = LoadedSet::resolve(Some(livecheck::models::DEFAULT_MODEL_SET), Some(&dir)).unwrap();
+    let engine3 = TractEngine::load(&set3).unwrap();
+    let m128 = &set3.set.classifiers[2];
+    let mut cls_in128 = Vec::new();
+    g.bench_function("crop_letterbox_128", |b| {
+        b.iter(|| {
+            pipeline::member_input(
+                &img.view(),
+                bbox,
+                m128,
+                &mut patch,
+                &mut crop_px,
+                &mut cls_in128,
+            )
+        })
+    });
+    g.bench_function("classifier_minifas128_tract", |b| {
+        b.iter(|| engine3.classify(2, &cls_in128).unwrap())
+    });
     g.finish();
 
     let mut g = c.benchmark_group("end_to_end");
@@ -63,6 +84,11 @@ fn stages(c: &mut Criterion) {
             std::fs::read(shared().join(format!("testdata/silentface/{name}.jpg"))).unwrap();
         g.bench_function(name, |b| b.iter(|| pipe.check(&bytes).unwrap()));
     }
+    // The default set (what the service runs) on the live sample.
+    let pipe3 = livecheck::load_pipeline(None, Some(&dir), PipelineConfig::default()).unwrap();
+    g.bench_function("default_set_image_T1", |b| {
+        b.iter(|| pipe3.check(&bytes).unwrap())
+    });
     g.finish();
 
     // What a signed receipt adds to a check (issue 14 asks < 0.5 ms): building the payload and

@@ -1,4 +1,4 @@
-//! Per-operator profile of the three models in tract, on the live sample's real inputs:
+//! Per-operator profile of the four models in tract, on the live sample's real inputs:
 //! where inference time goes. `cargo run --release --example profile_ops` profiles the plans as
 //! the engine builds them (PReLU as mul + max, depthwise convolutions replaced by
 //! `Depthwise3x3`; the detector whole, at its exact size, without canvas masks);
@@ -19,23 +19,24 @@ fn main() -> anyhow::Result<()> {
     let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared");
     let dir = std::env::var_os("LIVECHECK_MODEL_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| shared.join("models"));
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("models"));
     let bytes = std::fs::read(shared.join("testdata/silentface/image_T1.jpg"))?;
     let img = decode::decode(&bytes, &Default::default())?;
     let (dw, dh) = detect::detector_input_size(img.width as usize, img.height as usize);
     let (mut scratch, mut det_in) = (Vec::new(), Vec::new());
     detect::detector_input(&img.view(), dw, dh, &mut scratch, &mut det_in);
-    let (mut patch, mut c, mut cls_in) = (Vec::new(), Vec::new(), Vec::new());
-    let v2 = livecheck::models::ModelSet::builtin("silentface")?.classifiers[0].clone();
-    pipeline::member_input(
-        &img.view(),
-        [106, 147, 207, 213],
-        &v2,
-        &mut patch,
-        &mut c,
-        &mut cls_in,
-    )
-    .ok_or_else(|| anyhow::anyhow!("crop"))?;
+    // Each classifier's input for the live sample's face box: the Silent-Face pair's (80 px)
+    // and the default set's third member's (128 px).
+    let input = |member: &livecheck::models::Member| -> anyhow::Result<Vec<f32>> {
+        let (mut patch, mut crop, mut input) = (Vec::new(), Vec::new(), Vec::new());
+        let bbox = [106, 147, 207, 213];
+        pipeline::member_input(&img.view(), bbox, member, &mut patch, &mut crop, &mut input)
+            .ok_or_else(|| anyhow::anyhow!("crop"))?;
+        Ok(input)
+    };
+    let cls_in = input(&livecheck::models::ModelSet::builtin("silentface")?.classifiers[0])?;
+    let default_set = livecheck::models::ModelSet::builtin(livecheck::models::DEFAULT_MODEL_SET)?;
+    let cls_in128 = input(&default_set.classifiers[2])?;
 
     let stock = std::env::args().any(|a| a == "--stock");
     let nodes = std::env::args().any(|a| a == "--nodes");
@@ -44,7 +45,13 @@ fn main() -> anyhow::Result<()> {
         ("retinaface_silentface.onnx", [1, 3, dh, dw], &det_in),
         ("MiniFASNetV2.onnx", [1, 3, 80, 80], &cls_in),
         ("MiniFASNetV1SE.onnx", [1, 3, 80, 80], &cls_in),
+        (
+            "faceantispoof_minifas_97.80.onnx",
+            [1, 3, 128, 128],
+            &cls_in128,
+        ),
     ] {
+        let file: &str = file;
         let plan = if stock {
             tract_onnx::onnx()
                 .model_for_path(dir.join(file))?

@@ -451,7 +451,13 @@ fn optimize(
 /// An optimized plan for one model file as the engine builds its classifier plans (PReLU as
 /// mul + max, [`fuse_depthwise`]) at a fixed input shape; for profiling (`examples/profile_ops.rs`).
 pub fn optimized_plan(bytes: &[u8], file: &str, shape: [usize; 4]) -> Result<Plan, EngineError> {
-    optimize(parse(bytes, file)?, shape, None, file, Kernels::Fused)
+    optimize(
+        parse_classifier(bytes, file)?,
+        shape,
+        None,
+        file,
+        Kernels::Fused,
+    )
 }
 
 impl TractEngine {
