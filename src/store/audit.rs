@@ -266,6 +266,18 @@ const SQLITE_INSERT: &str = concat!(
      ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 );
 
+/// Rows per SQLite `INSERT` statement: the group-commit writer's largest batch, in one
+/// statement (40 parameters a row: 10,240, well under SQLite's limit of 32,766).
+const SQLITE_ROWS_PER_STATEMENT: usize = super::writer::MAX_BATCH;
+
+/// [`SQLITE_INSERT`] with `rows` value lists.
+fn sqlite_insert_rows(rows: usize) -> String {
+    let (head, values) = SQLITE_INSERT
+        .split_once(" VALUES ")
+        .unwrap_or((SQLITE_INSERT, ""));
+    format!("{head} VALUES {}", vec![values; rows.max(1)].join(", "))
+}
+
 const PG_INSERT: &str = concat!(
     "INSERT INTO audit (",
     audit_columns!(),
@@ -502,18 +514,33 @@ impl Store {
                 loop {
                     attempts += 1;
                     let mut conn = p.acquire().await.map_err(|e| self.db_err(e))?;
+                    // A batch the group-commit writer makes is one statement: SQLite runs it
+                    // in a transaction of its own, committed or rolled back as a whole, in one
+                    // round trip to the connection's worker thread instead of 2 + one per row.
+                    // Larger batches go in statements of that size inside one transaction.
+                    let single = records.len() <= SQLITE_ROWS_PER_STATEMENT;
                     let result = async {
-                        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
-                        for record in records {
-                            bind_record!(sqlx::query(SQLITE_INSERT), record)
+                        if !single {
+                            sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+                        }
+                        for chunk in records.chunks(SQLITE_ROWS_PER_STATEMENT) {
+                            let sql = sqlite_insert_rows(chunk.len());
+                            chunk
+                                .iter()
+                                .fold(sqlx::query(&sql), |q, record| bind_record!(q, record))
                                 .execute(&mut *conn)
                                 .await?;
                         }
-                        sqlx::query("COMMIT").execute(&mut *conn).await.map(|_| ())
+                        if !single {
+                            sqlx::query("COMMIT").execute(&mut *conn).await?;
+                        }
+                        Ok(())
                     }
                     .await;
                     let Err(e) = &result else { break result };
-                    let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                    if !single {
+                        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                    }
                     if super::is_connectivity(e) {
                         let _ = conn.close().await;
                     }

@@ -257,6 +257,10 @@ impl Store {
             .pragma("mmap_size", "268435456");
         let pool = SqlitePoolOptions::new()
             .max_connections(options.max_connections.max(1))
+            // No ping before each use: a SQLite connection is a worker thread in this process,
+            // not a socket that can go stale, and the ping was a round trip to that thread
+            // (two per check). A crashed worker still fails the statement sent to it.
+            .test_before_acquire(false)
             .acquire_timeout(options.connect_timeout)
             .connect_with(opts)
             .await
