@@ -51,7 +51,6 @@ fn main() -> anyhow::Result<()> {
             &cls_in128,
         ),
     ] {
-        let file: &str = file;
         let plan = if stock {
             tract_onnx::onnx()
                 .model_for_path(dir.join(file))?

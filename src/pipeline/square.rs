@@ -347,17 +347,18 @@ fn area_generic(
     let xtab = area_tab(src.width, dst_w, scale_x);
     let ytab = area_tab(src.height, dst_h, scale_y);
     // Each destination column's taps, pixel offsets (times `CN`) and weights in table order,
-    // padded to the longest run with zero weights (adding `0.0 * pixel` to a sum that starts at
-    // +0.0 changes no bit), so that every column has `k` of them.
-    let mut runs = vec![Vec::new(); dst_w];
+    // padded to the longest run with zero weights on pixel 0 (adding `0.0 * pixel` to a sum
+    // that starts at +0.0 changes no bit), so that every column has `k` of them.
+    let mut filled = vec![0usize; dst_w];
     for t in &xtab {
-        runs[t.di].push((t.si * CN, t.alpha));
+        filled[t.di] += 1;
     }
-    let k = runs.iter().map(Vec::len).max().unwrap_or(0).max(1);
-    let mut taps = Vec::with_capacity(dst_w * k);
-    for r in &runs {
-        let pad = (r.first().map_or(0, |t| t.0), 0.0);
-        taps.extend(r.iter().copied().chain(std::iter::repeat(pad)).take(k));
+    let k = filled.iter().copied().max().unwrap_or(0).max(1);
+    filled.fill(0);
+    let mut taps = vec![(0usize, 0f32); dst_w * k];
+    for t in &xtab {
+        taps[t.di * k + filled[t.di]] = (t.si * CN, t.alpha);
+        filled[t.di] += 1;
     }
     let width = dst_w * CN;
     let mut buf = vec![0f32; width];

@@ -259,23 +259,22 @@ macro_rules! audit_columns {
 
 const COLUMNS: &str = audit_columns!();
 
-const SQLITE_INSERT: &str = concat!(
-    "INSERT INTO audit (",
-    audit_columns!(),
-    ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, \
-     ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-);
+/// The SQLite `INSERT` up to its value lists, and one row's value list.
+const SQLITE_INSERT_INTO: &str = concat!("INSERT INTO audit (", audit_columns!(), ") VALUES ");
+const SQLITE_ROW: &str =
+    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, \
+     ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
 
 /// Rows per SQLite `INSERT` statement: the group-commit writer's largest batch, in one
 /// statement (40 parameters a row: 10,240, well under SQLite's limit of 32,766).
 const SQLITE_ROWS_PER_STATEMENT: usize = super::writer::MAX_BATCH;
 
-/// [`SQLITE_INSERT`] with `rows` value lists.
+/// The SQLite `INSERT` of `rows` records.
 fn sqlite_insert_rows(rows: usize) -> String {
-    let (head, values) = SQLITE_INSERT
-        .split_once(" VALUES ")
-        .unwrap_or((SQLITE_INSERT, ""));
-    format!("{head} VALUES {}", vec![values; rows.max(1)].join(", "))
+    format!(
+        "{SQLITE_INSERT_INTO}{}",
+        vec![SQLITE_ROW; rows.max(1)].join(", ")
+    )
 }
 
 const PG_INSERT: &str = concat!(
