@@ -10,7 +10,9 @@
 //!
 //! Environment: `VERSUS_SECS` (measured seconds per run, default 15), `VERSUS_LEVELS` (default
 //! `1,4,16,64`), `VERSUS_BURST` (burst clients, default 512; 0 skips), `VERSUS_LC_ARGS` (extra
-//! `serve` flags for livecheck, space-separated), `VERSUS_PYTHON` (the
+//! `serve` flags for livecheck, space-separated), `VERSUS_BASELINE_BIN` (another build of
+//! `livecheck`, run in the peer's place with the same flags: an A/B of two builds in one command,
+//! the ratio is this build's over that one's; the Markdown still says "peer"), `VERSUS_PYTHON` (the
 //! peer's interpreter, default `.bench-venv/bin/python`), `LIVECHECK_MODEL_DIR`,
 //! `LIVECHECK_MODEL_SET` (a built-in set both services run; default: livecheck's default set). The clients run
 //! on the same cores as the servers (the same for both). All traffic stays on loopback.
@@ -395,7 +397,27 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let (mut peer, peer_base) = rt.block_on(start_peer(&python, &models, &set_file));
+    // The other side: the Python peer, or (VERSUS_BASELINE_BIN) another build of livecheck.
+    let baseline = std::env::var_os("VERSUS_BASELINE_BIN").map(|bin| {
+        let db = format!("sqlite://{}", dir.path().join("baseline.db").display());
+        let token = common::helpers::create_key_cli(&db);
+        let serve =
+            ServeProcess::spawn_binary(Path::new(&bin), &db, &args, &[("RUST_LOG", "warn")]);
+        (serve, token)
+    });
+    let (mut peer, peer_base, peer_token, peer_pid) = match &baseline {
+        None => {
+            let (peer, base) = rt.block_on(start_peer(&python, &models, &set_file));
+            let pid = peer.id();
+            (Some(peer), base, None, pid)
+        }
+        Some((serve, token)) => (
+            None,
+            format!("http://{}", serve.addr),
+            Some(token.clone()),
+            serve.child.id(),
+        ),
+    };
     let lc_service = Service {
         name: "livecheck",
         base: format!("http://{}", lc.addr),
@@ -403,10 +425,14 @@ fn main() {
         pid: lc.child.id(),
     };
     let peer_service = Service {
-        name: "peer",
+        name: if baseline.is_some() {
+            "baseline"
+        } else {
+            "peer"
+        },
         base: peer_base,
-        token: None,
-        pid: peer.id(),
+        token: peer_token,
+        pid: peer_pid,
     };
 
     let mut rows = Vec::new();
@@ -458,10 +484,15 @@ fn main() {
     });
     // The uvicorn workers (and multiprocessing's helpers) are the peer's descendants: stop them
     // all, children first, then reap the parent.
-    for pid in process_tree(peer.id()).into_iter().rev() {
-        let _ = Command::new("kill").arg(pid.to_string()).status();
+    if let Some(peer) = &mut peer {
+        for pid in process_tree(peer.id()).into_iter().rev() {
+            let _ = Command::new("kill").arg(pid.to_string()).status();
+        }
+        let _ = peer.wait();
     }
-    let _ = peer.wait();
+    if let Some((serve, _)) = baseline {
+        serve.stop("TERM");
+    }
     let (_, logs) = lc.stop("TERM");
 
     let mut md = String::new();

@@ -33,7 +33,8 @@ pub struct ServeArgs {
     pub database: super::common::DatabaseArg,
 
     /// Database connections each replica may open (its pool). With PostgreSQL, replicas x this
-    /// must stay under the server's max_connections (100 by default), or use a pooler.
+    /// must stay under the server's max_connections (100 by default), or use a pooler. With
+    /// SQLite, one more connection carries the checks' audit rows and re-submission lookups.
     #[arg(long, env = "LIVECHECK_DATABASE_POOL_SIZE", default_value_t = 10, value_name = "N",
         value_parser = clap::value_parser!(u32).range(1..))]
     pub database_pool_size: u32,

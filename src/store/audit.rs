@@ -501,7 +501,7 @@ impl Store {
         for record in records {
             validate(record)?;
         }
-        let result = match &self.pool {
+        let result = match &self.hot {
             Pool::Sqlite(p) => {
                 // An explicit transaction on one connection rather than sqlx's `Transaction`:
                 // SQLite rolls a transaction back by itself on some errors (disk full, I/O error),
@@ -545,7 +545,7 @@ impl Store {
                     }
                     // A READONLY connection may be a stale one from the fault: try the next,
                     // at most once per pooled connection.
-                    if !super::is_sqlite_readonly(e) || attempts > self.max_connections {
+                    if !super::is_sqlite_readonly(e) || attempts > self.hot_connections {
                         break result;
                     }
                 }
@@ -680,7 +680,7 @@ impl Store {
                 (count, same_key, first, near)
             }};
         }
-        let (count, same_key, first, near) = match &self.pool {
+        let (count, same_key, first, near) = match &self.hot {
             Pool::Sqlite(p) => {
                 let (count, same_key, first, near) =
                     sightings!(p, SQLITE_SAME_BYTES, SQLITE_BANDS.as_str(), Option<i64>);

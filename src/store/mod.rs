@@ -164,11 +164,17 @@ enum Pool {
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
+    /// What a check writes and reads (its audit row, the re-submission lookup) goes through
+    /// here. SQLite: a pool of its own with [`HOT_CONNECTIONS`] connection. A SQLite connection
+    /// that begins a read after *another* connection has committed drops its page cache and its
+    /// memory map (`munmap`, with a TLB shootdown on every core), and every check commits; on
+    /// the connection that made the commit, cache and map stay valid. PostgreSQL: `pool` itself.
+    hot: Pool,
     /// Backend and address without credentials, for error messages.
     target: Arc<str>,
     last_used_resolution: chrono::Duration,
-    /// Pool size: how many stale connections a write may have to get past after a fault.
-    max_connections: u32,
+    /// Size of `hot`: how many stale connections a write may have to get past after a fault.
+    hot_connections: u32,
 }
 
 impl fmt::Debug for Store {
@@ -190,6 +196,11 @@ fn migrator(postgres: bool) -> sqlx::migrate::Migrator {
     migrator.set_ignore_missing(true);
     migrator
 }
+
+/// Connections of a SQLite store's pool for checks ([`Store`]'s `hot`): one, so that no other
+/// connection's commit invalidates its cache. Writes to one SQLite database are serialised
+/// anyway; the re-submission lookups queue behind them on this connection.
+pub const HOT_CONNECTIONS: u32 = 1;
 
 const URL_HELP: &str = "expected sqlite://PATH or postgres://USER@HOST:PORT/DB";
 
@@ -255,14 +266,17 @@ impl Store {
             // check commits): the re-submission lookup re-read its index pages by system call on
             // every check. Writes still go through the WAL; 256 MiB of address space, not memory.
             .pragma("mmap_size", "268435456");
-        let pool = SqlitePoolOptions::new()
-            .max_connections(options.max_connections.max(1))
-            // No ping before each use: a SQLite connection is a worker thread in this process,
-            // not a socket that can go stale, and the ping was a round trip to that thread
-            // (two per check). A crashed worker still fails the statement sent to it.
-            .test_before_acquire(false)
-            .acquire_timeout(options.connect_timeout)
-            .connect_with(opts)
+        let pool_of = |size: u32| {
+            SqlitePoolOptions::new()
+                .max_connections(size)
+                // No ping before each use: a SQLite connection is a worker thread in this
+                // process, not a socket that can go stale, and the ping was a round trip to that
+                // thread (two per check). A crashed worker still fails the statement sent to it.
+                .test_before_acquire(false)
+                .acquire_timeout(options.connect_timeout)
+        };
+        let pool = pool_of(options.max_connections.max(1))
+            .connect_with(opts.clone())
             .await
             .map_err(|cause| match cause {
                 sqlx::Error::Configuration(e) => StoreError::InvalidUrl(e.to_string()),
@@ -286,7 +300,14 @@ impl Store {
             pool.close().await;
             return Err(StoreError::Migrate { target, cause });
         }
-        Ok(Store::new(Pool::Sqlite(pool), target, options))
+        // Opened on first use (after the migrations), like any later connection of `pool`.
+        let hot = pool_of(HOT_CONNECTIONS).connect_lazy_with(opts);
+        Ok(Store::new(
+            Pool::Sqlite(pool),
+            Pool::Sqlite(hot),
+            target,
+            options,
+        ))
     }
 
     async fn connect_postgres(url: &str, options: &StoreOptions) -> Result<Store, StoreError> {
@@ -339,14 +360,20 @@ impl Store {
             .max_connections(options.max_connections.max(1))
             .acquire_timeout(timeout)
             .connect_lazy_with(opts);
-        Ok(Store::new(Pool::Postgres(pool), target, options))
+        let hot = Pool::Postgres(pool.clone());
+        Ok(Store::new(Pool::Postgres(pool), hot, target, options))
     }
 
-    fn new(pool: Pool, target: String, options: &StoreOptions) -> Store {
+    fn new(pool: Pool, hot: Pool, target: String, options: &StoreOptions) -> Store {
+        let hot_connections = match hot {
+            Pool::Sqlite(_) => HOT_CONNECTIONS,
+            Pool::Postgres(_) => options.max_connections.max(1),
+        };
         Store {
             pool,
+            hot,
             target: target.into(),
-            max_connections: options.max_connections.max(1),
+            hot_connections,
             last_used_resolution: chrono::Duration::from_std(options.last_used_resolution)
                 .unwrap_or(chrono::Duration::MAX),
         }
@@ -475,9 +502,11 @@ impl Store {
     /// Close every pooled connection (waits for checked-out ones). Later calls fail with
     /// [`StoreError::Unavailable`].
     pub async fn close(&self) {
-        match &self.pool {
-            Pool::Sqlite(p) => p.close().await,
-            Pool::Postgres(p) => p.close().await,
+        for pool in [&self.hot, &self.pool] {
+            match pool {
+                Pool::Sqlite(p) => p.close().await,
+                Pool::Postgres(p) => p.close().await,
+            }
         }
     }
 
