@@ -34,6 +34,21 @@ fn stages(c: &mut Criterion) {
     g.bench_function("decode_jpeg_640x480", |b| {
         b.iter(|| decode::decode(&bytes, &Default::default()).unwrap())
     });
+    // The service's decode: the same pixels, with the luma blocks counted for the
+    // double-compression signal from the same entropy decode (compare with decode_jpeg_640x480
+    // plus per_request/double_jpeg_separate_read).
+    g.bench_function("decode_jpeg_640x480_with_luma", |b| {
+        b.iter(|| {
+            let mut scan = livecheck::signals::DoubleJpegScan::default();
+            let (img, luma) =
+                decode::decode_with_luma(&bytes, &Default::default(), &mut |blk| scan.visit(blk))
+                    .unwrap();
+            let decode::LumaRead::Read(quant) = luma else {
+                panic!("{luma:?}")
+            };
+            (img, scan.finish(Some(quant)))
+        })
+    });
     g.bench_function("detector_input", |b| {
         b.iter(|| detect::detector_input(&img.view(), dw, dh, &mut scratch, &mut det_in))
     });
@@ -157,6 +172,11 @@ fn stages(c: &mut Criterion) {
     let verdict = pipe.check(&bytes).unwrap();
     g.bench_function("image_signals", |b| {
         b.iter(|| livecheck::signals::examine(&bytes, &verdict))
+    });
+    // Its double-compression part alone, read from the file a second time (what the service
+    // no longer does for a JPEG of at most 128 KiB: stage/decode_jpeg_640x480_with_luma).
+    g.bench_function("double_jpeg_separate_read", |b| {
+        b.iter(|| livecheck::signals::double_jpeg(&bytes))
     });
     // A phone-sized file (4032x3024, grain so that it compresses like a photo): the coefficient
     // read stops at 128 KiB, so the cost is bounded whatever the file.

@@ -99,8 +99,18 @@ impl CheckService {
     /// Decode, detect, classify and hash `bytes`. CPU-bound: run it on a CPU slot or a pool
     /// thread.
     pub fn check(&self, bytes: &[u8]) -> Result<Checked, CheckError> {
-        let verdict = self.pipeline.check(bytes)?;
-        let signals = crate::signals::examine(bytes, &verdict);
+        use crate::pipeline::decode::LumaRead;
+        // The double-compression signal counts the luma blocks the decode reads anyway.
+        let mut scan = crate::signals::DoubleJpegScan::default();
+        let (verdict, luma) = self
+            .pipeline
+            .check_with_luma(bytes, &mut |block| scan.visit(block))?;
+        let double_jpeg = match luma {
+            LumaRead::Read(quant) => scan.finish(Some(quant)),
+            LumaRead::Unreadable => scan.finish(None),
+            LumaRead::Separately => crate::signals::double_jpeg(bytes),
+        };
+        let signals = crate::signals::examine_with(bytes, &verdict, double_jpeg);
         Ok(Checked {
             verdict,
             image_sha256: crate::sha256_hex(bytes),

@@ -87,7 +87,8 @@ pub struct ScreenshotSignal {
 }
 
 /// `data.signals.double_jpeg`: traces of two JPEG compressions in the luma coefficients.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+/// `Default` is the signal of a file whose coefficients were not analysed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DoubleJpegSignal {
     /// `evidence >= 2`.
     pub flagged: bool,
@@ -203,6 +204,12 @@ const IJG_LUMA: [u16; 64] = [
 /// The image signals of a picture (all but `resubmission`): `bytes` as received and the verdict
 /// made on them.
 pub fn examine(bytes: &[u8], verdict: &Verdict) -> Signals {
+    examine_with(bytes, verdict, double_jpeg(bytes))
+}
+
+/// [`examine`] with the double-compression signal already computed (from the blocks the
+/// decode walked: [`DoubleJpegScan`]).
+pub fn examine_with(bytes: &[u8], verdict: &Verdict, double_jpeg: DoubleJpegSignal) -> Signals {
     // A JPEG's EXIF is in its header: the parser gets only that (it would otherwise scan all
     // of the image data for a marker when there is none, 7 ms on a 12 MP photo).
     let container = if bytes.starts_with(&[0xFF, 0xD8]) {
@@ -252,7 +259,7 @@ pub fn examine(bytes: &[u8], verdict: &Verdict) -> Signals {
         resubmission: None,
         editor: Some(editor),
         screenshot: Some(screenshot),
-        double_jpeg: Some(double_jpeg(bytes)),
+        double_jpeg: Some(double_jpeg),
         face_share: Some(FaceShareSignal {
             flagged: share
                 .is_some_and(|s| !(FACE_SHARE_TOO_SMALL..=FACE_SHARE_TOO_LARGE).contains(&s)),
@@ -290,33 +297,54 @@ pub fn screen_sized(w: u32, h: u32) -> bool {
 /// Blind spots: a second compression with the same table, a resize or crop off the 8-pixel grid
 /// between the two, and a second compression much coarser than the first leave no trace.
 pub fn double_jpeg(bytes: &[u8]) -> DoubleJpegSignal {
-    let none = DoubleJpegSignal {
-        flagged: false,
-        analysed: false,
-        quality: None,
-        evidence: 0,
-    };
     if !bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
-        return none;
+        return DoubleJpegSignal::default();
     }
-    let mut hist = [[0u32; BINS]; FREQUENCIES.len()];
-    let quant = decode::jpeg_luma_coefficients(bytes, |block| {
-        for (h, &i) in hist.iter_mut().zip(FREQUENCIES.iter()) {
+    let mut scan = DoubleJpegScan::default();
+    let quant = decode::jpeg_luma_coefficients(bytes, |block| scan.visit(block));
+    scan.finish(quant.ok().flatten())
+}
+
+/// [`double_jpeg`] in two steps, for a reader that already walks the luma blocks (the decode
+/// of [`crate::service::CheckService::check`]): [`DoubleJpegScan::visit`] every block, then
+/// [`DoubleJpegScan::finish`] with the luma quantisation table.
+#[derive(Debug, Clone)]
+pub struct DoubleJpegScan {
+    hist: [[u32; BINS]; FREQUENCIES.len()],
+}
+
+impl Default for DoubleJpegScan {
+    fn default() -> Self {
+        DoubleJpegScan {
+            hist: [[0; BINS]; FREQUENCIES.len()],
+        }
+    }
+}
+
+impl DoubleJpegScan {
+    /// Counts one 8x8 block of quantised luma coefficients (natural order).
+    pub fn visit(&mut self, block: &[i16; 64]) {
+        for (h, &i) in self.hist.iter_mut().zip(FREQUENCIES.iter()) {
             let a = usize::from(block[i].unsigned_abs());
             if a < BINS {
                 h[a] += 1;
             }
         }
-    });
-    let Ok(Some(quant)) = quant else {
-        return none;
-    };
-    let evidence = hist.iter().filter(|h| rises(&h[..])).count() as u8;
-    DoubleJpegSignal {
-        flagged: evidence >= MIN_EVIDENCE,
-        analysed: true,
-        quality: Some(ijg_quality(&quant)),
-        evidence,
+    }
+
+    /// The signal from the blocks visited and the luma table; `None`: the coefficients could not
+    /// be read (`analysed: false`).
+    pub fn finish(self, quant: Option<[u16; 64]>) -> DoubleJpegSignal {
+        let Some(quant) = quant else {
+            return DoubleJpegSignal::default();
+        };
+        let evidence = self.hist.iter().filter(|h| rises(&h[..])).count() as u8;
+        DoubleJpegSignal {
+            flagged: evidence >= MIN_EVIDENCE,
+            analysed: true,
+            quality: Some(ijg_quality(&quant)),
+            evidence,
+        }
     }
 }
 

@@ -8,7 +8,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 
-use livecheck::pipeline::decode::{decode, DecodeLimits};
+use livecheck::pipeline::decode::{
+    decode, decode_with_luma, jpeg_luma_coefficients, DecodeLimits, LumaRead,
+};
 use livecheck::pipeline::print::ImagePrint;
 use livecheck::pipeline::{BgrImage, PipelineConfig};
 use livecheck::service::CheckService;
@@ -423,4 +425,123 @@ proptest::proptest! {
         let exif = exif::Reader::new().read_from_container(&mut std::io::Cursor::new(&bytes));
         let _ = exif.map(|e| e.fields().count());
     }
+}
+
+/// What `decode_with_luma` (the service's decode, which also feeds the double-compression
+/// signal) gives for `bytes` is what `decode` and `jpeg_luma_coefficients` give apart: the same
+/// pixels, and the same luma blocks and table (or the same reason for none). Returns how the
+/// blocks were read.
+fn decode_together_matches_apart(name: &str, bytes: &[u8]) -> Option<LumaRead> {
+    let limits = DecodeLimits::default();
+    let mut together: Vec<[i16; 64]> = Vec::new();
+    let joint = decode_with_luma(bytes, &limits, &mut |b| together.push(*b));
+    match (joint, decode(bytes, &limits)) {
+        (Ok((img, luma)), Ok(plain)) => {
+            assert!(img == plain, "{name}: the pixels differ from decode's");
+            let mut apart: Vec<[i16; 64]> = Vec::new();
+            let separate = jpeg_luma_coefficients(bytes, |b| apart.push(*b));
+            match luma {
+                LumaRead::Read(quant) => {
+                    assert_eq!(separate.ok(), Some(Some(quant)), "{name}: luma table");
+                    assert!(!apart.is_empty(), "{name}: no luma blocks");
+                    assert!(together == apart, "{name}: the luma blocks differ");
+                }
+                LumaRead::Unreadable => {
+                    assert!(matches!(separate, Ok(None)), "{name}: {separate:?}");
+                    assert!(together.is_empty(), "{name}");
+                }
+                LumaRead::Separately => assert!(together.is_empty(), "{name}"),
+            }
+            Some(luma)
+        }
+        (Err(a), Err(b)) => {
+            assert_eq!(a.code(), b.code(), "{name}: {a} / {b}");
+            assert!(together.is_empty() || a.code() == "image_corrupt", "{name}");
+            None
+        }
+        (a, b) => panic!(
+            "{name}: decode_with_luma {:?}, decode {:?}",
+            a.map(|(_, l)| l),
+            b.map(|_| ())
+        ),
+    }
+}
+
+#[test]
+fn the_service_decode_reads_the_luma_blocks_of_the_separate_read() {
+    let img = decode(&common::sample("image_T1.jpg"), &DecodeLimits::default()).unwrap();
+    let (w, h) = (img.width as usize, img.height as usize);
+    let rgb: Vec<u8> = img
+        .data
+        .chunks_exact(3)
+        .flat_map(|p| [p[2], p[1], p[0]])
+        .collect();
+    // Progressive (mozjpeg's encoder), greyscale, and a file cut in half.
+    let progressive = {
+        let mut c = mozjpeg::Compress::new(mozjpeg::ColorSpace::JCS_RGB);
+        c.set_size(w, h);
+        c.set_quality(85.0);
+        c.set_progressive_mode();
+        let mut started = c.start_compress(Vec::new()).unwrap();
+        started.write_scanlines(&rgb).unwrap();
+        started.finish().unwrap()
+    };
+    assert!(
+        progressive.windows(2).any(|m| m == [0xFF, 0xC2]),
+        "not progressive"
+    );
+    let grey: Vec<u8> = img.data.chunks_exact(3).map(|p| p[1]).collect();
+    let mut grey_jpeg = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut grey_jpeg, 85)
+        .encode(&grey, w as u32, h as u32, image::ExtendedColorType::L8)
+        .unwrap();
+    let t1 = common::sample("image_T1.jpg");
+    let mut files = vec![
+        ("progressive".to_string(), progressive),
+        ("greyscale".to_string(), grey_jpeg),
+        ("double".to_string(), twice(&img, 50, 90)),
+        ("cut".to_string(), t1[..t1.len() / 2].to_vec()),
+    ];
+    for name in ["image_F1", "image_F2", "image_T1"] {
+        files.push((name.to_string(), common::sample(&format!("{name}.jpg"))));
+    }
+    let mut read = 0;
+    for (name, bytes) in &files {
+        let luma = decode_together_matches_apart(name, bytes);
+        read += usize::from(matches!(luma, Some(LumaRead::Read(_))));
+        // The service's signal is the one the separate read gives.
+        if let Ok(checked) = service().check(bytes) {
+            assert_eq!(
+                checked.signals.double_jpeg,
+                Some(signals::double_jpeg(bytes)),
+                "{name}"
+            );
+        }
+    }
+    assert_eq!(read, files.len() - 1, "all but the cut file read together");
+
+    // Every devset JPEG: sequential and progressive, under and over the 128 KiB read cap.
+    let Some(dir) = common::devset("decode with luma on the devset") else {
+        return;
+    };
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    let files = walkdir::WalkDir::new(&dir).sort_by_file_name().into_iter();
+    for entry in files.map(|e| e.unwrap().into_path()) {
+        let ext = entry.extension().and_then(|e| e.to_str()).unwrap_or("");
+        if !["jpg", "jpeg"].contains(&ext.to_ascii_lowercase().as_str()) {
+            continue;
+        }
+        let bytes = std::fs::read(&entry).unwrap();
+        let name = entry.display().to_string();
+        let luma = decode_together_matches_apart(&name, &bytes);
+        let kind = match luma {
+            Some(LumaRead::Read(_)) => "read with the pixels",
+            Some(LumaRead::Unreadable) => "no luma to read",
+            Some(LumaRead::Separately) => "read separately",
+            None => "not decoded",
+        };
+        *counts.entry(kind.to_string()).or_default() += 1;
+    }
+    println!("devset JPEGs: {counts:?}");
+    assert!(counts.get("read with the pixels").copied().unwrap_or(0) >= 10);
 }

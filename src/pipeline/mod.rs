@@ -390,8 +390,26 @@ impl Pipeline {
     pub fn check(&self, bytes: &[u8]) -> Result<Verdict, PipelineError> {
         let t0 = Instant::now();
         let img = decode::decode(bytes, &self.config.limits)?;
+        self.check_decoded(&img, t0)
+    }
+
+    /// [`Pipeline::check`], also passing a JPEG's luma blocks to `visit` from the decode that
+    /// made the pixels ([`decode::decode_with_luma`]): what the double-compression signal reads,
+    /// without a second entropy decode. The same verdict as [`Pipeline::check`].
+    pub fn check_with_luma(
+        &self,
+        bytes: &[u8],
+        visit: &mut dyn FnMut(&[i16; 64]),
+    ) -> Result<(Verdict, decode::LumaRead), PipelineError> {
+        let t0 = Instant::now();
+        let (img, luma) = decode::decode_with_luma(bytes, &self.config.limits, visit)?;
+        Ok((self.check_decoded(&img, t0)?, luma))
+    }
+
+    /// The rest of a check once `img` is decoded; `t0` is when decoding began.
+    fn check_decoded(&self, img: &BgrImage, t0: Instant) -> Result<Verdict, PipelineError> {
         let decode_ms = ms(t0);
-        let mut v = self.check_image(&img)?;
+        let mut v = self.check_image(img)?;
         v.timings.decode = decode_ms;
         v.timings.total = ms(t0);
         Ok(v)
