@@ -153,6 +153,9 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<BgrImage, DecodeErr
     decode_observing(bytes, limits, None).map(|(img, _)| img)
 }
 
+/// What receives a JPEG's 8x8 luma blocks (quantised DCT coefficients, natural row-major order).
+pub type LumaVisitor<'a> = dyn FnMut(&[i16; 64]) + 'a;
+
 /// What [`decode_with_luma`] did with a JPEG's luma coefficients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LumaRead {
@@ -180,7 +183,7 @@ pub enum LumaRead {
 pub fn decode_with_luma(
     bytes: &[u8],
     limits: &DecodeLimits,
-    visit: &mut dyn FnMut(&[i16; 64]),
+    visit: &mut LumaVisitor<'_>,
 ) -> Result<(BgrImage, LumaRead), DecodeError> {
     decode_observing(bytes, limits, Some(visit))
 }
@@ -188,7 +191,7 @@ pub fn decode_with_luma(
 fn decode_observing(
     bytes: &[u8],
     limits: &DecodeLimits,
-    visit: Option<&mut dyn FnMut(&[i16; 64])>,
+    visit: Option<&mut LumaVisitor<'_>>,
 ) -> Result<(BgrImage, LumaRead), DecodeError> {
     if bytes.len() > limits.max_bytes {
         return Err(DecodeError::TooLarge {
@@ -350,7 +353,7 @@ const JPEG_SUSPENDED: std::os::raw::c_int = 0;
 fn decode_jpeg_buffered(
     bytes: &[u8],
     limits: &DecodeLimits,
-    visit: &mut dyn FnMut(&[i16; 64]),
+    visit: &mut LumaVisitor<'_>,
 ) -> Result<Option<(BgrImage, LumaRead)>, DecodeError> {
     jpeg_warnings::reset();
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(
@@ -478,7 +481,7 @@ impl JpegReader {
 fn walk_luma(
     cinfo: &mut sys::jpeg_decompress_struct,
     arrays: *mut *mut sys::jvirt_barray_control,
-    visit: &mut dyn FnMut(&[i16; 64]),
+    visit: &mut LumaVisitor<'_>,
 ) -> Result<[u16; 64], DecodeError> {
     if arrays.is_null() || cinfo.comp_info.is_null() || cinfo.num_components < 1 {
         return Err(DecodeError::Corrupt("no coefficients".into()));

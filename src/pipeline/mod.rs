@@ -399,7 +399,7 @@ impl Pipeline {
     pub fn check_with_luma(
         &self,
         bytes: &[u8],
-        visit: &mut dyn FnMut(&[i16; 64]),
+        visit: &mut decode::LumaVisitor<'_>,
     ) -> Result<(Verdict, decode::LumaRead), PipelineError> {
         let t0 = Instant::now();
         let (img, luma) = decode::decode_with_luma(bytes, &self.config.limits, visit)?;
