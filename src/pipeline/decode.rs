@@ -229,15 +229,17 @@ fn decode_observing(
         .unwrap_or(image::metadata::Orientation::NoTransforms);
 
     // The luma blocks come with the pixels only where jpeg_luma_coefficients would read the
-    // whole file.
-    let together = bytes.len() <= MAX_COEFFICIENT_BYTES
-        && matches!(
-            sof_kind(bytes),
-            Some((Sof::Sequential | Sof::Progressive, _))
-        );
+    // whole file (the frame kind is looked up only when someone wants the blocks).
+    let together = || {
+        bytes.len() <= MAX_COEFFICIENT_BYTES
+            && matches!(
+                sof_kind(bytes),
+                Some((Sof::Sequential | Sof::Progressive, _))
+            )
+    };
     let (upright_raw, luma) = if format == ImageFormat::Jpeg {
         let decoded = match visit {
-            Some(visit) if together => decode_jpeg_buffered(bytes, limits, visit)?,
+            Some(visit) if together() => decode_jpeg_buffered(bytes, limits, visit)?,
             _ => decode_jpeg_libjpeg(bytes, limits)?.map(|img| (img, LumaRead::Separately)),
         };
         match decoded {

@@ -543,9 +543,9 @@ impl Store {
                     if super::is_connectivity(e) {
                         let _ = conn.close().await;
                     }
-                    // A READONLY connection may be a stale one from the fault: try the next,
-                    // at most once per pooled connection.
-                    if !super::is_sqlite_readonly(e) || attempts > self.hot_connections {
+                    // A READONLY connection may be a stale one from the fault (closed above):
+                    // try the next, at most once per connection of the pool.
+                    if !super::is_sqlite_readonly(e) || attempts > super::HOT_CONNECTIONS {
                         break result;
                     }
                 }

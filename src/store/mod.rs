@@ -173,8 +173,6 @@ pub struct Store {
     /// Backend and address without credentials, for error messages.
     target: Arc<str>,
     last_used_resolution: chrono::Duration,
-    /// Size of `hot`: how many stale connections a write may have to get past after a fault.
-    hot_connections: u32,
 }
 
 impl fmt::Debug for Store {
@@ -365,15 +363,10 @@ impl Store {
     }
 
     fn new(pool: Pool, hot: Pool, target: String, options: &StoreOptions) -> Store {
-        let hot_connections = match hot {
-            Pool::Sqlite(_) => HOT_CONNECTIONS,
-            Pool::Postgres(_) => options.max_connections.max(1),
-        };
         Store {
             pool,
             hot,
             target: target.into(),
-            hot_connections,
             last_used_resolution: chrono::Duration::from_std(options.last_used_resolution)
                 .unwrap_or(chrono::Duration::MAX),
         }
