@@ -476,6 +476,40 @@ const SQLITE_SAME_BYTES: &str = "SELECT COUNT(*), MAX(key_id = ?1), \
      FROM (SELECT key_id FROM audit WHERE image_tag = ?2 AND created_at >= ?3 \
      ORDER BY created_at DESC LIMIT ?4)";
 
+/// SQLite's whole lookup in one statement, one trip to the connection's worker thread instead
+/// of two: the same-bytes summary as a row of kind 0 (count, key match, first sighting; the
+/// same query as [`SQLITE_SAME_BYTES`]), then the near-copy candidates as rows of kind 1 (the
+/// same query as [`SQLITE_BANDS`]). Parameters 1-6 as for the bands, 7: the key, 8: the image
+/// tag, 9: the same-bytes limit.
+static SQLITE_SIGHTINGS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT 0, COUNT(*), MAX(key_id = ?7), \
+         (SELECT created_at FROM audit WHERE image_tag = ?8 \
+          AND created_at >= ?5 ORDER BY created_at ASC LIMIT 1), \
+         NULL, NULL, NULL, NULL, NULL \
+         FROM (SELECT key_id FROM audit WHERE image_tag = ?8 AND created_at >= ?5 \
+         ORDER BY created_at DESC LIMIT ?9) \
+         UNION ALL \
+         SELECT 1, 0, NULL, NULL, reference, key_id, created_at, image_tag, print_sealed \
+         FROM ({})",
+        SQLITE_BANDS.as_str()
+    )
+});
+
+/// A row of [`SQLITE_SIGHTINGS`]: kind, then the summary's three columns, then a candidate's
+/// five.
+type SightingRow = (
+    i64,
+    i64,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
 const POSTGRES_SAME_BYTES: &str = concat!(
     "SELECT COUNT(*), bool_or(key_id::text = $1), (SELECT ",
     pg_ts!("created_at"),
@@ -651,8 +685,21 @@ impl Store {
             Option<String>,
             Option<String>,
         );
+        // Parameters 1-6 of the bands' query: the four band tags, since, the limit per band.
+        macro_rules! bind_bands {
+            ($query:expr, $bands:expr) => {
+                $query
+                    .bind(&$bands[0])
+                    .bind(&$bands[1])
+                    .bind(&$bands[2])
+                    .bind(&$bands[3])
+                    .bind(&since)
+                    .bind(MAX_BAND_CANDIDATES)
+            };
+        }
         // The same two queries on either backend; only the SQL, the pool and the type of the
-        // key match differ.
+        // key match differ. SQLite sends both as one statement when there are bands to look up
+        // (`SQLITE_SIGHTINGS`, one trip to its worker thread).
         macro_rules! sightings {
             ($pool:expr, $same_bytes:expr, $bands:expr, $key_match:ty) => {{
                 let (count, same_key, first): (i64, $key_match, Option<String>) =
@@ -666,13 +713,7 @@ impl Store {
                         .map_err(|e| self.db_err(e))?;
                 let near: Vec<Near> = match &fingerprint.bands {
                     None => Vec::new(),
-                    Some(bands) => sqlx::query_as($bands)
-                        .bind(&bands[0])
-                        .bind(&bands[1])
-                        .bind(&bands[2])
-                        .bind(&bands[3])
-                        .bind(&since)
-                        .bind(MAX_BAND_CANDIDATES)
+                    Some(bands) => bind_bands!(sqlx::query_as($bands), bands)
                         .fetch_all($pool)
                         .await
                         .map_err(|e| self.db_err(e))?,
@@ -680,13 +721,34 @@ impl Store {
                 (count, same_key, first, near)
             }};
         }
-        let (count, same_key, first, near) = match &self.hot {
-            Pool::Sqlite(p) => {
+        let (count, same_key, first, near) = match (&self.hot, &fingerprint.bands) {
+            (Pool::Sqlite(p), Some(bands)) => {
+                let rows: Vec<SightingRow> =
+                    bind_bands!(sqlx::query_as(SQLITE_SIGHTINGS.as_str()), bands)
+                        .bind(&key)
+                        .bind(&fingerprint.image_tag)
+                        .bind(MAX_SAME_BYTES)
+                        .fetch_all(p)
+                        .await
+                        .map_err(|e| self.db_err(e))?;
+                let (mut count, mut same_key, mut first, mut near) = (0, false, None, Vec::new());
+                for (kind, n, key_match, first_seen, reference, key_id, created_at, tag, sealed) in
+                    rows
+                {
+                    if kind == 0 {
+                        (count, same_key, first) = (n, key_match == Some(1), first_seen);
+                    } else if let (Some(reference), Some(created_at)) = (reference, created_at) {
+                        near.push((reference, key_id, created_at, tag, sealed));
+                    }
+                }
+                (count, same_key, first, near)
+            }
+            (Pool::Sqlite(p), None) => {
                 let (count, same_key, first, near) =
                     sightings!(p, SQLITE_SAME_BYTES, SQLITE_BANDS.as_str(), Option<i64>);
                 (count, same_key == Some(1), first, near)
             }
-            Pool::Postgres(p) => {
+            (Pool::Postgres(p), _) => {
                 let (count, same_key, first, near) = sightings!(
                     p,
                     POSTGRES_SAME_BYTES,
