@@ -107,18 +107,28 @@ pub fn resize_bilinear(src: &ImageView<'_>, dst_w: usize, dst_h: usize, dst: &mu
     let mut rows: [Vec<i32>; 2] = [vec![0; row_len], vec![0; row_len]];
     let mut cached: [Option<usize>; 2] = [None, None];
 
+    // Per output pixel: the byte offsets of its two source pixels in a row (the right one
+    // clamped to the last pixel, where `w1 == 0`) and the weights.
+    let xo: Vec<(usize, usize, i32, i32)> = xt
+        .iter()
+        .map(|t| {
+            let a = (t.src.max(0) as usize).min(src.width - 1);
+            let b = (a + 1).min(src.width - 1);
+            (a * CN, b * CN, t.w0, t.w1)
+        })
+        .collect();
     let hresize = |y: usize, out: &mut [i32]| {
         let s = src.row(y);
-        for (dx, t) in xt.iter().enumerate() {
-            // Horizontal taps are clamped to [0, width-1]; w1 == 0 at the right edge.
-            let a = t.src as usize * CN;
-            let b = if (t.src as usize) + 1 < src.width {
-                a + CN
-            } else {
-                a
-            };
+        if s.len() < src.width * CN {
+            debug_assert!(false, "short source row");
+            return;
+        }
+        for (o, &(a, b, w0, w1)) in out.chunks_exact_mut(CN).zip(&xo) {
             for c in 0..CN {
-                out[dx * CN + c] = i32::from(s[a + c]) * t.w0 + i32::from(s[b + c]) * t.w1;
+                // SAFETY: `a` and `b` are at most `(width - 1) * CN` (clamped above) and
+                // `c < CN`, so both lie in `s` (checked to hold `width * CN` bytes).
+                let (pa, pb) = unsafe { (*s.get_unchecked(a + c), *s.get_unchecked(b + c)) };
+                o[c] = i32::from(pa) * w0 + i32::from(pb) * w1;
             }
         }
     };
