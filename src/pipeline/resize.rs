@@ -124,11 +124,11 @@ pub fn resize_bilinear(src: &ImageView<'_>, dst_w: usize, dst_h: usize, dst: &mu
             return;
         }
         for (o, &(a, b, w0, w1)) in out.chunks_exact_mut(CN).zip(&xo) {
-            for c in 0..CN {
+            for (c, o) in o.iter_mut().enumerate() {
                 // SAFETY: `a` and `b` are at most `(width - 1) * CN` (clamped above) and
                 // `c < CN`, so both lie in `s` (checked to hold `width * CN` bytes).
                 let (pa, pb) = unsafe { (*s.get_unchecked(a + c), *s.get_unchecked(b + c)) };
-                o[c] = i32::from(pa) * w0 + i32::from(pb) * w1;
+                *o = i32::from(pa) * w0 + i32::from(pb) * w1;
             }
         }
     };
