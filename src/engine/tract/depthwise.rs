@@ -6,8 +6,9 @@
 //! follows each of them as a separate element-wise pass. In the three models that was about
 //! 4 ms of 19 per image (`examples/profile_ops.rs`). Every depthwise convolution in them is
 //! 3x3, stride 1 or 2, zero padding 1, NCHW, batch 1: this module does exactly that shape
-//! with row loops the compiler vectorises (AVX2 when the CPU has it), and nothing else — any
-//! other convolution stays with tract.
+//! with row loops the compiler vectorises over a zero-padded copy of each plane (AVX2 when the
+//! CPU has it), or for stride 2 on AVX-512F with hand-written loads straight from the input
+//! (`avx512`), and nothing else — any other convolution stays with tract.
 //!
 //! [`fuse_depthwise`] rewrites a concrete, decluttered model before codegen: each matching
 //! `Conv` with constant weights and bias becomes a [`Depthwise3x3`], and a following
