@@ -470,11 +470,20 @@ static POSTGRES_BANDS: std::sync::LazyLock<String> = std::sync::LazyLock::new(||
 /// The same-bytes lookup in one statement (one trip to the connection): how many of the newest
 /// rows (up to parameter 4) share the image tag (2) since (3), whether one of them is the key's
 /// (1), and the first sighting in that window (the scalar subquery runs once).
-const SQLITE_SAME_BYTES: &str = "SELECT COUNT(*), MAX(key_id = ?1), \
-     (SELECT created_at FROM audit WHERE image_tag = ?2 \
-      AND created_at >= ?3 ORDER BY created_at ASC LIMIT 1) \
-     FROM (SELECT key_id FROM audit WHERE image_tag = ?2 AND created_at >= ?3 \
-     ORDER BY created_at DESC LIMIT ?4)";
+static SQLITE_SAME_BYTES: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| sqlite_same_bytes(["?1", "?2", "?3", "?4"]));
+
+/// The same-bytes query with its parameters named `p`: the key, the image tag, since, the limit.
+fn sqlite_same_bytes(p: [&str; 4]) -> String {
+    let [key, tag, since, limit] = p;
+    format!(
+        "SELECT COUNT(*), MAX(key_id = {key}), \
+         (SELECT created_at FROM audit WHERE image_tag = {tag} \
+          AND created_at >= {since} ORDER BY created_at ASC LIMIT 1) \
+         FROM (SELECT key_id FROM audit WHERE image_tag = {tag} AND created_at >= {since} \
+         ORDER BY created_at DESC LIMIT {limit})"
+    )
+}
 
 /// SQLite's whole lookup in one statement, one trip to the connection's worker thread instead
 /// of two: the same-bytes summary as a row of kind 0 (count, key match, first sighting; the
@@ -483,15 +492,11 @@ const SQLITE_SAME_BYTES: &str = "SELECT COUNT(*), MAX(key_id = ?1), \
 /// tag, 9: the same-bytes limit.
 static SQLITE_SIGHTINGS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
-        "SELECT 0, COUNT(*), MAX(key_id = ?7), \
-         (SELECT created_at FROM audit WHERE image_tag = ?8 \
-          AND created_at >= ?5 ORDER BY created_at ASC LIMIT 1), \
-         NULL, NULL, NULL, NULL, NULL \
-         FROM (SELECT key_id FROM audit WHERE image_tag = ?8 AND created_at >= ?5 \
-         ORDER BY created_at DESC LIMIT ?9) \
+        "SELECT 0, *, NULL, NULL, NULL, NULL, NULL FROM ({}) \
          UNION ALL \
          SELECT 1, 0, NULL, NULL, reference, key_id, created_at, image_tag, print_sealed \
          FROM ({})",
+        sqlite_same_bytes(["?7", "?8", "?5", "?9"]),
         SQLITE_BANDS.as_str()
     )
 });
@@ -744,8 +749,12 @@ impl Store {
                 (count, same_key, first, near)
             }
             (Pool::Sqlite(p), None) => {
-                let (count, same_key, first, near) =
-                    sightings!(p, SQLITE_SAME_BYTES, SQLITE_BANDS.as_str(), Option<i64>);
+                let (count, same_key, first, near) = sightings!(
+                    p,
+                    SQLITE_SAME_BYTES.as_str(),
+                    SQLITE_BANDS.as_str(),
+                    Option<i64>
+                );
                 (count, same_key == Some(1), first, near)
             }
             (Pool::Postgres(p), _) => {
