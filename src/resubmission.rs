@@ -100,8 +100,9 @@ pub struct SameBytes {
     pub same_key: bool,
 }
 
-/// What the store knows of a picture's earlier checks: the same bytes counted, and the newest
-/// checks sharing a band tag (at most [`MAX_BAND_CANDIDATES`] per band) to judge as near-copies.
+/// What the store knows of a picture's earlier checks: the same bytes counted, and the checks of
+/// other bytes among the newest sharing a band tag (at most [`MAX_BAND_CANDIDATES`] read per
+/// band) to judge as near-copies.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Sightings {
     pub same_bytes: SameBytes,

@@ -447,6 +447,9 @@ async fn resubmission_sightings_are_found_by_tag_within_the_window() {
 /// A picture checked far more often than the lookup reads: the count stops at
 /// `MAX_SAME_BYTES`, the first sighting stays exact, and at most `MAX_BAND_CANDIDATES` rows per
 /// band are read (the work per lookup is bounded; its cost is measured in docs/benchmarks.md).
+/// The copies of the same bytes are never sent back as near-copy candidates (they are counted
+/// once, as the same bytes); the newest checks of other bytes sharing the bands are, up to the
+/// limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resubmission_lookups_are_bounded_however_often_a_picture_was_seen() {
     on_each_backend(|db| async move {
@@ -476,18 +479,49 @@ async fn resubmission_lookups_are_bounded_however_often_a_picture_was_seen() {
             .await
             .unwrap();
         assert_eq!(found.same_bytes.count, MAX_SAME_BYTES as u64);
+        assert!(found.near.is_empty(), "the same bytes are no near-copy");
+        let verdict = judge(&secret, &query, Some(&picture), Some(me.id), &found);
+        assert_eq!(
+            verdict.count, MAX_SAME_BYTES as u64,
+            "same-bytes rows count once"
+        );
+
+        // Then more near-copies (other bytes, the same picture) than the lookup reads, all newer
+        // than the copies above.
+        let near_copies = MAX_BAND_CANDIDATES as usize + 50;
+        let near_rows: Vec<_> = (0..near_copies)
+            .map(|i| {
+                let mut r = sparse_record(Some(me.id));
+                r.image_sha256 = sha256_hex(10 + (i % 200) as u8);
+                r.created_at = now - chrono::Duration::milliseconds(i as i64 + 1);
+                r.fingerprint =
+                    Some(secret.fingerprint(&r.image_sha256, Some(&picture), r.reference));
+                r
+            })
+            .collect();
+        store.insert_audit_batch(&near_rows).await.unwrap();
+        let found = store
+            .resubmission_sightings(&query, since, Some(me.id))
+            .await
+            .unwrap();
+        assert_eq!(found.same_bytes.count, MAX_SAME_BYTES as u64);
         assert_eq!(
             found.same_bytes.first_seen,
             Some(rows[copies - 1].created_at)
         );
         assert!(found.same_bytes.same_key);
         // Every band holds all the copies: each part stops at its limit, and the parts are
-        // the same newest rows.
+        // the same newest rows, the near-copies.
         assert_eq!(found.near.len(), MAX_BAND_CANDIDATES as usize);
+        assert!(found
+            .near
+            .iter()
+            .all(|c| c.image_tag != query.image_tag && c.created_at >= near_rows[99].created_at));
         let verdict = judge(&secret, &query, Some(&picture), Some(me.id), &found);
         assert_eq!(
-            verdict.count, MAX_SAME_BYTES as u64,
-            "same-bytes rows count once"
+            verdict.count,
+            MAX_SAME_BYTES as u64 + MAX_BAND_CANDIDATES as u64,
+            "same-bytes rows count once, each near-copy read once"
         );
         assert_eq!(verdict.first_seen, Some(rows[copies - 1].created_at));
     })

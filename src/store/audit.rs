@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::sessions::SessionRef;
-use super::{parse_ts, parse_uuid, pg_ts, ts_text, Pool, Store, StoreError, Timings};
+use super::{parse_ts, parse_uuid, pg_ts, ts_text, Hot, Pool, Store, StoreError, Timings};
 use crate::pipeline::Reason;
 use crate::resubmission::{
     Candidate, Fingerprint, SameBytes, Sightings, MAX_BAND_CANDIDATES, MAX_SAME_BYTES,
@@ -439,28 +439,37 @@ fn is_bare_host(host: &str) -> bool {
 }
 
 /// The near-copy candidates' query: for each of the four bands, the newest rows sharing its
-/// tag (parameters 1-4: the band tags, 5: since, 6: the limit per band), united. Built once.
+/// tag (parameters 1-4: the band tags, 5: since, 6: the limit per band), less those of the same
+/// bytes (the image tag's parameter), united. Built once.
+///
+/// The rows of the same bytes are dropped after the limit, in the database: the limit still
+/// bounds the rows read, and [`crate::resubmission::judge`] would skip them anyway (the
+/// same-bytes summary counts them), but a picture checked again and again made every lookup send
+/// its 100 newest copies to the service to be parsed and thrown away.
 fn band_union(part: impl Fn(usize) -> String) -> String {
     (0..4).map(part).collect::<Vec<_>>().join(" UNION ")
 }
 
+/// SQLite's candidates query, within [`SQLITE_SIGHTINGS`]: the image tag is parameter 8.
 static SQLITE_BANDS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     band_union(|i| {
         format!(
             "SELECT * FROM (SELECT reference, key_id, created_at, image_tag, print_sealed \
              FROM audit WHERE print_band{i} = ?{} AND created_at >= ?5 \
-             ORDER BY created_at DESC LIMIT ?6)",
+             ORDER BY created_at DESC LIMIT ?6) WHERE image_tag IS NOT ?8",
             i + 1
         )
     })
 });
 
+/// PostgreSQL's candidates query: the image tag is parameter 7.
 static POSTGRES_BANDS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     band_union(|i| {
         format!(
-            "(SELECT reference::text AS reference, key_id::text AS key_id, {}, image_tag, \
-             print_sealed FROM audit WHERE print_band{i} = ${} \
-             AND created_at >= $5::timestamptz ORDER BY created_at DESC LIMIT $6)",
+            "(SELECT * FROM (SELECT reference::text AS reference, key_id::text AS key_id, {}, \
+             image_tag, print_sealed FROM audit WHERE print_band{i} = ${} \
+             AND created_at >= $5::timestamptz ORDER BY created_at DESC LIMIT $6) band{i} \
+             WHERE image_tag IS DISTINCT FROM $7)",
             pg_ts!("created_at"),
             i + 1
         )
@@ -487,9 +496,9 @@ fn sqlite_same_bytes(p: [&str; 4]) -> String {
 
 /// SQLite's whole lookup in one statement, one trip to the connection's worker thread instead
 /// of two: the same-bytes summary as a row of kind 0 (count, key match, first sighting; the
-/// same query as [`SQLITE_SAME_BYTES`]), then the near-copy candidates as rows of kind 1 (the
-/// same query as [`SQLITE_BANDS`]). Parameters 1-6 as for the bands, 7: the key, 8: the image
-/// tag, 9: the same-bytes limit.
+/// same query as [`SQLITE_SAME_BYTES`]), then the near-copy candidates as rows of kind 1
+/// ([`SQLITE_BANDS`]). Parameters 1-6 as for the bands, 7: the key, 8: the image tag, 9: the
+/// same-bytes limit.
 static SQLITE_SIGHTINGS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "SELECT 0, *, NULL, NULL, NULL, NULL, NULL FROM ({}) \
@@ -541,7 +550,7 @@ impl Store {
             validate(record)?;
         }
         let result = match &self.hot {
-            Pool::Sqlite(p) => {
+            Hot::Sqlite(hot) => {
                 // An explicit transaction on one connection rather than sqlx's `Transaction`:
                 // SQLite rolls a transaction back by itself on some errors (disk full, I/O error),
                 // after which sqlx's own bookkeeping no longer matches the connection, and a
@@ -551,7 +560,8 @@ impl Store {
                 let mut attempts = 0;
                 loop {
                     attempts += 1;
-                    let mut conn = p.acquire().await.map_err(|e| self.db_err(e))?;
+                    let mut held = hot.acquire().await.map_err(|e| self.db_err(e))?;
+                    let conn = held.conn();
                     // A batch the group-commit writer makes is one statement: SQLite runs it
                     // in a transaction of its own, committed or rolled back as a whole, in one
                     // round trip to the connection's worker thread instead of 2 + one per row.
@@ -580,16 +590,16 @@ impl Store {
                         let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
                     }
                     if super::is_connectivity(e) {
-                        let _ = conn.close().await;
+                        held.discard().await;
                     }
-                    // A READONLY connection may be a stale one from the fault (closed above):
-                    // try the next, at most once per connection of the pool.
-                    if !super::is_sqlite_readonly(e) || attempts > super::HOT_CONNECTIONS {
+                    // A READONLY connection may be a stale one from the fault (discarded above):
+                    // try once more, on a fresh connection.
+                    if !super::is_sqlite_readonly(e) || attempts > 1 {
                         break result;
                     }
                 }
             }
-            Pool::Postgres(p) => {
+            Hot::Postgres(p) => {
                 async {
                     let mut tx = p.begin().await?;
                     for record in records {
@@ -702,69 +712,74 @@ impl Store {
                     .bind(MAX_BAND_CANDIDATES)
             };
         }
-        // The same two queries on either backend; only the SQL, the pool and the type of the
-        // key match differ. SQLite sends both as one statement when there are bands to look up
-        // (`SQLITE_SIGHTINGS`, one trip to its worker thread).
-        macro_rules! sightings {
-            ($pool:expr, $same_bytes:expr, $bands:expr, $key_match:ty) => {{
-                let (count, same_key, first): (i64, $key_match, Option<String>) =
-                    sqlx::query_as($same_bytes)
+        // The same-bytes summary: (count, key match, first sighting).
+        macro_rules! same_bytes {
+            ($sql:expr, $key_match:ty) => {
+                sqlx::query_as::<_, (i64, $key_match, Option<String>)>($sql)
+                    .bind(&key)
+                    .bind(&fingerprint.image_tag)
+                    .bind(&since)
+                    .bind(MAX_SAME_BYTES)
+            };
+        }
+        let (count, same_key, first, near) = match &self.hot {
+            // SQLite: one statement, one trip to the connection's worker thread
+            // (`SQLITE_SIGHTINGS`), or only the same-bytes summary for a picture without bands.
+            Hot::Sqlite(hot) => {
+                let mut held = hot.acquire().await.map_err(|e| self.db_err(e))?;
+                let conn = held.conn();
+                let found = match &fingerprint.bands {
+                    Some(bands) => bind_bands!(sqlx::query_as(SQLITE_SIGHTINGS.as_str()), bands)
                         .bind(&key)
                         .bind(&fingerprint.image_tag)
-                        .bind(&since)
                         .bind(MAX_SAME_BYTES)
-                        .fetch_one($pool)
+                        .fetch_all(&mut *conn)
                         .await
-                        .map_err(|e| self.db_err(e))?;
+                        .map(|rows: Vec<SightingRow>| {
+                            let mut found = (0, None, None, Vec::new());
+                            for (kind, n, key_match, seen, reference, key_id, at, tag, sealed) in
+                                rows
+                            {
+                                if kind == 0 {
+                                    (found.0, found.1, found.2) = (n, key_match, seen);
+                                } else if let (Some(reference), Some(at)) = (reference, at) {
+                                    found.3.push((reference, key_id, at, tag, sealed));
+                                }
+                            }
+                            found
+                        }),
+                    None => same_bytes!(SQLITE_SAME_BYTES.as_str(), Option<i64>)
+                        .fetch_one(&mut *conn)
+                        .await
+                        .map(|(count, key_match, first)| (count, key_match, first, Vec::new())),
+                };
+                match found {
+                    Ok((count, key_match, first, near)) => {
+                        (count, key_match == Some(1), first, near)
+                    }
+                    Err(e) => {
+                        if super::is_connectivity(&e) {
+                            held.discard().await;
+                        }
+                        return Err(self.db_err(e));
+                    }
+                }
+            }
+            // PostgreSQL: the same two queries, in two round trips.
+            Hot::Postgres(p) => {
+                let (count, key_match, first) = same_bytes!(POSTGRES_SAME_BYTES, Option<bool>)
+                    .fetch_one(p)
+                    .await
+                    .map_err(|e| self.db_err(e))?;
                 let near: Vec<Near> = match &fingerprint.bands {
                     None => Vec::new(),
-                    Some(bands) => bind_bands!(sqlx::query_as($bands), bands)
-                        .fetch_all($pool)
+                    Some(bands) => bind_bands!(sqlx::query_as(POSTGRES_BANDS.as_str()), bands)
+                        .bind(&fingerprint.image_tag)
+                        .fetch_all(p)
                         .await
                         .map_err(|e| self.db_err(e))?,
                 };
-                (count, same_key, first, near)
-            }};
-        }
-        let (count, same_key, first, near) = match (&self.hot, &fingerprint.bands) {
-            (Pool::Sqlite(p), Some(bands)) => {
-                let rows: Vec<SightingRow> =
-                    bind_bands!(sqlx::query_as(SQLITE_SIGHTINGS.as_str()), bands)
-                        .bind(&key)
-                        .bind(&fingerprint.image_tag)
-                        .bind(MAX_SAME_BYTES)
-                        .fetch_all(p)
-                        .await
-                        .map_err(|e| self.db_err(e))?;
-                let (mut count, mut same_key, mut first, mut near) = (0, false, None, Vec::new());
-                for (kind, n, key_match, first_seen, reference, key_id, created_at, tag, sealed) in
-                    rows
-                {
-                    if kind == 0 {
-                        (count, same_key, first) = (n, key_match == Some(1), first_seen);
-                    } else if let (Some(reference), Some(created_at)) = (reference, created_at) {
-                        near.push((reference, key_id, created_at, tag, sealed));
-                    }
-                }
-                (count, same_key, first, near)
-            }
-            (Pool::Sqlite(p), None) => {
-                let (count, same_key, first, near) = sightings!(
-                    p,
-                    SQLITE_SAME_BYTES.as_str(),
-                    SQLITE_BANDS.as_str(),
-                    Option<i64>
-                );
-                (count, same_key == Some(1), first, near)
-            }
-            (Pool::Postgres(p), _) => {
-                let (count, same_key, first, near) = sightings!(
-                    p,
-                    POSTGRES_SAME_BYTES,
-                    POSTGRES_BANDS.as_str(),
-                    Option<bool>
-                );
-                (count, same_key == Some(true), first, near)
+                (count, key_match == Some(true), first, near)
             }
         };
         let near = near

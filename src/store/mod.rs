@@ -15,6 +15,7 @@
 //! ([`AuditRecord`] has no field that could hold them; `url_host` is checked to be a bare host).
 
 mod audit;
+mod hot;
 mod keys;
 mod sessions;
 mod writer;
@@ -160,16 +161,24 @@ enum Pool {
     Postgres(PgPool),
 }
 
+/// Where a check's statements go: see [`Store`]'s `hot`.
+#[derive(Clone)]
+enum Hot {
+    Sqlite(Arc<hot::HotSqlite>),
+    Postgres(PgPool),
+}
+
 /// A handle on the database: a connection pool. Cheap to clone, `Send + Sync`.
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
     /// What a check writes and reads (its audit row, the re-submission lookup) goes through
-    /// here. SQLite: a pool of its own with [`HOT_CONNECTIONS`] connection. A SQLite connection
-    /// that begins a read after *another* connection has committed drops its page cache and its
-    /// memory map (`munmap`, with a TLB shootdown on every core), and every check commits; on
-    /// the connection that made the commit, cache and map stay valid. PostgreSQL: `pool` itself.
-    hot: Pool,
+    /// here. SQLite: one connection of its own ([`hot::HotSqlite`], not pooled). A SQLite
+    /// connection that begins a read after *another* connection has committed drops its page
+    /// cache and its memory map (`munmap`, with a TLB shootdown on every core), and every check
+    /// commits; on the connection that made the commit, cache and map stay valid. PostgreSQL:
+    /// `pool` itself.
+    hot: Hot,
     /// Backend and address without credentials, for error messages.
     target: Arc<str>,
     last_used_resolution: chrono::Duration,
@@ -194,11 +203,6 @@ fn migrator(postgres: bool) -> sqlx::migrate::Migrator {
     migrator.set_ignore_missing(true);
     migrator
 }
-
-/// Connections of a SQLite store's pool for checks ([`Store`]'s `hot`): one, so that no other
-/// connection's commit invalidates its cache. Writes to one SQLite database are serialised
-/// anyway; the re-submission lookups queue behind them on this connection.
-pub const HOT_CONNECTIONS: u32 = 1;
 
 const URL_HELP: &str = "expected sqlite://PATH or postgres://USER@HOST:PORT/DB";
 
@@ -298,11 +302,13 @@ impl Store {
             pool.close().await;
             return Err(StoreError::Migrate { target, cause });
         }
-        // Opened on first use (after the migrations), like any later connection of `pool`.
-        let hot = pool_of(HOT_CONNECTIONS).connect_lazy_with(opts);
+        // One connection for the checks, so that no other connection's commit invalidates its
+        // cache. Writes to one SQLite database are serialised anyway; the re-submission lookups
+        // queue behind them on this connection. Opened on first use (after the migrations).
+        let hot = hot::HotSqlite::new(opts, options.connect_timeout);
         Ok(Store::new(
             Pool::Sqlite(pool),
-            Pool::Sqlite(hot),
+            Hot::Sqlite(Arc::new(hot)),
             target,
             options,
         ))
@@ -358,11 +364,11 @@ impl Store {
             .max_connections(options.max_connections.max(1))
             .acquire_timeout(timeout)
             .connect_lazy_with(opts);
-        let hot = Pool::Postgres(pool.clone());
+        let hot = Hot::Postgres(pool.clone());
         Ok(Store::new(Pool::Postgres(pool), hot, target, options))
     }
 
-    fn new(pool: Pool, hot: Pool, target: String, options: &StoreOptions) -> Store {
+    fn new(pool: Pool, hot: Hot, target: String, options: &StoreOptions) -> Store {
         Store {
             pool,
             hot,
@@ -495,11 +501,12 @@ impl Store {
     /// Close every pooled connection (waits for checked-out ones). Later calls fail with
     /// [`StoreError::Unavailable`].
     pub async fn close(&self) {
-        for pool in [&self.hot, &self.pool] {
-            match pool {
-                Pool::Sqlite(p) => p.close().await,
-                Pool::Postgres(p) => p.close().await,
-            }
+        if let Hot::Sqlite(hot) = &self.hot {
+            hot.close().await;
+        }
+        match &self.pool {
+            Pool::Sqlite(p) => p.close().await,
+            Pool::Postgres(p) => p.close().await,
         }
     }
 
