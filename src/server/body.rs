@@ -19,11 +19,19 @@ pub const CONTENT_TYPE_MESSAGE: &str = "Content-Type must be application/json";
 ///
 /// From a request, it also holds the body's share of the server-wide in-flight body budget
 /// ([`super::AppConfig::max_body_bytes_in_flight`]) until the request ends: the body, the image
-/// string and the decoded image bytes live that long.
+/// string and the decoded image bytes may live that long (the check drops the string once it
+/// has the bytes, [`ImageBody::take_image`], and keeps the reservation).
 #[derive(Debug)]
 pub struct ImageBody {
     pub image: String,
     reservation: Option<OwnedSemaphorePermit>,
+}
+
+impl ImageBody {
+    /// Moves the image string out, leaving an empty one; the reservation stays with `self`.
+    pub fn take_image(&mut self) -> String {
+        std::mem::take(&mut self.image)
+    }
 }
 
 /// The request body schema, for OpenAPI.

@@ -167,17 +167,21 @@ pub async fn check(
 async fn run_check(
     state: &AppState,
     caller: &RateLimitedCaller,
-    body: ImageBody,
+    mut body: ImageBody,
 ) -> Result<Response, ApiError> {
     let inner = &state.inner;
     let metrics = &inner.metrics;
 
     // The image bytes first: a URL fetch holds a fetch slot, never a check slot.
+    let image = body.take_image();
     let Image {
         bytes,
         input_kind,
         url_host,
-    } = obtain_image(state, caller, &body.image).await?;
+    } = obtain_image(state, caller, &image).await?;
+    // A queued check holds the decoded bytes only, not their base64 as well (`body` keeps its
+    // share of the in-flight body budget until the request ends).
+    drop(image);
 
     // Admission: queue for a CPU slot while the expected wait is within bounds, else fail fast.
     let ticket = inner.admission.try_admit().map_err(|shed| {
