@@ -33,7 +33,9 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use bytes::Bytes;
 use common::helpers::ServeProcess;
-use common::{cpu_model, cpu_seconds, percentile, process_tree, pss_kib, read_image, rss_kib};
+use common::{
+    cpu_model, cpu_seconds, percentile, process_tree, pss_kib, read_image, rss_kib, thread_usage,
+};
 use common::{CHECK, IMAGES};
 
 /// One service under test.
@@ -58,6 +60,8 @@ struct Run {
     healthz_ms: Vec<f64>,
     /// livecheck only: mean wall time per check of each stage during the run, ms.
     stages_ms: BTreeMap<String, f64>,
+    /// CPU seconds and context switches over the window of the server's threads, by name.
+    threads: BTreeMap<String, (f64, u64)>,
 }
 
 /// The answers seen by clients.
@@ -219,6 +223,7 @@ async fn run(
     let tree = process_tree(service.pid);
     let stages0 = stage_totals(&service.base).await;
     let cpu0 = cpu_seconds(&tree);
+    let threads0 = thread_usage(service.pid);
     // The load clients run in this process, on the same cores as the server.
     let me = [std::process::id()];
     let client_cpu0 = cpu_seconds(&me);
@@ -231,6 +236,13 @@ async fn run(
         pss = pss.max(tree.iter().map(|&p| pss_kib(p)).sum());
     }
     let cpu_s = cpu_seconds(&tree) - cpu0;
+    let threads = thread_usage(service.pid)
+        .into_iter()
+        .map(|(name, (cpu, switches))| {
+            let (cpu0, switches0) = threads0.get(&name).copied().unwrap_or((0.0, 0));
+            (name, (cpu - cpu0, switches.saturating_sub(switches0)))
+        })
+        .collect();
     let client_cpu_s = cpu_seconds(&me) - client_cpu0;
     let elapsed = started.elapsed().as_secs_f64();
     let stages1 = stage_totals(&service.base).await;
@@ -250,6 +262,7 @@ async fn run(
         rss_mb: rss as f64 / 1024.0,
         pss_mb: pss as f64 / 1024.0,
         stages_ms,
+        threads,
         ..Run::default()
     };
     for task in tasks {
@@ -560,6 +573,40 @@ fn main() {
             st("audit"),
             l.cpu_ms_per_ok(),
             l.cpu_ms_per_ok() - st("pipeline"),
+        ));
+    }
+    md.push_str(
+        "\nlivecheck's CPU per check by thread (ms; `livecheck-cpu`: the CPU slots' threads, which \
+         run the checks; `livecheck-serve`: the async workers, HTTP, JSON and the hand-offs; \
+         `sqlx-sqlite-wor`: SQLite's worker threads, the re-submission lookup and the audit \
+         commit) and the context switches of all its threads per check:\n\n| clients | \
+         livecheck-cpu | livecheck-serve | sqlx-sqlite-wor | other threads | off the check \
+         threads | context switches |\n|---|---|---|---|---|---|---|\n",
+    );
+    for (l, _) in &rows {
+        let ok = l.answers.ok.max(1) as f64;
+        let ms = |name: &str| {
+            l.threads
+                .iter()
+                .filter(|(n, _)| n.starts_with(name))
+                .map(|(_, (cpu, _))| cpu)
+                .sum::<f64>()
+                * 1e3
+                / ok
+        };
+        let all: f64 = l.threads.values().map(|(cpu, _)| cpu).sum::<f64>() * 1e3 / ok;
+        let named = ["livecheck-cpu", "livecheck-serve", "sqlx-sqlite-wor"];
+        let other = (all - named.iter().map(|n| ms(n)).sum::<f64>()).max(0.0);
+        let switches: u64 = l.threads.values().map(|(_, n)| n).sum();
+        md.push_str(&format!(
+            "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} |\n",
+            l.clients,
+            ms(named[0]),
+            ms(named[1]),
+            ms(named[2]),
+            other,
+            all - ms(named[0]),
+            switches as f64 / ok,
         ));
     }
     let wrong: usize = rows

@@ -135,6 +135,46 @@ fn stat_fields(pid: u32) -> Option<Vec<String>> {
     Some(rest.split_whitespace().map(str::to_owned).collect())
 }
 
+/// CPU seconds (user + system) and context switches (voluntary and not) so far of each thread
+/// of `pid`, summed by thread name (`/proc/PID/task/*`). A name whose threads have all ended
+/// since an earlier reading is missing from a later one.
+pub fn thread_usage(pid: u32) -> std::collections::BTreeMap<String, (f64, u64)> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let dir = task.path();
+        let (Ok(stat), Ok(status)) = (
+            std::fs::read_to_string(dir.join("stat")),
+            std::fs::read_to_string(dir.join("status")),
+        ) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = stat[open + 1..close].to_owned();
+        let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        let ticks: u64 = [11, 12]
+            .iter()
+            .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
+            .sum();
+        let switches: u64 = status
+            .lines()
+            .filter(|l| {
+                l.starts_with("voluntary_ctxt_switches")
+                    || l.starts_with("nonvoluntary_ctxt_switches")
+            })
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum();
+        let entry = out.entry(name).or_insert((0.0, 0));
+        entry.0 += ticks as f64 / clock_ticks_per_second();
+        entry.1 += switches;
+    }
+    out
+}
+
 /// CPU time (user + system) used so far by `pids`, in seconds.
 pub fn cpu_seconds(pids: &[u32]) -> f64 {
     // utime and stime are fields 14 and 15 of stat, 11 and 12 after the name and state.

@@ -962,7 +962,7 @@ mod tests {
 
     #[test]
     fn orientation_matches_image_crate_for_all_codes() {
-        for (w, h) in [(5, 3), (70, 33), (33, 97)] {
+        for (w, h) in [(1, 1), (1, 4), (4, 1), (5, 3), (70, 33), (33, 97)] {
             orientation_matches_image_crate(sample(w, h), w, h);
         }
     }
