@@ -418,6 +418,7 @@ fn main() {
             ServeProcess::spawn_binary(Path::new(&bin), &db, &args, &[("RUST_LOG", "warn")]);
         (serve, token)
     });
+    let versus_livecheck = baseline.is_some();
     let (mut peer, peer_base, peer_token, peer_pid) = match &baseline {
         None => {
             let (peer, base) = rt.block_on(start_peer(&python, &models, &set_file));
@@ -583,7 +584,13 @@ fn main() {
          livecheck-cpu | livecheck-serve | sqlx-sqlite-wor | other threads | off the check \
          threads | context switches |\n|---|---|---|---|---|---|---|\n",
     );
-    for (l, _) in &rows {
+    // With VERSUS_BASELINE_BIN the other side is livecheck too: its rows follow, marked.
+    let sides: Vec<(&Run, &str)> = rows
+        .iter()
+        .flat_map(|(l, p)| [(l, ""), (p, " (baseline)")])
+        .filter(|(_, mark)| versus_livecheck || mark.is_empty())
+        .collect();
+    for (l, mark) in sides {
         let ok = l.answers.ok.max(1) as f64;
         let ms = |name: &str| {
             l.threads
@@ -599,7 +606,7 @@ fn main() {
         let other = (all - named.iter().map(|n| ms(n)).sum::<f64>()).max(0.0);
         let switches: u64 = l.threads.values().map(|(_, n)| n).sum();
         md.push_str(&format!(
-            "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} |\n",
+            "| {}{mark} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} |\n",
             l.clients,
             ms(named[0]),
             ms(named[1]),
