@@ -175,9 +175,8 @@ pub struct Store {
     /// What a check writes and reads (its audit row, the re-submission lookup) goes through
     /// here. SQLite: one connection of its own ([`hot::HotSqlite`], not pooled). A SQLite
     /// connection that begins a read after *another* connection has committed drops its page
-    /// cache and its memory map (`munmap`, with a TLB shootdown on every core), and every check
-    /// commits; on the connection that made the commit, cache and map stay valid. PostgreSQL:
-    /// `pool` itself.
+    /// cache, and every check commits; on the connection that made the commit, the cache stays
+    /// valid. PostgreSQL: `pool` itself.
     hot: Hot,
     /// Backend and address without credentials, for error messages.
     target: Arc<str>,
@@ -262,12 +261,12 @@ impl Store {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(options.busy_timeout)
-            .foreign_keys(true)
-            // Reads through a shared memory map instead of read(2) into each connection's own
-            // page cache, which a connection drops whenever another one has committed (every
-            // check commits): the re-submission lookup re-read its index pages by system call on
-            // every check. Writes still go through the WAL; 256 MiB of address space, not memory.
-            .pragma("mmap_size", "268435456");
+            // No memory map (`mmap_size`): it paid while the checks' statements ran on pooled
+            // connections, each dropping its page cache after another's commit; on the one
+            // connection of the checks the cache stays valid, and a map made the process's
+            // resident set grow with the database file (docs/benchmarks.md, session 19: the same
+            // CPU per check without it, 23 MB less RSS at 64 clients).
+            .foreign_keys(true);
         let pool_of = |size: u32| {
             SqlitePoolOptions::new()
                 .max_connections(size)
