@@ -449,7 +449,12 @@ impl Application {
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new())
             .header_read_timeout(config.header_timeout)
-            .keep_alive(true);
+            .keep_alive(true)
+            // A connection's read buffer grows to fit what one read brings, up to this, and a
+            // kept-alive connection keeps it: with hyper's default (about 400 KB) every client
+            // sending a base64 photo held a buffer that size. Headers must fit (64 KiB is far
+            // more than any real request's); the body streams through in pieces of this size.
+            .max_buf_size(64 * 1024);
         let service = TowerToHyperService::new(self.router);
         let graceful = GracefulShutdown::new();
         // One accepted connection, served until it ends (or shutdown closes it when idle); it
