@@ -131,8 +131,26 @@ pub fn process_tree(pid: u32) -> Vec<u32> {
 /// Fields of `/proc/PID/stat` after the command name: state, ppid, ... (field 3 onwards).
 fn stat_fields(pid: u32) -> Option<Vec<String>> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    Some(rest.split_whitespace().map(str::to_owned).collect())
+    Some(split_stat(&stat)?.1)
+}
+
+/// A `stat` file's command name (between the parentheses) and the fields after it.
+fn split_stat(stat: &str) -> Option<(&str, Vec<String>)> {
+    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+    let rest = stat.get(close + 2..)?;
+    Some((
+        &stat[open + 1..close],
+        rest.split_whitespace().map(str::to_owned).collect(),
+    ))
+}
+
+/// utime + stime, in clock ticks, of a [`stat_fields`] list: fields 14 and 15 of stat, 11 and 12
+/// after the name and state.
+fn cpu_ticks(fields: &[String]) -> u64 {
+    [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
+        .sum()
 }
 
 /// CPU seconds (user + system) and context switches (voluntary and not) so far of each thread
@@ -151,15 +169,10 @@ pub fn thread_usage(pid: u32) -> std::collections::BTreeMap<String, (f64, u64)> 
         ) else {
             continue;
         };
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+        let Some((name, fields)) = split_stat(&stat) else {
             continue;
         };
-        let name = stat[open + 1..close].to_owned();
-        let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
-        let ticks: u64 = [11, 12]
-            .iter()
-            .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
-            .sum();
+        let ticks = cpu_ticks(&fields);
         let switches: u64 = status
             .lines()
             .filter(|l| {
@@ -168,7 +181,7 @@ pub fn thread_usage(pid: u32) -> std::collections::BTreeMap<String, (f64, u64)> 
             })
             .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
             .sum();
-        let entry = out.entry(name).or_insert((0.0, 0));
+        let entry = out.entry(name.to_owned()).or_insert((0.0, 0));
         entry.0 += ticks as f64 / clock_ticks_per_second();
         entry.1 += switches;
     }
@@ -177,14 +190,10 @@ pub fn thread_usage(pid: u32) -> std::collections::BTreeMap<String, (f64, u64)> 
 
 /// CPU time (user + system) used so far by `pids`, in seconds.
 pub fn cpu_seconds(pids: &[u32]) -> f64 {
-    // utime and stime are fields 14 and 15 of stat, 11 and 12 after the name and state.
     let ticks: u64 = pids
         .iter()
         .filter_map(|&p| stat_fields(p))
-        .map(|f| {
-            f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-                + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-        })
+        .map(|f| cpu_ticks(&f))
         .sum();
     ticks as f64 / clock_ticks_per_second()
 }
