@@ -4,7 +4,10 @@
 use std::path::{Path, PathBuf};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use livecheck::engine::{tract::TractEngine, Engine};
+use livecheck::engine::{
+    tract::{Kernels, TractEngine},
+    Engine,
+};
 use livecheck::models::LoadedSet;
 use livecheck::pipeline::{self, decode, detect, PipelineConfig};
 
@@ -18,6 +21,8 @@ fn stages(c: &mut Criterion) {
         .unwrap_or_else(|| shared().join("models"));
     let set = LoadedSet::resolve(Some("silentface"), Some(&dir)).unwrap();
     let engine = TractEngine::load(&set).unwrap();
+    // The same models with bf16 products (`--kernels bf16`; f32 where the CPU lacks AVX512-BF16).
+    let bf16 = TractEngine::load_with(&set, Kernels::Bf16).unwrap();
     let pipe = livecheck::load_pipeline(Some("silentface"), Some(&dir), PipelineConfig::default())
         .unwrap();
     let bytes = std::fs::read(shared().join("testdata/silentface/image_T1.jpg")).unwrap();
@@ -55,6 +60,9 @@ fn stages(c: &mut Criterion) {
     g.bench_function("detector_tract", |b| {
         b.iter(|| engine.detect(&det_in, dw, dh).unwrap())
     });
+    g.bench_function("detector_bf16", |b| {
+        b.iter(|| bf16.detect(&det_in, dw, dh).unwrap())
+    });
     let out = engine.detect(&det_in, dw, dh).unwrap();
     g.bench_function("priors_and_select", |b| {
         b.iter(|| detect::select_faces(&out, &detect::priors(dw, dh), 0.6).unwrap())
@@ -69,6 +77,12 @@ fn stages(c: &mut Criterion) {
     });
     g.bench_function("classifier_v1se_tract", |b| {
         b.iter(|| engine.classify(1, &cls_in).unwrap())
+    });
+    g.bench_function("classifier_v2_bf16", |b| {
+        b.iter(|| bf16.classify(0, &cls_in).unwrap())
+    });
+    g.bench_function("classifier_v1se_bf16", |b| {
+        b.iter(|| bf16.classify(1, &cls_in).unwrap())
     });
     // The default set's third member (face-antispoof-onnx, 128x128): its square reflect crop and
     // letterbox resize, and the network.
@@ -91,6 +105,10 @@ fn stages(c: &mut Criterion) {
     g.bench_function("classifier_minifas128_tract", |b| {
         b.iter(|| engine3.classify(2, &cls_in128).unwrap())
     });
+    let engine3_bf16 = TractEngine::load_with(&set3, Kernels::Bf16).unwrap();
+    g.bench_function("classifier_minifas128_bf16", |b| {
+        b.iter(|| engine3_bf16.classify(2, &cls_in128).unwrap())
+    });
     g.finish();
 
     let mut g = c.benchmark_group("end_to_end");
@@ -103,6 +121,12 @@ fn stages(c: &mut Criterion) {
     let pipe3 = livecheck::load_pipeline(None, Some(&dir), PipelineConfig::default()).unwrap();
     g.bench_function("default_set_image_T1", |b| {
         b.iter(|| pipe3.check(&bytes).unwrap())
+    });
+    let set3 = LoadedSet::resolve(None, Some(&dir)).unwrap();
+    let config = PipelineConfig::default();
+    let pipe3_bf16 = livecheck::pipeline_with_kernels(set3, config, Kernels::Bf16).unwrap();
+    g.bench_function("default_set_image_T1_bf16", |b| {
+        b.iter(|| pipe3_bf16.check(&bytes).unwrap())
     });
     g.finish();
 

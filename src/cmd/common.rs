@@ -142,9 +142,11 @@ pub struct PipelineArgs {
         action = clap::ArgAction::Set, value_name = "BOOL")]
     pub face_confirm_scan: bool,
 
-    /// Convolution kernels: `fused` (the engine's own where they are fast on this CPU) or
-    /// `tract` (tract's only; for comparison, and as a fallback).
-    #[arg(long, env = "LIVECHECK_KERNELS", default_value = "fused", value_name = "fused|tract",
+    /// Convolution kernels: `bf16` (the engine's own, with the classifiers' 1x1 and dense 3x3
+    /// products in bfloat16 where the CPU has AVX512-BF16, f32 elsewhere; the detector and each
+    /// network's first layer stay f32), `fused` (the engine's own in f32: the reference recipe's
+    /// numbers exactly) or `tract` (tract's only; for comparison, and as a fallback).
+    #[arg(long, env = "LIVECHECK_KERNELS", default_value = "bf16", value_name = "bf16|fused|tract",
         value_parser = parse_kernels)]
     pub kernels: Kernels,
 }
@@ -152,8 +154,9 @@ pub struct PipelineArgs {
 fn parse_kernels(s: &str) -> Result<Kernels, String> {
     match s {
         "fused" => Ok(Kernels::Fused),
+        "bf16" => Ok(Kernels::Bf16),
         "tract" => Ok(Kernels::Tract),
-        other => Err(format!("{other:?} is not `fused` or `tract`")),
+        other => Err(format!("{other:?} is not `fused`, `bf16` or `tract`")),
     }
 }
 

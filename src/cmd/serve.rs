@@ -330,6 +330,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // The pipeline's own byte cap follows --max-image-bytes (the fetcher and the base64 parser
     // enforce it first; this keeps the three from disagreeing).
     let pipeline = Arc::new(args.pipeline.build()?);
+    tracing::info!(kernels = args.pipeline.kernels.describe(), "models loaded");
     let mut config = args.app_config();
     config.receipt_key = Some(Arc::new(receipt_key(
         args.receipt_key.as_deref(),

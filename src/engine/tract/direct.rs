@@ -32,6 +32,11 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::einsum::EinSum;
 
+mod bf16;
+
+pub use self::bf16::available as bf16_available;
+use self::bf16::PairWeights;
+
 use super::graph::{
     const_f32, conv_output_fact, fold_tail, fuse_nodes, match_conv3x3, out_side, output_f32,
     plain_f32, Fused, SpatialInput,
@@ -66,6 +71,9 @@ pub struct Product {
     relu: bool,
     /// Per-channel PReLU slopes, applied as `max(x, slope * x)` (the engine's PReLU wiring).
     slopes: Option<Arc<Vec<f32>>>,
+    /// The same weights as bfloat16 pairs of input channels ([`bf16`]), when the product is
+    /// to run in that precision.
+    pairs: Option<PairWeights>,
 }
 
 impl PartialEq for Product {
@@ -77,6 +85,7 @@ impl PartialEq for Product {
             && self.slopes.as_deref().map(|v| bits(v)) == other.slopes.as_deref().map(|v| bits(v))
             && bits(&self.packed) == bits(&other.packed)
             && bits(&self.bias) == bits(&other.bias)
+            && self.pairs == other.pairs
     }
 }
 
@@ -109,7 +118,30 @@ impl Product {
             bias: Arc::new(padded(bias, blocks * MR)),
             relu: false,
             slopes: None,
+            pairs: None,
         })
+    }
+
+    /// Run in bfloat16 ([`bf16`]) from now on, with `weights` (`[co][ci * taps]`, as given to
+    /// [`Product::new`], `k = c * taps + t`) packed in pairs of input channels; `None` when the
+    /// sizes disagree with this product's.
+    pub fn with_pairs(mut self, ci: usize, taps: usize, weights: &[f32]) -> Option<Self> {
+        if ci * taps != self.k {
+            return None;
+        }
+        self.pairs = Some(PairWeights::new(self.co, ci, taps, weights)?);
+        Some(self)
+    }
+
+    /// The epilogue for output channel `o`: bias already added, then the activation.
+    fn activate(&self, o: usize, v: f32) -> f32 {
+        if self.relu {
+            v.max(0.0)
+        } else if let Some(s) = &self.slopes {
+            v.max(s[o] * v)
+        } else {
+            v
+        }
     }
 
     /// Follow the product by `max(x, 0)`, or by `max(x, slope * x)` with one slope per output
@@ -199,14 +231,7 @@ impl Product {
                     }
                     let dst = &mut out[o * out_stride + q0..][..lanes];
                     for (d, &a) in dst.iter_mut().zip(a) {
-                        let v = a + self.bias[o];
-                        *d = if self.relu {
-                            v.max(0.0)
-                        } else if let Some(s) = &self.slopes {
-                            v.max(s[o] * v)
-                        } else {
-                            v
-                        };
+                        *d = self.activate(o, a + self.bias[o]);
                     }
                 }
             }
@@ -220,7 +245,7 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     /// Lane masks of the two 16-lane halves of a block of `lanes` (1 to [`NR`]) outputs.
-    fn masks(lanes: usize) -> (__mmask16, __mmask16) {
+    pub(super) fn masks(lanes: usize) -> (__mmask16, __mmask16) {
         let bits = |n: usize| -> __mmask16 {
             if n >= 16 {
                 0xFFFF
@@ -274,26 +299,54 @@ mod avx512 {
                     if o >= op.co {
                         break;
                     }
-                    let bias = _mm512_set1_ps(op.bias[o]);
-                    let mut lo = _mm512_add_ps(acc[2 * r], bias);
-                    let mut hi = _mm512_add_ps(acc[2 * r + 1], bias);
-                    if op.relu {
-                        lo = _mm512_max_ps(lo, zero);
-                        hi = _mm512_max_ps(hi, zero);
-                    } else if let Some(s) = &op.slopes {
-                        let s = _mm512_set1_ps(s[o]);
-                        lo = _mm512_max_ps(lo, _mm512_mul_ps(s, lo));
-                        hi = _mm512_max_ps(hi, _mm512_mul_ps(s, hi));
-                    }
-                    let dst = out.as_mut_ptr().wrapping_add(o * out_stride + q0);
-                    // SAFETY: as for the loads, out[o * out_stride + q0 + lane] is in bounds
-                    // for the lanes the masks keep.
+                    // SAFETY: the CPU has AVX-512F; out[o * out_stride + q0 + lane] is in
+                    // bounds for the lanes the masks keep (the caller's contract).
                     unsafe {
-                        _mm512_mask_storeu_ps(dst, m0, lo);
-                        _mm512_mask_storeu_ps(dst.wrapping_add(16), m1, hi);
-                    }
+                        finish(
+                            op,
+                            o,
+                            acc[2 * r],
+                            acc[2 * r + 1],
+                            out.as_mut_ptr().wrapping_add(o * out_stride + q0),
+                            (m0, m1),
+                        )
+                    };
                 }
             }
+        }
+    }
+
+    /// Store one output channel's block: `op`'s bias and activation for channel `o` after the
+    /// accumulators `lo` (outputs 0-15) and `hi` (16-31), under the lane masks.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F; `dst + lane` must be writable for the lanes the masks keep.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn finish(
+        op: &Product,
+        o: usize,
+        lo: __m512,
+        hi: __m512,
+        dst: *mut f32,
+        (m0, m1): (__mmask16, __mmask16),
+    ) {
+        let bias = _mm512_set1_ps(op.bias[o]);
+        let mut lo = _mm512_add_ps(lo, bias);
+        let mut hi = _mm512_add_ps(hi, bias);
+        if op.relu {
+            let zero = _mm512_setzero_ps();
+            lo = _mm512_max_ps(lo, zero);
+            hi = _mm512_max_ps(hi, zero);
+        } else if let Some(s) = &op.slopes {
+            let s = _mm512_set1_ps(s[o]);
+            lo = _mm512_max_ps(lo, _mm512_mul_ps(s, lo));
+            hi = _mm512_max_ps(hi, _mm512_mul_ps(s, hi));
+        }
+        // SAFETY: the caller's contract.
+        unsafe {
+            _mm512_mask_storeu_ps(dst, m0, lo);
+            _mm512_mask_storeu_ps(dst.wrapping_add(16), m1, hi);
         }
     }
 }
@@ -421,15 +474,34 @@ pub struct Pointwise {
 impl Pointwise {
     /// Run on `[ci, pixels]` into `out` (`[co, pixels]`).
     pub fn run(&self, x: &[f32], pixels: usize, out: &mut [f32]) -> Result<(), String> {
-        let offsets: Vec<usize> = (0..self.product.k).map(|i| i * pixels).collect();
-        if x.len() != self.product.k * pixels || out.len() != self.product.co * pixels {
+        let ci = self.product.k;
+        if pixels == 0 || x.len() != ci * pixels || out.len() != self.product.co * pixels {
             return Err(format!(
                 "pointwise: {} inputs, {} outputs",
                 x.len(),
                 out.len()
             ));
         }
-        self.product.run(x, &offsets, pixels, out, pixels)
+        let Some(pairs) = &self.product.pairs else {
+            let offsets: Vec<usize> = (0..ci).map(|i| i * pixels).collect();
+            return self.product.run(x, &offsets, pixels, out, pixels);
+        };
+        SCRATCH.with(|s| {
+            let words = &mut s.borrow_mut().words;
+            // Every word of `words[..k2 * pixels]` is written by the packing below.
+            if words.len() < pairs.k2 * pixels {
+                words.resize(pairs.k2 * pixels, 0);
+            }
+            let words = &mut words[..pairs.k2 * pixels];
+            let mut channels = x.chunks_exact(pixels);
+            for dst in words.chunks_exact_mut(pixels) {
+                if let Some(a) = channels.next() {
+                    bf16::pack_rows(a, channels.next(), dst);
+                }
+            }
+            let offsets: Vec<usize> = (0..pairs.k2).map(|j| j * pixels).collect();
+            bf16::run(&self.product, pairs, words, &offsets, pixels, out, pixels)
+        })
     }
 
     /// The output shape for an input of `dims` (`[1 x lead_in, ci, rest...]`):
@@ -547,10 +619,57 @@ impl Geometry {
     }
 }
 
+/// Buffers of [`Pointwise`] and [`Dense3x3`], reused across calls on a thread.
+#[derive(Default)]
+struct Scratch {
+    /// Padded f32 input planes.
+    padded: Vec<f32>,
+    /// The product before compaction.
+    wide: Vec<f32>,
+    /// The input as bfloat16 channel pairs (padded planes for [`Dense3x3`]).
+    words: Vec<u32>,
+    /// One masked row of each channel of a pair, and the pair packed.
+    rows: (Vec<f32>, Vec<f32>, Vec<u32>),
+}
+
 thread_local! {
-    /// Padded input planes and the product before compaction, reused across calls.
-    static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> =
-        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+    static SCRATCH: std::cell::RefCell<Scratch> =
+        std::cell::RefCell::new(Scratch::default());
+}
+
+/// Place input row `y` of channel (or channel pair) `c`, `row`, where [`Geometry::index`] puts
+/// it in the padded planes: at padded row `y + 1`, columns from 1, split by column parity for
+/// stride 2.
+fn place<T: Copy>(g: &Geometry, c: usize, y: usize, row: &[T], padded: &mut [T]) {
+    let w = row.len();
+    if g.stride == 1 {
+        let start = g.index(c, y + 1, 1);
+        padded[start..start + w].copy_from_slice(row);
+    } else {
+        // Input column xx is padded column xx + 1: even input columns land in the odd-column
+        // plane at xx / 2 (from padded column 1), odd ones in the even-column plane at xx / 2
+        // (from padded column 2).
+        let starts = [g.index(c, y + 1, 1), g.index(c, y + 1, 2)];
+        for (parity, start) in starts.into_iter().enumerate() {
+            let n = (w - parity).div_ceil(2);
+            let dst = &mut padded[start..start + n];
+            for (d, v) in dst.iter_mut().zip(row.iter().skip(parity).step_by(2)) {
+                *d = *v;
+            }
+        }
+    }
+}
+
+/// `row` times `mask` (0/1 values) into `buf`, or `row` itself without a mask.
+fn masked<'a>(row: &'a [f32], mask: Option<&[f32]>, buf: &'a mut Vec<f32>) -> &'a [f32] {
+    match mask {
+        Some(m) => {
+            buf.clear();
+            buf.extend(row.iter().zip(m).map(|(v, m)| v * m));
+            buf
+        }
+        None => row,
+    }
 }
 
 impl Dense3x3 {
@@ -586,56 +705,49 @@ impl Dense3x3 {
                 g.wo
             ));
         }
-        let offsets: Vec<usize> = (0..self.ci)
-            .flat_map(|c| (0..9).map(move |t| g.index(c, t / 3, t % 3)))
-            .collect();
         let len = g.ho * g.width;
+        let planes = self.stride * self.stride * g.plane;
+        let taps = |c: usize| (0..9).map(move |t| g.index(c, t / 3, t % 3));
         SCRATCH.with(|s| {
-            let (padded, wide) = &mut *s.borrow_mut();
-            padded.clear();
-            padded.resize(self.ci * self.stride * self.stride * g.plane, 0.0);
-            for (c, plane) in x.chunks_exact(h * w).enumerate() {
-                for (y, row) in plane.chunks_exact(w).enumerate() {
-                    let m = mask.map(|m| &m[y * w..][..w]);
-                    if self.stride == 1 {
-                        let start = g.index(c, y + 1, 1);
-                        let dst = &mut padded[start..start + w];
-                        match m {
-                            Some(m) => dst
-                                .iter_mut()
-                                .zip(row.iter().zip(m))
-                                .for_each(|(d, (v, m))| *d = v * m),
-                            None => dst.copy_from_slice(row),
-                        }
-                    } else {
-                        // Input column xx is padded column xx + 1: even input columns land in
-                        // the odd-column plane at xx / 2 (from padded column 1), odd ones in the
-                        // even-column plane at xx / 2 (from padded column 2).
-                        let starts = [g.index(c, y + 1, 1), g.index(c, y + 1, 2)];
-                        for (parity, start) in starts.into_iter().enumerate() {
-                            let n = (w - parity).div_ceil(2);
-                            let dst = &mut padded[start..start + n];
-                            let src = row.iter().skip(parity).step_by(2);
-                            match m {
-                                Some(m) => {
-                                    let m = m.iter().skip(parity).step_by(2);
-                                    for (d, (v, m)) in dst.iter_mut().zip(src.zip(m)) {
-                                        *d = v * m;
-                                    }
-                                }
-                                None => dst.iter_mut().zip(src).for_each(|(d, v)| *d = *v),
-                            }
-                        }
-                    }
-                }
-            }
+            let s = &mut *s.borrow_mut();
             // Every element of `wide[..co * len]` is written by the product (stride `len`,
             // `len` per channel): grown when needed, never cleared.
-            if wide.len() < co * len {
-                wide.resize(co * len, 0.0);
+            if s.wide.len() < co * len {
+                s.wide.resize(co * len, 0.0);
             }
-            let wide = &mut wide[..co * len];
-            self.product.run(padded, &offsets, len, wide, len)?;
+            let wide = &mut s.wide[..co * len];
+            let mask_row = |y: usize| mask.map(|m| &m[y * w..][..w]);
+            if let Some(pairs) = &self.product.pairs {
+                let (ra, rb, packed) = &mut s.rows;
+                packed.resize(w, 0);
+                let c2 = self.ci.div_ceil(2);
+                s.words.clear();
+                s.words.resize(c2 * planes, 0);
+                for j in 0..c2 {
+                    let a = &x[2 * j * h * w..][..h * w];
+                    let b = (2 * j + 1 < self.ci).then(|| &x[(2 * j + 1) * h * w..][..h * w]);
+                    for y in 0..h {
+                        let m = mask_row(y);
+                        let a = masked(&a[y * w..][..w], m, ra);
+                        let b = b.map(|b| masked(&b[y * w..][..w], m, rb));
+                        bf16::pack_rows(a, b, packed);
+                        place(&g, j, y, packed, &mut s.words);
+                    }
+                }
+                let offsets: Vec<usize> = (0..c2).flat_map(taps).collect();
+                bf16::run(&self.product, pairs, &s.words, &offsets, len, wide, len)?;
+            } else {
+                s.padded.clear();
+                s.padded.resize(self.ci * planes, 0.0);
+                for (c, plane) in x.chunks_exact(h * w).enumerate() {
+                    for (y, row) in plane.chunks_exact(w).enumerate() {
+                        let row = masked(row, mask_row(y), &mut s.rows.0);
+                        place(&g, c, y, row, &mut s.padded);
+                    }
+                }
+                let offsets: Vec<usize> = (0..self.ci).flat_map(taps).collect();
+                self.product.run(&s.padded, &offsets, len, wide, len)?;
+            }
             for (dst, src) in out
                 .chunks_exact_mut(g.ho * g.wo)
                 .zip(wide.chunks_exact(len))
@@ -752,13 +864,17 @@ fn match_einsum(model: &TypedModel, n: usize) -> Option<(Vec<f32>, usize, usize,
 /// Replace every 1x1 convolution (as tract's declutter leaves it, an `EinSum`) of a concrete,
 /// decluttered model by [`Pointwise`], folding the per-channel additions and multiplications
 /// after it, then `max(x, 0)` or PReLU. Returns how many were replaced.
-pub(super) fn fuse_pointwise(model: &mut TypedModel) -> TractResult<usize> {
+/// With `bf16`, the products run in bfloat16 ([`bf16`]).
+pub(super) fn fuse_pointwise(model: &mut TypedModel, bf16: bool) -> TractResult<usize> {
     fuse_nodes(model, "pointwise", false, |model, n| {
         let (mut weights, co, ci, lead_in, lead_out) = match_einsum(model, n)?;
         let mut bias = vec![0f32; co];
         let tail = fold_tail(model, OutletId::new(n, 0), &mut weights, &mut bias);
-        let product =
+        let mut product =
             Product::new(co, ci, &weights, bias)?.with_activation(tail.relu, tail.slopes)?;
+        if bf16 {
+            product = product.with_pairs(ci, 1, &weights)?;
+        }
         let op = Pointwise {
             product,
             lead_in,
@@ -774,7 +890,8 @@ pub(super) fn fuse_pointwise(model: &mut TypedModel) -> TractResult<usize> {
 /// Replace every dense 3x3 convolution (stride 1 or 2, zero padding 1) of a concrete,
 /// decluttered model by [`Dense3x3`], folding the per-channel steps and activation after it and
 /// a canvas mask before it. Returns how many were replaced.
-pub(super) fn fuse_dense3x3(model: &mut TypedModel) -> TractResult<usize> {
+/// With `bf16`, the products run in bfloat16 ([`bf16`]).
+pub(super) fn fuse_dense3x3(model: &mut TypedModel, bf16: bool) -> TractResult<usize> {
     fuse_nodes(model, "dense3x3", true, |model, n| {
         let mut conv = match_conv3x3(model, n, false)?;
         let tail = fold_tail(
@@ -783,8 +900,16 @@ pub(super) fn fuse_dense3x3(model: &mut TypedModel) -> TractResult<usize> {
             &mut conv.weights,
             &mut conv.bias,
         );
-        let product = Product::new(conv.co, 9 * conv.ci, &conv.weights, conv.bias)?
+        let mut product = Product::new(conv.co, 9 * conv.ci, &conv.weights, conv.bias)?
             .with_activation(tail.relu, tail.slopes)?;
+        // A network's first convolution reads the image (3 channels) and stays in f32. Rounding
+        // the pixels to 8 significant bits was most of the bf16 classifiers' error on the
+        // devset: with it p_real moved by up to 0.013 and 2 of 312 verdicts changed, without it
+        // by up to 0.005 and none did (docs/benchmarks.md, session 20). Three channels would
+        // also leave a quarter of the pairs' halves zero.
+        if bf16 && conv.ci > 3 {
+            product = product.with_pairs(conv.ci, 9, &conv.weights)?;
+        }
         let op = Dense3x3 {
             product,
             ci: conv.ci,
@@ -845,6 +970,125 @@ mod tests {
                 .all(|(a, b)| (a - b).abs() <= 1e-5 * (1.0 + k as f32))
     }
 
+    /// Operand values as the product sees them: as they are (f32 kernels) or rounded to
+    /// bfloat16 ([`bf16`]); either way exact in f64.
+    fn operand(rounded: bool) -> impl Fn(f32) -> f64 {
+        move |v| {
+            if rounded {
+                f64::from(bf16::widen(bf16::round(v)))
+            } else {
+                f64::from(v)
+            }
+        }
+    }
+
+    /// A 1x1 convolution of random operands (`[co][ci]` weights, `ci x pixels` inputs) against
+    /// its definition summed in f64, in f32 or (`rounded`) bf16; the portable path too.
+    fn check_pointwise(
+        (co, ci, pixels, seed, act): (usize, usize, usize, u64, u8),
+        rounded: bool,
+    ) -> Result<(), TestCaseError> {
+        let (mut product, w, bias, slopes) = make_product(co, ci, seed, act);
+        if rounded {
+            product = product.with_pairs(ci, 1, &w).unwrap();
+        }
+        let b = operand(rounded);
+        let x = values(ci * pixels, seed + 2);
+        let mut want = vec![0f32; co * pixels];
+        for o in 0..co {
+            for p in 0..pixels {
+                let s: f64 = (0..ci)
+                    .map(|i| b(w[o * ci + i]) * b(x[i * pixels + p]))
+                    .sum();
+                want[o * pixels + p] = activate((s + f64::from(bias[o])) as f32, act, slopes[o]);
+            }
+        }
+        let op = Pointwise {
+            product,
+            lead_in: 0,
+            lead_out: 0,
+        };
+        let mut fast = vec![f32::NAN; co * pixels];
+        op.run(&x, pixels, &mut fast).unwrap();
+        prop_assert!(close(&fast, &want, ci), "{fast:?} vs {want:?}");
+        let mut portable = vec![f32::NAN; co * pixels];
+        if let Some(pairs) = &op.product.pairs {
+            let mut words = vec![0u32; pairs.k2 * pixels];
+            for (j, dst) in words.chunks_exact_mut(pixels).enumerate() {
+                let row = |c: usize| (c < ci).then(|| &x[c * pixels..][..pixels]);
+                bf16::pack_rows(&x[2 * j * pixels..][..pixels], row(2 * j + 1), dst);
+            }
+            let offsets: Vec<usize> = (0..pairs.k2).map(|j| j * pixels).collect();
+            bf16::run_portable(
+                &op.product,
+                pairs,
+                &words,
+                &offsets,
+                pixels,
+                &mut portable,
+                pixels,
+            );
+        } else {
+            let offsets: Vec<usize> = (0..ci).map(|i| i * pixels).collect();
+            op.product
+                .run_portable(&x, &offsets, pixels, &mut portable, pixels);
+        }
+        prop_assert!(close(&portable, &want, ci), "{portable:?} vs {want:?}");
+        Ok(())
+    }
+
+    /// A dense 3x3 convolution of random operands against its definition summed in f64, in f32
+    /// or (`rounded`) bf16.
+    fn check_dense3x3(
+        (co, ci, h, w): (usize, usize, usize, usize),
+        (stride, masked, seed, act): (usize, bool, u64, u8),
+        rounded: bool,
+    ) -> Result<(), TestCaseError> {
+        let (mut product, wt, bias, slopes) = make_product(co, 9 * ci, seed, act);
+        if rounded {
+            product = product.with_pairs(ci, 9, &wt).unwrap();
+        }
+        let b = operand(rounded);
+        let x = values(ci * h * w, seed + 2);
+        let mask: Vec<f32> = (0..h * w)
+            .map(|i| f32::from(u8::from(i % 3 != 1)))
+            .collect();
+        let op = Dense3x3 {
+            product,
+            ci,
+            stride,
+        };
+        let (ho, wo) = (op.out_side(h), op.out_side(w));
+        let mut want = vec![0f32; co * ho * wo];
+        for o in 0..co {
+            for y in 0..ho {
+                for xx in 0..wo {
+                    let mut s = f64::from(bias[o]);
+                    for c in 0..ci {
+                        for ky in 0..3 {
+                            for kx in 0..3 {
+                                let (r, col) = (stride * y + ky, stride * xx + kx);
+                                if r == 0 || col == 0 || r > h || col > w {
+                                    continue;
+                                }
+                                let at = (r - 1) * w + col - 1;
+                                let m = if masked { mask[at] } else { 1.0 };
+                                s += b(wt[o * 9 * ci + c * 9 + ky * 3 + kx])
+                                    * b(x[c * h * w + at] * m);
+                            }
+                        }
+                    }
+                    want[(o * ho + y) * wo + xx] = activate(s as f32, act, slopes[o]);
+                }
+            }
+        }
+        let mut got = vec![f32::NAN; co * ho * wo];
+        op.run(&x, masked.then_some(&mask[..]), h, w, &mut got)
+            .unwrap();
+        prop_assert!(close(&got, &want, 9 * ci), "{got:?} vs {want:?}");
+        Ok(())
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(48))]
         #[test]
@@ -852,25 +1096,7 @@ mod tests {
             co in 1usize..40, ci in 1usize..40, pixels in 1usize..100, seed in 0u64..1000,
             act in 0u8..3,
         ) {
-            let (product, w, bias, slopes) = make_product(co, ci, seed, act);
-            let x = values(ci * pixels, seed + 2);
-            let mut want = vec![0f32; co * pixels];
-            for o in 0..co {
-                for p in 0..pixels {
-                    let s: f64 = (0..ci)
-                        .map(|i| f64::from(w[o * ci + i]) * f64::from(x[i * pixels + p]))
-                        .sum();
-                    want[o * pixels + p] = activate((s + f64::from(bias[o])) as f32, act, slopes[o]);
-                }
-            }
-            let op = Pointwise { product, lead_in: 0, lead_out: 0 };
-            let mut fast = vec![f32::NAN; co * pixels];
-            op.run(&x, pixels, &mut fast).unwrap();
-            let offsets: Vec<usize> = (0..ci).map(|i| i * pixels).collect();
-            let mut portable = vec![f32::NAN; co * pixels];
-            op.product.run_portable(&x, &offsets, pixels, &mut portable, pixels);
-            prop_assert!(close(&fast, &want, ci), "{fast:?} vs {want:?}");
-            prop_assert!(close(&portable, &want, ci));
+            check_pointwise((co, ci, pixels, seed, act), false)?;
         }
 
         #[test]
@@ -878,37 +1104,25 @@ mod tests {
             co in 1usize..20, ci in 1usize..6, h in 1usize..24, w in 1usize..24,
             stride in 1usize..3, masked: bool, seed in 0u64..1000, act in 0u8..3,
         ) {
-            let (product, wt, bias, slopes) = make_product(co, 9 * ci, seed, act);
-            let x = values(ci * h * w, seed + 2);
-            let mask: Vec<f32> = (0..h * w).map(|i| f32::from(u8::from(i % 3 != 1))).collect();
-            let op = Dense3x3 { product, ci, stride };
-            let (ho, wo) = (op.out_side(h), op.out_side(w));
-            let mut want = vec![0f32; co * ho * wo];
-            for o in 0..co {
-                for y in 0..ho {
-                    for xx in 0..wo {
-                        let mut s = f64::from(bias[o]);
-                        for c in 0..ci {
-                            for ky in 0..3 {
-                                for kx in 0..3 {
-                                    let (r, col) = (stride * y + ky, stride * xx + kx);
-                                    if r == 0 || col == 0 || r > h || col > w {
-                                        continue;
-                                    }
-                                    let at = (r - 1) * w + col - 1;
-                                    let m = if masked { mask[at] } else { 1.0 };
-                                    s += f64::from(wt[o * 9 * ci + c * 9 + ky * 3 + kx])
-                                        * f64::from(x[c * h * w + at] * m);
-                                }
-                            }
-                        }
-                        want[(o * ho + y) * wo + xx] = activate(s as f32, act, slopes[o]);
-                    }
-                }
-            }
-            let mut got = vec![f32::NAN; co * ho * wo];
-            op.run(&x, masked.then_some(&mask[..]), h, w, &mut got).unwrap();
-            prop_assert!(close(&got, &want, 9 * ci), "{got:?} vs {want:?}");
+            check_dense3x3((co, ci, h, w), (stride, masked, seed, act), false)?;
+        }
+
+        /// The bf16 products compute the definition on bf16-rounded weights and inputs (each
+        /// product exact, the sums in f32), on whichever path this CPU takes.
+        #[test]
+        fn bf16_pointwise_matches_the_rounded_definition(
+            co in 1usize..40, ci in 1usize..40, pixels in 1usize..100, seed in 0u64..1000,
+            act in 0u8..3,
+        ) {
+            check_pointwise((co, ci, pixels, seed, act), true)?;
+        }
+
+        #[test]
+        fn bf16_dense3x3_matches_the_rounded_definition(
+            co in 1usize..20, ci in 1usize..6, h in 1usize..24, w in 1usize..24,
+            stride in 1usize..3, masked: bool, seed in 0u64..1000, act in 0u8..3,
+        ) {
+            check_dense3x3((co, ci, h, w), (stride, masked, seed, act), true)?;
         }
     }
 
@@ -950,6 +1164,17 @@ mod tests {
         }
     }
 
+    /// As [`say_which_kernel_path_was_tested`], for the bf16 products.
+    #[test]
+    fn say_which_bf16_path_was_tested() {
+        let path = if bf16::available() {
+            "AVX512-BF16"
+        } else {
+            "portable"
+        };
+        eprintln!("note: the bf16 products' {path} path was tested here");
+    }
+
     #[test]
     fn wrong_sizes_are_errors() {
         let (product, ..) = make_product(2, 3, 1, 0);
@@ -966,6 +1191,13 @@ mod tests {
             .run(&[0.0; 6], &[0, 2, 5], 2, &mut [0.0; 4], 2)
             .is_err());
         assert!(Product::new(2, 3, &[0.0; 5], vec![0.0; 2]).is_none());
+        assert!(product.clone().with_pairs(2, 1, &[0.0; 6]).is_none());
+        assert!(product.clone().with_pairs(3, 1, &[0.0; 5]).is_none());
+        let pairs = product.clone().with_pairs(3, 1, &[0.0; 6]).unwrap();
+        let w = pairs.pairs.as_ref().unwrap();
+        assert!(bf16::run(&pairs, w, &[0; 4], &[0, 2], 2, &mut [0.0; 4], 2).is_ok());
+        assert!(bf16::run(&pairs, w, &[0; 4], &[0, 3], 2, &mut [0.0; 4], 2).is_err());
+        assert!(bf16::run(&pairs, w, &[0; 4], &[0], 2, &mut [0.0; 4], 2).is_err());
         assert!(product.with_activation(false, Some(vec![0.5])).is_none());
         let (product, ..) = make_product(2, 9, 1, 0);
         let dense = Dense3x3 {
