@@ -620,7 +620,6 @@ impl Geometry {
 }
 
 /// Buffers of [`Pointwise`] and [`Dense3x3`], reused across calls on a thread.
-#[derive(Default)]
 struct Scratch {
     /// Padded f32 input planes.
     padded: Vec<f32>,
@@ -633,8 +632,14 @@ struct Scratch {
 }
 
 thread_local! {
-    static SCRATCH: std::cell::RefCell<Scratch> =
-        std::cell::RefCell::new(Scratch::default());
+    static SCRATCH: std::cell::RefCell<Scratch> = const {
+        std::cell::RefCell::new(Scratch {
+            padded: Vec::new(),
+            wide: Vec::new(),
+            words: Vec::new(),
+            rows: (Vec::new(), Vec::new(), Vec::new()),
+        })
+    };
 }
 
 /// Place input row `y` of channel (or channel pair) `c`, `row`, where [`Geometry::index`] puts
