@@ -133,6 +133,36 @@ impl Product {
         Some(self)
     }
 
+    /// That a product over `taps` offsets (`k` for f32, the channel pairs for [`bf16`]) reads
+    /// `src[offsets[k] + q]` and writes `out[o * out_stride + q]` (`q < len`, `o < co`) within
+    /// inputs of `src_len` and outputs of `out_len` values: what the vector kernels rely on.
+    fn check_reach(
+        &self,
+        taps: usize,
+        src_len: usize,
+        offsets: &[usize],
+        len: usize,
+        out_len: usize,
+        out_stride: usize,
+    ) -> Result<(), String> {
+        let reach = offsets.iter().max().map(|m| m + len);
+        let out_reach = (self.co - 1) * out_stride + len;
+        if len == 0
+            || offsets.len() != taps
+            || reach.is_none_or(|r| r > src_len)
+            || out_stride < len
+            || out_reach > out_len
+        {
+            return Err(format!(
+                "direct convolution: {} offsets for {taps} taps reaching {reach:?} of {src_len} \
+                 inputs, {len} x {} outputs of stride {out_stride} in {out_len}",
+                offsets.len(),
+                self.co,
+            ));
+        }
+        Ok(())
+    }
+
     /// The epilogue for output channel `o`: bias already added, then the activation.
     fn activate(&self, o: usize, v: f32) -> f32 {
         if self.relu {
@@ -165,24 +195,7 @@ impl Product {
         out: &mut [f32],
         out_stride: usize,
     ) -> Result<(), String> {
-        let reach = offsets.iter().max().map(|m| m + len);
-        let out_reach = (self.co - 1) * out_stride + len;
-        if len == 0
-            || offsets.len() != self.k
-            || reach.is_none_or(|r| r > src.len())
-            || out_stride < len
-            || out_reach > out.len()
-        {
-            return Err(format!(
-                "direct convolution: {} offsets for {} taps reaching {reach:?} of {} inputs, \
-                 {len} x {} outputs of stride {out_stride} in {}",
-                offsets.len(),
-                self.k,
-                src.len(),
-                self.co,
-                out.len()
-            ));
-        }
+        self.check_reach(self.k, src.len(), offsets, len, out.len(), out_stride)?;
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU has AVX-512F (checked just above), and every read

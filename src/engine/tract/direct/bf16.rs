@@ -136,23 +136,13 @@ pub fn run(
     out: &mut [f32],
     out_stride: usize,
 ) -> Result<(), String> {
-    let reach = offsets.iter().max().map(|m| m + len);
-    let out_reach = (op.co - 1) * out_stride + len;
-    if len == 0
-        || offsets.len() != w.k2
-        || w.packed.len() != op.co.div_ceil(MR) * w.k2 * MR
-        || reach.is_none_or(|r| r > src.len())
-        || out_stride < len
-        || out_reach > out.len()
-    {
+    op.check_reach(w.k2, src.len(), offsets, len, out.len(), out_stride)?;
+    if w.packed.len() != op.co.div_ceil(MR) * w.k2 * MR {
         return Err(format!(
-            "bf16 convolution: {} offsets for {} channel pairs reaching {reach:?} of {} inputs, \
-             {len} x {} outputs of stride {out_stride} in {}",
-            offsets.len(),
-            w.k2,
-            src.len(),
+            "bf16 convolution: {} packed weights for {} outputs and {} channel pairs",
+            w.packed.len(),
             op.co,
-            out.len()
+            w.k2
         ));
     }
     #[cfg(target_arch = "x86_64")]
