@@ -63,6 +63,9 @@ def run_crops(cfg: dict, manifest: Path, out: Path, jitter: int) -> data.Crops:
     exe = find_livecheck(cfg)
     cmd = [str(exe), "crops", str(manifest), str(out), "--model-set", str(repo_path(cfg["base_set"])),
            "--jitter", str(jitter), "--seed", str(cfg["seed"]), "--group-by", cfg["group_by"]]
+    # f32 kernels: check_reproduction holds livecheck's logits to the torch/onnxruntime f32 path
+    # within 1e-3, which the CLI's default bf16 products do not (they move logits by ~5e-2).
+    cmd += ["--kernels", "fused"]
     cmd += cfg.get("livecheck_args", [])
     stamp = hashlib.sha256((" ".join(cmd) + manifest.read_text()).encode()).hexdigest()
     if (out / "crops.csv").exists() and (out / "stamp").exists() and (out / "stamp").read_text() == stamp:
