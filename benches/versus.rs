@@ -585,10 +585,12 @@ fn main() {
          threads | context switches |\n|---|---|---|---|---|---|---|\n",
     );
     // With VERSUS_BASELINE_BIN the other side is livecheck too: its rows follow, marked.
+    // The burst's row last: where its extra CPU per successful check goes.
     let sides: Vec<(&Run, &str)> = rows
         .iter()
         .flat_map(|(l, p)| [(l, ""), (p, " (baseline)")])
         .filter(|(_, mark)| versus_livecheck || mark.is_empty())
+        .chain(burst_run.iter().map(|b| (b, " (burst)")))
         .collect();
     for (l, mark) in sides {
         let ok = l.answers.ok.max(1) as f64;
