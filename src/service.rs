@@ -99,12 +99,22 @@ impl CheckService {
     /// Decode, detect, classify and hash `bytes`. CPU-bound: run it on a CPU slot or a pool
     /// thread.
     pub fn check(&self, bytes: &[u8]) -> Result<Checked, CheckError> {
+        self.check_with(bytes, None)
+    }
+
+    /// [`CheckService::check`], with the classifiers split over this thread and one `spare`
+    /// lends when it has one idle ([`crate::pipeline::Spare`]): the same answer, sooner.
+    pub fn check_with(
+        &self,
+        bytes: &[u8],
+        spare: Option<&dyn crate::pipeline::Spare>,
+    ) -> Result<Checked, CheckError> {
         use crate::pipeline::decode::LumaRead;
         // The double-compression signal counts the luma blocks the decode reads anyway.
         let mut scan = crate::signals::DoubleJpegScan::default();
-        let (verdict, luma) = self
-            .pipeline
-            .check_with_luma(bytes, &mut |block| scan.visit(block))?;
+        let (verdict, luma) =
+            self.pipeline
+                .check_with_luma(bytes, &mut |block| scan.visit(block), spare)?;
         let double_jpeg = match luma {
             LumaRead::Read(quant) => scan.finish(Some(quant)),
             LumaRead::Unreadable => scan.finish(None),

@@ -162,7 +162,7 @@ fn python_lives_only_in_training_and_scripts() {
 #[test]
 fn the_server_runs_checks_on_the_cpu_slot_threads() {
     for (file, call) in [
-        ("src/server/routes.rs", "service.check("),
+        ("src/server/routes.rs", "service.check_with("),
         ("src/server/capture.rs", "service.precheck("),
     ] {
         let source = std::fs::read_to_string(repo().join(file)).unwrap();

@@ -134,6 +134,63 @@ fn three_member_set_end_to_end() {
     }
 }
 
+/// A [`pipeline::Spare`] that always has a thread: `beside` on a scoped thread of its own.
+struct ScopedSpare {
+    lent: std::sync::atomic::AtomicUsize,
+}
+
+impl pipeline::Spare for ScopedSpare {
+    fn join(&self, here: &mut dyn FnMut(), beside: &mut (dyn FnMut() + Send)) {
+        let caller = std::thread::current().id();
+        std::thread::scope(|s| {
+            let other = s.spawn(move || {
+                assert_ne!(std::thread::current().id(), caller);
+                beside()
+            });
+            here();
+            other.join().unwrap();
+        });
+        self.lent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// The server splits a check's classifiers over two slots when one is idle: the verdict, every
+/// member's logits and the fused score are the same bits as on one thread.
+#[test]
+fn classifiers_split_over_a_spare_thread_give_the_same_bits() {
+    let p =
+        livecheck::load_pipeline(Some(SET), Some(&model_dir()), PipelineConfig::default()).unwrap();
+    let spare = ScopedSpare {
+        lent: Default::default(),
+    };
+    for img in IMAGES {
+        let bytes = std::fs::read(common::silentface().join(format!("{img}.jpg"))).unwrap();
+        let (one, _) = p.check_with_luma(&bytes, &mut |_| {}, None).unwrap();
+        let (two, _) = p
+            .check_with_luma(&bytes, &mut |_| {}, Some(&spare))
+            .unwrap();
+        assert_eq!(one.p_real.to_bits(), two.p_real.to_bits(), "{img}");
+        assert_eq!((one.live, one.reason), (two.live, two.reason), "{img}");
+        let bits = |v: &livecheck::pipeline::Verdict| {
+            let s = v.scores.as_ref().unwrap();
+            s.0.iter()
+                .map(|m| {
+                    (
+                        m.name.clone(),
+                        m.logits.iter().map(|l| l.to_bits()).collect(),
+                    )
+                })
+                .collect::<Vec<(String, Vec<u32>)>>()
+        };
+        assert_eq!(bits(&one), bits(&two), "{img}");
+        assert_eq!(bits(&two).len(), 3);
+    }
+    assert_eq!(
+        spare.lent.load(std::sync::atomic::Ordering::SeqCst),
+        IMAGES.len()
+    );
+}
+
 #[test]
 fn check_names_the_model_set_and_refuses_unknown_ones() {
     let img = common::silentface().join("image_T1.jpg");

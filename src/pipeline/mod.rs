@@ -338,6 +338,37 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
 }
 
+/// Somewhere to run part of a check beside the calling thread. The server lends a CPU slot that
+/// is idle while no check waits for one (`server::admission`), so that a check on a quiet server
+/// runs its classifiers on two cores; under load there is no idle slot and a check runs on one
+/// thread as before. The pipeline knows nothing more of it.
+pub trait Spare: Sync {
+    /// Runs `here` on this thread and `beside` on another one if one is idle now, or both here
+    /// (`here` first) if none is. Returns when both have run. A panic in either reaches the
+    /// caller after both have finished.
+    fn join(&self, here: &mut dyn FnMut(), beside: &mut (dyn FnMut() + Send));
+}
+
+/// Member indices split into two groups of about equal total cost (greedy, costliest first;
+/// ties keep set order): the group run here, then the group run beside. Each group in set order.
+fn split_by_cost(costs: impl Iterator<Item = usize>) -> (Vec<usize>, Vec<usize>) {
+    let mut order: Vec<(usize, usize)> = costs.enumerate().collect();
+    order.sort_by_key(|&(i, c)| (std::cmp::Reverse(c), i));
+    let (mut here, mut beside) = ((Vec::new(), 0usize), (Vec::new(), 0usize));
+    for (i, c) in order {
+        let group = if here.1 <= beside.1 {
+            &mut here
+        } else {
+            &mut beside
+        };
+        group.0.push(i);
+        group.1 += c;
+    }
+    here.0.sort_unstable();
+    beside.0.sort_unstable();
+    (here.0, beside.0)
+}
+
 fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1e3
 }
@@ -390,26 +421,35 @@ impl Pipeline {
     pub fn check(&self, bytes: &[u8]) -> Result<Verdict, PipelineError> {
         let t0 = Instant::now();
         let img = decode::decode(bytes, &self.config.limits)?;
-        self.check_decoded(&img, t0)
+        self.check_decoded(&img, t0, None)
     }
 
     /// [`Pipeline::check`], also passing a JPEG's luma blocks to `visit` from the decode that
     /// made the pixels ([`decode::decode_with_luma`]): what the double-compression signal reads,
     /// without a second entropy decode. The same verdict as [`Pipeline::check`].
+    ///
+    /// With `spare`, the classifiers are split over this thread and one that `spare` lends when
+    /// it has one idle (see [`Spare`]): the same verdict, bit for bit, sooner.
     pub fn check_with_luma(
         &self,
         bytes: &[u8],
         visit: &mut decode::LumaVisitor<'_>,
+        spare: Option<&dyn Spare>,
     ) -> Result<(Verdict, decode::LumaRead), PipelineError> {
         let t0 = Instant::now();
         let (img, luma) = decode::decode_with_luma(bytes, &self.config.limits, visit)?;
-        Ok((self.check_decoded(&img, t0)?, luma))
+        Ok((self.check_decoded(&img, t0, spare)?, luma))
     }
 
     /// The rest of a check once `img` is decoded; `t0` is when decoding began.
-    fn check_decoded(&self, img: &BgrImage, t0: Instant) -> Result<Verdict, PipelineError> {
+    fn check_decoded(
+        &self,
+        img: &BgrImage,
+        t0: Instant,
+        spare: Option<&dyn Spare>,
+    ) -> Result<Verdict, PipelineError> {
         let decode_ms = ms(t0);
-        let mut v = self.check_image(img)?;
+        let mut v = self.check_image_with(img, spare)?;
         v.timings.decode = decode_ms;
         v.timings.total = ms(t0);
         Ok(v)
@@ -417,6 +457,15 @@ impl Pipeline {
 
     /// Run detection and classification on an already decoded, upright image.
     pub fn check_image(&self, img: &BgrImage) -> Result<Verdict, PipelineError> {
+        self.check_image_with(img, None)
+    }
+
+    /// [`Pipeline::check_image`], with the classifiers split over this thread and `spare`'s.
+    fn check_image_with(
+        &self,
+        img: &BgrImage,
+        spare: Option<&dyn Spare>,
+    ) -> Result<Verdict, PipelineError> {
         let t0 = Instant::now();
         let cfg = &self.config;
         let mut v = Verdict::quality(Reason::NoFace, cfg.threshold);
@@ -428,10 +477,7 @@ impl Pipeline {
 
         // Classification.
         let t1 = Instant::now();
-        let mut members = Vec::with_capacity(self.set.classifiers.len());
-        for (i, m) in self.set.classifiers.iter().enumerate() {
-            members.push(self.classify(&view, bbox, i, m, |_| ())?);
-        }
+        let members = self.classify_all(&view, bbox, spare)?;
         let p: Vec<f32> = members.iter().map(|m| m.p_real).collect();
         v.timings.classify = ms(t1);
         v.p_real = classify::fuse(&self.set.fusion, &p);
@@ -713,6 +759,40 @@ impl Pipeline {
         Ok((pixels, score))
     }
 
+    /// Every member's score for face box `bbox`, in set order. With `spare` and two or more
+    /// members, the members are split into two groups of about equal cost (input pixels), one
+    /// run here and one on the spare thread when there is one: each member's arithmetic is the
+    /// same on any thread, so the scores are the same bits. The first failing member in set
+    /// order gives the error, as in the one-thread loop.
+    fn classify_all(
+        &self,
+        view: &resize::ImageView<'_>,
+        bbox: [i32; 4],
+        spare: Option<&dyn Spare>,
+    ) -> Result<Vec<MemberScore>, PipelineError> {
+        let all = &self.set.classifiers;
+        let run = |i: usize| self.classify(view, bbox, i, &all[i], |_| ());
+        let Some(spare) = spare.filter(|_| all.len() >= 2) else {
+            return (0..all.len()).map(run).collect();
+        };
+        let (here, beside) = split_by_cost(all.iter().map(|m| m.size * m.size));
+        let (mut mine, mut theirs) = (Vec::new(), Vec::new());
+        spare.join(
+            &mut || mine = here.iter().map(|&i| (i, run(i))).collect(),
+            &mut || theirs = beside.iter().map(|&i| (i, run(i))).collect(),
+        );
+        let mut scores: Vec<_> = mine.into_iter().chain(theirs).collect();
+        scores.sort_by_key(|(i, _)| *i);
+        if scores.len() != all.len() {
+            return Err(EngineError::Run {
+                model: "classifiers".into(),
+                message: format!("{} of {} members ran", scores.len(), all.len()),
+            }
+            .into());
+        }
+        scores.into_iter().map(|(_, s)| s).collect()
+    }
+
     /// Crop and preprocess for member `index` (`seen` gets the crop's pixels), run it, and read
     /// its probabilities.
     fn classify(
@@ -813,4 +893,22 @@ pub fn member_crop(
         ResizeKind::Letterbox => square::letterbox_resize(&region, n, crop).then_some(())?,
     }
     Some(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_by_cost;
+
+    #[test]
+    fn members_split_into_two_groups_of_about_equal_cost() {
+        // The default set: two 80 px members and a 128 px one.
+        let (here, beside) = split_by_cost([6400, 6400, 16384].into_iter());
+        assert_eq!((here, beside), (vec![2], vec![0, 1]));
+        let (here, beside) = split_by_cost([6400, 6400].into_iter());
+        assert_eq!((here, beside), (vec![0], vec![1]));
+        let (here, beside) = split_by_cost([1, 2, 3, 4].into_iter());
+        assert_eq!((here, beside), (vec![0, 3], vec![1, 2]));
+        let (here, beside) = split_by_cost([5].into_iter());
+        assert_eq!((here, beside), (vec![0], vec![]));
+    }
 }

@@ -19,6 +19,11 @@
 //! copy of the pipeline's thread-local scratch (decoder, engine, crops) and its own allocator
 //! pages. A fixed thread per slot keeps exactly `slots` copies warm.
 //!
+//! A check on a quiet server borrows an idle slot for its classifiers ([`Admission`]'s
+//! [`Spare`] implementation): the slot is lent only while no admitted check is waiting for one,
+//! and only for the classifiers' part of the check, so a check that arrives meanwhile waits at
+//! most that long. At one client, a check ran on one core while the other was idle.
+//!
 //! Nothing here reads a clock except [`Running`]'s drop: the estimate is driven by
 //! [`Admission::record_service`], so the tests feed it service times directly.
 
@@ -27,6 +32,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::pipeline::Spare;
 
 /// A closure for a slot thread.
 type Job = Box<dyn FnOnce() + Send>;
@@ -214,6 +221,66 @@ impl Admission {
     }
 }
 
+impl Admission {
+    /// An idle CPU slot for a running check's second thread: only while no admitted check
+    /// waits for a slot, so that lending never delays a check that was already waiting.
+    fn lend(&self) -> Option<OwnedSemaphorePermit> {
+        let state = self.shared.lock();
+        if state.waiting > 0 {
+            return None;
+        }
+        Arc::clone(&self.shared.cpu).try_acquire_owned().ok()
+    }
+}
+
+/// A pointer to the `beside` closure of [`Spare::join`], sent to a slot thread.
+struct Beside(*mut (dyn FnMut() + Send + 'static));
+
+// SAFETY: it points to a `dyn FnMut() + Send`, and only the slot thread that receives it calls
+// it, while `join` waits (see there).
+unsafe impl Send for Beside {}
+
+impl Spare for Admission {
+    fn join(&self, here: &mut dyn FnMut(), beside: &mut (dyn FnMut() + Send)) {
+        let Some(permit) = self.lend() else {
+            here();
+            beside();
+            return;
+        };
+        let (done, finished) = std::sync::mpsc::sync_channel::<std::thread::Result<()>>(1);
+        let ptr: *mut (dyn FnMut() + Send + '_) = beside;
+        // SAFETY: only the lifetime is erased. `join` does not return (nor unwind: `here` runs
+        // under `catch_unwind`) until the job has either run `beside` to its end (it reports on
+        // `done` after the call) or been dropped without calling it (`done` is dropped with it
+        // and `recv` fails), so the pointer is never used after `beside`'s borrow ends.
+        let ptr: *mut (dyn FnMut() + Send + 'static) = unsafe { std::mem::transmute(ptr) };
+        let job = Beside(ptr);
+        let job: Job = Box::new(move || {
+            let job = job;
+            // SAFETY: see above; this thread is the only user of the pointer while `join` waits.
+            let ran = std::panic::catch_unwind(AssertUnwindSafe(|| unsafe { (*job.0)() }));
+            drop(permit);
+            let _ = done.send(ran);
+        });
+        if let Err(flume::SendError(job)) = self.shared.jobs.send(job) {
+            drop(job);
+            here();
+            beside();
+            return;
+        }
+        let mine = std::panic::catch_unwind(AssertUnwindSafe(here));
+        match finished.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(panic)) => std::panic::resume_unwind(panic),
+            // The job was dropped unrun (the slot threads stopped): run it here.
+            Err(_) => beside(),
+        }
+        if let Err(panic) = mine {
+            std::panic::resume_unwind(panic);
+        }
+    }
+}
+
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         // Two numbers, each updated in one statement: a panic elsewhere cannot leave them
@@ -381,6 +448,100 @@ mod tests {
         assert_eq!(a.try_admit().err(), Some(Shed::QueueFull));
         assert_eq!(Shed::QueueFull.retry_after_secs(), 1);
         drop(held);
+    }
+
+    /// Runs `join` with closures that record which thread ran them.
+    fn join_threads(a: &Admission) -> (std::thread::ThreadId, std::thread::ThreadId) {
+        let (mut here, mut beside) = (None, None);
+        a.join(
+            &mut || here = Some(std::thread::current().id()),
+            &mut || beside = Some(std::thread::current().id()),
+        );
+        (here.unwrap(), beside.unwrap())
+    }
+
+    #[test]
+    fn an_idle_slot_is_lent_and_given_back() {
+        let a = admission(2, 2000, 16, 10);
+        let (here, beside) = join_threads(&a);
+        assert_eq!(here, std::thread::current().id());
+        assert_ne!(beside, here, "an idle slot runs `beside`");
+        // The slot is free again once `join` has returned.
+        assert_eq!(a.running(), 0);
+        assert_ne!(join_threads(&a).1, here);
+    }
+
+    #[test]
+    fn no_slot_is_lent_while_a_check_waits() {
+        let a = admission(2, 2000, 16, 10);
+        // Admitted, not yet on a slot: lending now would delay it.
+        let waiting = a.try_admit().unwrap();
+        let (here, beside) = join_threads(&a);
+        assert_eq!((here, beside), (std::thread::current().id(), here));
+        drop(waiting);
+        assert_ne!(join_threads(&a).1, std::thread::current().id());
+    }
+
+    #[tokio::test]
+    async fn no_slot_is_lent_when_every_slot_is_busy() {
+        let a = admission(2, 2000, 16, 10);
+        let r1 = a.try_admit().unwrap().start().await.unwrap();
+        let r2 = a.try_admit().unwrap().start().await.unwrap();
+        let (here, beside) = join_threads(&a);
+        assert_eq!(beside, here);
+        drop((r1, r2));
+        assert_ne!(join_threads(&a).1, std::thread::current().id());
+    }
+
+    #[tokio::test]
+    async fn a_lent_slot_delays_a_new_check_only_until_join_returns() {
+        let a = admission(1, 2000, 16, 10);
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let wait = std::sync::Mutex::new(wait);
+        let lent = a.clone();
+        // `beside` holds the one slot until told to finish.
+        let joiner = std::thread::spawn(move || {
+            lent.join(&mut || {}, &mut || {
+                wait.lock().unwrap().recv().unwrap();
+            })
+        });
+        while a.running() == 0 {
+            tokio::task::yield_now().await;
+        }
+        let ticket = a.try_admit().unwrap();
+        let start = tokio::spawn(ticket.start());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!start.is_finished(), "the slot is still lent");
+        go.send(()).unwrap();
+        joiner.join().unwrap();
+        let running = start.await.unwrap().unwrap();
+        assert_eq!(a.running(), 1);
+        drop(running);
+    }
+
+    #[test]
+    fn panics_on_either_side_reach_the_caller_after_both_ran() {
+        let a = admission(2, 2000, 16, 10);
+        let ran = std::sync::atomic::AtomicBool::new(false);
+        let caught = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            a.join(&mut || panic!("here"), &mut || {
+                std::thread::sleep(Duration::from_millis(20));
+                ran.store(true, std::sync::atomic::Ordering::SeqCst);
+            })
+        }));
+        assert!(caught.is_err());
+        assert!(
+            ran.load(std::sync::atomic::Ordering::SeqCst),
+            "`beside` finished first"
+        );
+        let caught = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            a.join(&mut || {}, &mut || panic!("beside"))
+        }));
+        let message = caught.err().and_then(|p| p.downcast_ref::<&str>().copied());
+        assert_eq!(message, Some("beside"));
+        // The slots survive both: the permit came back and the threads still run work.
+        assert_eq!(a.running(), 0);
+        assert_ne!(join_threads(&a).1, std::thread::current().id());
     }
 
     #[test]

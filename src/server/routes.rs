@@ -203,8 +203,10 @@ async fn run_check(
     let service = Arc::clone(&inner.service);
     let started = Instant::now();
     let shadow_bytes = inner.shadow.as_ref().map(|_| bytes.clone());
+    // A quiet server lends this check an idle slot for its classifiers (admission's `Spare`).
+    let spare = inner.admission.clone();
     let result = running
-        .run(move || service.check(&bytes))
+        .run(move || service.check_with(&bytes, Some(&spare)))
         .await
         .map_err(|e| ApiError::Internal(format!("check task failed: {e}")))?;
     metrics.observe_stage_ms("pipeline", started.elapsed().as_secs_f64() * 1000.0);
