@@ -80,7 +80,8 @@ pub struct ServeArgs {
         value_parser = clap::value_parser!(u32).range(1..))]
     pub max_fetches_per_key: u32,
 
-    /// Checks running at once on the CPU. Default: the number of CPU cores.
+    /// CPU slots: checks running at once on the CPU (a check on a quiet server borrows an idle
+    /// slot for half of its classifiers while no check waits). Default: the number of CPU cores.
     #[arg(long, env = "LIVECHECK_MAX_CONCURRENT_CHECKS", value_name = "N",
         value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent_checks: Option<u32>,
