@@ -219,9 +219,7 @@ impl Admission {
     pub fn service_estimate(&self) -> Duration {
         Duration::from_secs_f64(self.shared.lock().service_s)
     }
-}
 
-impl Admission {
     /// An idle CPU slot for a running check's second thread: only while no admitted check
     /// waits for a slot, so that lending never delays a check that was already waiting.
     fn lend(&self) -> Option<OwnedSemaphorePermit> {
@@ -242,32 +240,33 @@ unsafe impl Send for Beside {}
 
 impl Spare for Admission {
     fn join(&self, here: &mut dyn FnMut(), beside: &mut (dyn FnMut() + Send)) {
-        let Some(permit) = self.lend() else {
+        // `beside` handed to an idle slot's thread, or `None` (no idle slot, or the slot
+        // threads stopped: a job refused by the queue is dropped unrun).
+        let sent = self.lend().and_then(|permit| {
+            let (done, finished) = std::sync::mpsc::sync_channel::<std::thread::Result<()>>(1);
+            let ptr: *mut (dyn FnMut() + Send + '_) = &mut *beside;
+            // SAFETY: only the lifetime is erased. `join` does not return (nor unwind: `here`
+            // runs under `catch_unwind`) until the job has either run `beside` to its end (it
+            // reports on `done` after the call) or been dropped without calling it (`done` is
+            // dropped with it and `recv` fails), so the pointer is never used after `beside`'s
+            // borrow ends.
+            let ptr: *mut (dyn FnMut() + Send + 'static) = unsafe { std::mem::transmute(ptr) };
+            let job = Beside(ptr);
+            let job: Job = Box::new(move || {
+                let job = job;
+                // SAFETY: see above; this thread is the only user of the pointer while `join`
+                // waits.
+                let ran = std::panic::catch_unwind(AssertUnwindSafe(|| unsafe { (*job.0)() }));
+                drop(permit);
+                let _ = done.send(ran);
+            });
+            self.shared.jobs.send(job).ok().map(|()| finished)
+        });
+        let Some(finished) = sent else {
             here();
             beside();
             return;
         };
-        let (done, finished) = std::sync::mpsc::sync_channel::<std::thread::Result<()>>(1);
-        let ptr: *mut (dyn FnMut() + Send + '_) = beside;
-        // SAFETY: only the lifetime is erased. `join` does not return (nor unwind: `here` runs
-        // under `catch_unwind`) until the job has either run `beside` to its end (it reports on
-        // `done` after the call) or been dropped without calling it (`done` is dropped with it
-        // and `recv` fails), so the pointer is never used after `beside`'s borrow ends.
-        let ptr: *mut (dyn FnMut() + Send + 'static) = unsafe { std::mem::transmute(ptr) };
-        let job = Beside(ptr);
-        let job: Job = Box::new(move || {
-            let job = job;
-            // SAFETY: see above; this thread is the only user of the pointer while `join` waits.
-            let ran = std::panic::catch_unwind(AssertUnwindSafe(|| unsafe { (*job.0)() }));
-            drop(permit);
-            let _ = done.send(ran);
-        });
-        if let Err(flume::SendError(job)) = self.shared.jobs.send(job) {
-            drop(job);
-            here();
-            beside();
-            return;
-        }
         let mine = std::panic::catch_unwind(AssertUnwindSafe(here));
         match finished.recv() {
             Ok(Ok(())) => {}
