@@ -141,6 +141,16 @@ impl Depthwise3x3 {
             unsafe { avx512::stride2(self, planes, out) };
             return Ok(());
         }
+        #[cfg(target_arch = "x86_64")]
+        if self.stride == 2
+            && std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has AVX2 and FMA (checked just above), the stride is 2, and the
+            // sizes were checked as for the AVX-512 path, which is all `avx2::stride2` relies on.
+            unsafe { avx2::stride2(self, planes, out) };
+            return Ok(());
+        }
         PADDED.with(|p| {
             let mut p = p.borrow_mut();
             #[cfg(target_arch = "x86_64")]
@@ -181,9 +191,6 @@ unsafe fn run_avx2(op: &Depthwise3x3, x: Planes<'_>, out: &mut [f32], p: &mut Ve
 mod avx512 {
     use super::{Depthwise3x3, Planes};
     use std::arch::x86_64::*;
-
-    /// An input row and its mask row (the detector's canvas masks), if any.
-    type Row<'a> = (&'a [f32], Option<&'a [f32]>);
 
     /// The lowest `n` lanes (all 16 when `n >= 16`).
     fn lanes(n: usize) -> __mmask16 {
@@ -229,11 +236,7 @@ mod avx512 {
             let kv: [__m512; 9] = std::array::from_fn(|i| _mm512_set1_ps(k[i]));
             let bias = _mm512_set1_ps(b);
             for (y, orow) in o.chunks_exact_mut(wo).enumerate() {
-                // Input rows 2y-1, 2y, 2y+1 under taps 0, 1, 2 (None: zero padding).
-                let rows: [Option<Row<'_>>; 3] = std::array::from_fn(|ky| {
-                    let r = (2 * y + ky).checked_sub(1).filter(|&r| r < h)?;
-                    Some((&plane[r * w..][..w], mask.map(|m| &m[r * w..][..w])))
-                });
+                let rows = super::stride2_rows(plane, mask, y, h, w);
                 // The odd input column left of each block's first output, per row.
                 let mut carry = [zero; 3];
                 for x0 in (0..wo).step_by(16) {
@@ -282,6 +285,151 @@ mod avx512 {
             }
         }
     }
+}
+
+/// The AVX-512 stride-2 path for AVX2 + FMA (CPUs without AVX-512): the same loads straight
+/// from the input and the same arithmetic, in 8 lanes. The even and odd columns are split with
+/// `vshufps` and a 64-bit lane permute; the column left of each output is the odd vector rotated
+/// one lane up with the previous block's last odd column blended into lane 0. Each output is
+/// `bias + r0 + r1 + r2` of the same fused multiply-add chains as `avx512::stride2`, so the two
+/// give the same bits. Measured against the copying path on this kind of CPU in session 22
+/// (docs/benchmarks.md).
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{Depthwise3x3, Planes};
+    use std::arch::x86_64::*;
+
+    /// A `maskload`/`maskstore` mask of the lowest `n` lanes (all 8 when `n >= 8`).
+    #[inline(always)]
+    fn lanes(n: usize) -> __m256i {
+        let n = n.min(8) as i32;
+        // SAFETY: register-only AVX2 operations; only called from `stride2`, which has AVX2.
+        unsafe {
+            _mm256_cmpgt_epi32(
+                _mm256_set1_epi32(n),
+                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+            )
+        }
+    }
+
+    /// `row[col + lane]` (times the mask row's) for lanes below `n`, zero elsewhere.
+    ///
+    /// # Safety
+    /// AVX2; `row[col..col + min(n, 8)]` (and `mrow`'s) must be in bounds.
+    #[inline(always)]
+    unsafe fn load(row: &[f32], mrow: Option<&[f32]>, col: usize, n: usize) -> __m256 {
+        // SAFETY: full loads read 8 in-bounds values; masked loads read only the lanes below
+        // `n` (the caller's contract), so the pointer may lie outside the row (wrapping
+        // arithmetic, never dereferenced there).
+        unsafe {
+            let get = |r: &[f32]| {
+                let p = r.as_ptr().wrapping_add(col);
+                match n {
+                    0 => _mm256_setzero_ps(),
+                    8.. => _mm256_loadu_ps(p),
+                    _ => _mm256_maskload_ps(p, lanes(n)),
+                }
+            };
+            match mrow {
+                Some(mr) => _mm256_mul_ps(get(row), get(mr)),
+                None => get(row),
+            }
+        }
+    }
+
+    /// # Safety
+    /// The CPU must have AVX2 and FMA; `op.stride == 2`; `x.input` is `[C, h, w]`, `x.mask` (if
+    /// any) `[h, w]` and `out` `[C, ho, wo]` for the op's channels, `h, w >= 1`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn stride2(op: &Depthwise3x3, x: Planes<'_>, out: &mut [f32]) {
+        let Planes { input, mask, h, w } = x;
+        let (ho, wo) = (op.out_side(h), op.out_side(w));
+        // Lane 7 first, then lanes 0-6: a rotation one lane up.
+        let up = _mm256_setr_epi32(7, 0, 1, 2, 3, 4, 5, 6);
+        let zero = _mm256_setzero_ps();
+        for (plane, o, k, b, slope) in op.planes(input, h * w, out, ho * wo) {
+            let kv: [__m256; 9] = std::array::from_fn(|i| _mm256_set1_ps(k[i]));
+            let bias = _mm256_set1_ps(b);
+            for (y, orow) in o.chunks_exact_mut(wo).enumerate() {
+                let rows = super::stride2_rows(plane, mask, y, h, w);
+                // The odd input column left of each block's first output, per row.
+                let mut carry = [zero; 3];
+                for x0 in (0..wo).step_by(8) {
+                    let n = (wo - x0).min(8);
+                    let mut part = [zero; 3];
+                    for (ky, row) in rows.iter().enumerate() {
+                        let Some((row, mrow)) = *row else { continue };
+                        // Columns 2x0 .. 2x0+16 in two vectors, within 0..w.
+                        let c = 2 * x0;
+                        // SAFETY: each load keeps the lanes whose column is below w.
+                        let (lo, hi) = unsafe {
+                            (
+                                load(row, mrow, c, w.saturating_sub(c)),
+                                load(row, mrow, c + 8, w.saturating_sub(c + 8)),
+                            )
+                        };
+                        // 64-bit pairs (lo0 lo2)(hi0 hi2)(lo4 lo6)(hi4 hi6), put in order.
+                        let pairs = |v: __m256| {
+                            _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(v), 0xD8))
+                        };
+                        let even = pairs(_mm256_shuffle_ps(lo, hi, 0x88));
+                        let odd = pairs(_mm256_shuffle_ps(lo, hi, 0xDD));
+                        // Column 2x-1: the odd vector one lane up, the carry in lane 0.
+                        let left = _mm256_blend_ps(
+                            _mm256_permutevar8x32_ps(odd, up),
+                            _mm256_permutevar8x32_ps(carry[ky], up),
+                            1,
+                        );
+                        carry[ky] = odd;
+                        // Taps 0, 1, 2: columns 2x-1, 2x, 2x+1.
+                        let r = _mm256_mul_ps(kv[3 * ky], left);
+                        let r = _mm256_fmadd_ps(kv[3 * ky + 1], even, r);
+                        part[ky] = _mm256_fmadd_ps(kv[3 * ky + 2], odd, r);
+                    }
+                    let mut acc = _mm256_add_ps(
+                        _mm256_add_ps(_mm256_add_ps(bias, part[0]), part[1]),
+                        part[2],
+                    );
+                    if op.relu {
+                        acc = _mm256_max_ps(acc, zero);
+                    }
+                    if let Some(sl) = slope {
+                        acc = _mm256_max_ps(acc, _mm256_mul_ps(_mm256_set1_ps(sl), acc));
+                    }
+                    let dst = orow.as_mut_ptr().wrapping_add(x0);
+                    // SAFETY: lanes x0..x0+n of the output row, n <= wo - x0 (masked stores
+                    // are slow on AMD: only the row's last block uses one).
+                    unsafe {
+                        if n == 8 {
+                            _mm256_storeu_ps(dst, acc);
+                        } else {
+                            _mm256_maskstore_ps(dst, lanes(n), acc);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// An input row and its mask row (the detector's canvas masks), if any.
+#[cfg(target_arch = "x86_64")]
+type Row<'a> = (&'a [f32], Option<&'a [f32]>);
+
+/// The input rows 2y-1, 2y, 2y+1 of `plane` (`h` x `w`, and of its mask) under taps 0, 1, 2 of
+/// output row `y` of a stride-2 convolution; `None` where a tap falls on the zero padding.
+#[cfg(target_arch = "x86_64")]
+fn stride2_rows<'a>(
+    plane: &'a [f32],
+    mask: Option<&'a [f32]>,
+    y: usize,
+    h: usize,
+    w: usize,
+) -> [Option<Row<'a>>; 3] {
+    std::array::from_fn(|ky| {
+        let r = (2 * y + ky).checked_sub(1).filter(|&r| r < h)?;
+        Some((&plane[r * w..][..w], mask.map(|m| &m[r * w..][..w])))
+    })
 }
 
 /// A `[C, H, W]` input and its optional `[H, W]` mask.
@@ -590,6 +738,56 @@ mod tests {
             let want = naive(&op, &xm, c, h, w);
             for (a, b) in out.iter().zip(&want) {
                 prop_assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// The AVX2 stride-2 path on any CPU with AVX2 and FMA (an AVX-512 CPU dispatches past
+        /// it): against the direct definition, and bit for bit against the AVX-512 path where
+        /// the CPU has that too. Widths cross its 8-lane blocks and odd edges.
+        #[test]
+        fn the_avx2_stride2_path_matches_the_definition_and_the_avx512_bits(
+            c in 1usize..4, h in 1usize..20, w in 1usize..50, relu: bool, prelu: bool,
+            masked: bool, seed in 0u32..1000,
+        ) {
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                let val = |i: usize, k: u32| (((i as u32).wrapping_mul(2654435761).wrapping_add(k * 7919 + seed)) % 1000) as f32 / 250.0 - 2.0;
+                let mut op = Depthwise3x3::new(
+                    2,
+                    (0..9 * c).map(|i| val(i, 1)).collect(),
+                    (0..c).map(|i| val(i, 2)).collect(),
+                    relu,
+                );
+                if prelu {
+                    op = op.with_prelu((0..c).map(|i| val(i, 5) / 2.0).collect());
+                }
+                let x: Vec<f32> = (0..c * h * w).map(|i| val(i, 3)).collect();
+                let mask: Option<Vec<f32>> = masked.then(|| (0..h * w).map(|i| (val(i, 4) > 0.0) as u8 as f32).collect());
+                let mut out = vec![f32::NAN; c * op.out_side(h) * op.out_side(w)];
+                let planes = Planes { input: &x, mask: mask.as_deref(), h, w };
+                // SAFETY: the CPU has AVX2 and FMA (checked above); stride 2 and sizes as `run`
+                // checks them.
+                unsafe { avx2::stride2(&op, planes, &mut out) };
+                let xm: Vec<f32> = match &mask {
+                    Some(m) => x.iter().enumerate().map(|(i, v)| v * m[i % (h * w)]).collect(),
+                    None => x.clone(),
+                };
+                let want = naive(&op, &xm, c, h, w);
+                for (a, b) in out.iter().zip(&want) {
+                    prop_assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    let mut wide = vec![f32::NAN; out.len()];
+                    // SAFETY: the CPU has AVX-512F (checked just above); as above otherwise.
+                    unsafe { avx512::stride2(&op, planes, &mut wide) };
+                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                    prop_assert_eq!(bits(&out), bits(&wide));
+                }
             }
         }
     }
