@@ -21,8 +21,10 @@
 //!   result is compacted into the output. No im2col matrix is ever built.
 //!
 //! The weights are packed once, at load. The AVX-512 path (runtime detection) uses masked loads
-//! and stores for the tails; the AVX2 + FMA path computes each block as two halves of 4 rows
-//! over 24 outputs (16 vector registers); the portable path is the same loops in plain Rust.
+//! and stores for the tails; the AVX2 + FMA path computes passes of 6 output rows over 16
+//! outputs (12 accumulators, 15 of the 16 vector registers), reading each row's weights from the
+//! same [`MR`]-row packing; the portable path is the same loops in plain Rust. Every path sums
+//! each output over `k` in the same order, so the AVX2 and AVX-512 paths give the same bits.
 //!
 //! [`fuse_pointwise`] and [`fuse_dense3x3`] rewrite a concrete, decluttered model before codegen.
 
@@ -365,18 +367,26 @@ mod avx512 {
 }
 
 /// The same kernel for AVX2 + FMA (AMD Zen 2/3, Zen 4 without AVX-512 exposed, Intel before
-/// AVX-512). Each [`MR`]-row block is computed as two halves of 4 rows over 16 outputs: 8
-/// accumulators, two input vectors and one broadcast weight, 11 of the 16 vector registers.
+/// AVX-512). Output rows are computed in passes of 6 over 16 outputs: 12 accumulators, two
+/// input vectors and one broadcast weight, 15 of the 16 vector registers. A pass's rows may
+/// straddle two [`MR`]-row blocks of the packing: each row reads its own weights in place.
 ///
-/// Why not 4 rows x 24 outputs (12 accumulators, as before): with three input vectors that needs
-/// all 16 registers, and LLVM kept one accumulator on the stack, so every step waited on a store
-/// and a reload; the kernel ran at about a third of the FMA peak (session 22's profile). Eight
-/// independent accumulators are just enough to cover the FMA latency (4 cycles, 2 pipes).
+/// Why 6 rows: with 4 x 24 outputs (12 accumulators and three input vectors, all 16 registers)
+/// LLVM kept one accumulator on the stack, every step waiting on a store and a reload (session
+/// 22's profile); 4 x 16 (8 accumulators, session 22) is just enough to cover the FMA latency
+/// (4 cycles, 2 pipes) and leaves no slack for a late load. Six rows give 12 independent sums
+/// and waste fewer rows on channel counts that are not a multiple of 8 (26, 52, 77, 103, 231 in
+/// the classifiers), since the last pass takes 2, 4 or 6 rows. A throwaway in-process A/B
+/// against the 4 x 16 kernel (the two called in turn, best of many calls, on every 1x1 and the
+/// detector's 64-channel 3x3 shapes; session 23) measured 1.13x on those 3x3 convolutions,
+/// 1.1-1.2x on the 1x1 ones with 26, 52 or 77 outputs and the same elsewhere, except 0.90-0.92x
+/// on the 128 px classifier's 32 -> 103 layer over 64x64 values, which writes 1.7 MB and is
+/// bound by memory either way.
 ///
 /// Loop order, chosen by measurement on the models (`examples/profile_ops.rs --nodes`, session
-/// 22): a dense 3x3 convolution runs one weight block over all outputs, then the next (its
-/// weights, 9 x the input channels x 8, stay in L1). A 1x1 convolution instead copies each
-/// 16-output block's inputs into a contiguous panel and runs every weight block over it: its
+/// 22): a dense 3x3 convolution runs one pass of rows over all outputs, then the next (its
+/// weights, 9 x the input channels x 6, stay in L1). A 1x1 convolution instead copies each
+/// 16-output block's inputs into a contiguous panel and runs every pass over it: its
 /// inputs are whole planes apart, and planes of 64x64, 32x32 or 16x16 values put every input
 /// of a block in the same L1 set (8 ways for 32 to 128 inputs). The 128 px classifier's two
 /// largest 1x1 layers went from 1.04 and 0.74-1.02 ms to 0.58 and 0.47-0.50 ms with the panel.
@@ -387,8 +397,6 @@ mod avx2 {
 
     /// Outputs per block along `q`: two 8-lane vectors.
     const NQ: usize = 16;
-    /// Rows per half block.
-    const HR: usize = MR / 2;
 
     /// `maskload`/`maskstore` masks (lane on when its sign bit is set) of the two vectors of a
     /// block of `lanes` (1 to [`NQ`]) outputs.
@@ -410,28 +418,30 @@ mod avx2 {
         [m(0), m(1)]
     }
 
-    /// One half block: rows `half * HR ..` of block `w` (`[k][MR]` weights) over the 16 outputs
-    /// at `base + offsets[k]`. `FULL` blocks use plain loads; a tail block masked ones.
+    /// Rows of one pass of the kernel: 6 rows x 2 vectors is 12 accumulators, with the two input
+    /// vectors and a broadcast 15 of the 16 registers. Twelve independent sums keep both FMA
+    /// pipes busy through their 4-cycle latency, where 8 (4 rows) left no slack at all.
+    const ROWS: usize = 6;
+
+    /// Rows `R` of a pass over the 16 outputs at `base + offsets[k]`: row `i`'s weight for `k`
+    /// at `rows[i] + k * MR` (the `[k][MR]` packing). `FULL` passes use plain loads; a tail
+    /// pass masked ones.
     ///
     /// # Safety
-    /// The CPU must have AVX2 and FMA; `base + off + lane` must be readable for every
-    /// `off` in `offsets` and every lane that `mask` keeps (every lane when `FULL`).
+    /// The CPU must have AVX2 and FMA; `rows[i] + k * MR` must be readable for every `k <
+    /// offsets.len()`, and `base + off + lane` for every `off` in `offsets` and every lane
+    /// that `mask` keeps (every lane when `FULL`).
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn half_block<const FULL: bool>(
-        w: &[f32],
+    unsafe fn pass<const R: usize, const FULL: bool>(
+        rows: &[*const f32; R],
         offsets: &[usize],
         base: *const f32,
-        half: usize,
         mask: &[__m256i; 2],
-    ) -> [[__m256; 2]; HR] {
+    ) -> [[__m256; 2]; R] {
         let zero = _mm256_setzero_ps();
-        let (mut a0, mut a1, mut a2, mut a3) = ([zero; 2], [zero; 2], [zero; 2], [zero; 2]);
-        for (wk, &off) in w.chunks_exact(MR).zip(offsets) {
-            let Ok(wk) = <&[f32; MR]>::try_from(wk) else {
-                continue;
-            };
-            let wk = &wk[half * HR..];
+        let mut acc = [[zero; 2]; R];
+        for (k, &off) in offsets.iter().enumerate() {
             let row = base.wrapping_add(off);
             // SAFETY: the caller's contract; masked-off lanes are not read.
             let (lo, hi) = unsafe {
@@ -444,75 +454,127 @@ mod avx2 {
                     )
                 }
             };
-            let s = _mm256_set1_ps(wk[0]);
-            a0 = [_mm256_fmadd_ps(s, lo, a0[0]), _mm256_fmadd_ps(s, hi, a0[1])];
-            let s = _mm256_set1_ps(wk[1]);
-            a1 = [_mm256_fmadd_ps(s, lo, a1[0]), _mm256_fmadd_ps(s, hi, a1[1])];
-            let s = _mm256_set1_ps(wk[2]);
-            a2 = [_mm256_fmadd_ps(s, lo, a2[0]), _mm256_fmadd_ps(s, hi, a2[1])];
-            let s = _mm256_set1_ps(wk[3]);
-            a3 = [_mm256_fmadd_ps(s, lo, a3[0]), _mm256_fmadd_ps(s, hi, a3[1])];
+            for (a, &w) in acc.iter_mut().zip(rows) {
+                // SAFETY: the caller's contract.
+                let s = unsafe { _mm256_broadcast_ss(&*w.wrapping_add(k * MR)) };
+                *a = [_mm256_fmadd_ps(s, lo, a[0]), _mm256_fmadd_ps(s, hi, a[1])];
+            }
         }
-        [a0, a1, a2, a3]
+        acc
     }
 
-    /// Block `b` (weights `w`) over the 16 outputs at `q0`: both halves, bias, activation and
-    /// the stores.
+    /// Output rows `o0 .. o0 + R` (those below `op.co`) over the 16 outputs at `q0`: the pass,
+    /// bias, activation and the stores. Rows past `op.co` read row `op.co - 1`'s weights and
+    /// are not stored.
     ///
     /// # Safety
-    /// The CPU must have AVX2 and FMA; `base + off + lane` readable as for [`half_block`], and
-    /// `out[o * out_stride + q0 + lane]` writable for `o < op.co` and the lanes `mask` keeps
-    /// (every lane when `full`).
+    /// The CPU must have AVX2 and FMA; `offsets.len() == op.k`, `base + off + lane` readable
+    /// as for [`pass`], and `out[o * out_stride + q0 + lane]` writable for `o < op.co` and the
+    /// lanes `mask` keeps (every lane when `full`).
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn block(
+    unsafe fn store_rows<const R: usize>(
         op: &Product,
-        (b, w): (usize, &[f32]),
+        (o0, rows): (usize, &[*const f32; R]),
         offsets: &[usize],
         base: *const f32,
-        (full, mask, packed): (bool, &[__m256i; 2], bool),
+        (full, mask, padded): (bool, &[__m256i; 2], bool),
         out: &mut [f32],
         out_stride: usize,
         q0: usize,
     ) {
         let zero = _mm256_setzero_ps();
-        for half in 0..2 {
-            // SAFETY: the caller's contract.
-            let acc = unsafe {
-                if full || packed {
-                    half_block::<true>(w, offsets, base, half, mask)
-                } else {
-                    half_block::<false>(w, offsets, base, half, mask)
+        // SAFETY: the caller's contract.
+        let acc = unsafe {
+            if full || padded {
+                pass::<R, true>(rows, offsets, base, mask)
+            } else {
+                pass::<R, false>(rows, offsets, base, mask)
+            }
+        };
+        for (i, a) in acc.iter().enumerate() {
+            let o = o0 + i;
+            if o >= op.co {
+                break;
+            }
+            let bias = _mm256_set1_ps(op.bias[o]);
+            let slope = op.slopes.as_ref().map(|s| _mm256_set1_ps(s[o]));
+            let dst = out.as_mut_ptr().wrapping_add(o * out_stride + q0);
+            for (j, &a) in a.iter().enumerate() {
+                let mut x = _mm256_add_ps(a, bias);
+                if op.relu {
+                    x = _mm256_max_ps(x, zero);
+                } else if let Some(s) = slope {
+                    x = _mm256_max_ps(x, _mm256_mul_ps(s, x));
                 }
-            };
-            for (r, a) in acc.iter().enumerate() {
-                let o = b * MR + half * HR + r;
-                if o >= op.co {
-                    break;
-                }
-                let bias = _mm256_set1_ps(op.bias[o]);
-                let slope = op.slopes.as_ref().map(|s| _mm256_set1_ps(s[o]));
-                let dst = out.as_mut_ptr().wrapping_add(o * out_stride + q0);
-                for (j, &a) in a.iter().enumerate() {
-                    let mut x = _mm256_add_ps(a, bias);
-                    if op.relu {
-                        x = _mm256_max_ps(x, zero);
-                    } else if let Some(s) = slope {
-                        x = _mm256_max_ps(x, _mm256_mul_ps(s, x));
-                    }
-                    // SAFETY: out[o * out_stride + q0 + lane] is in bounds for every lane of a
-                    // full block, else for the lanes the mask keeps (the caller's contract).
-                    // (Masked stores are slow on AMD: full blocks avoid them.)
-                    unsafe {
-                        let p = dst.wrapping_add(8 * j);
-                        if full {
-                            _mm256_storeu_ps(p, x);
-                        } else {
-                            _mm256_maskstore_ps(p, mask[j], x);
-                        }
+                // SAFETY: out[o * out_stride + q0 + lane] is in bounds for every lane of a
+                // full block, else for the lanes the mask keeps (the caller's contract).
+                // (Masked stores are slow on AMD: full blocks avoid them.)
+                unsafe {
+                    let p = dst.wrapping_add(8 * j);
+                    if full {
+                        _mm256_storeu_ps(p, x);
+                    } else {
+                        _mm256_maskstore_ps(p, mask[j], x);
                     }
                 }
+            }
+        }
+    }
+
+    /// The passes over `op`'s output rows: [`ROWS`] rows each, the last one of 2, 4 or 6 rows
+    /// to fit what is left; each with its first row and its rows' weights (rows past `op.co`
+    /// read row `op.co - 1`'s and are not stored).
+    fn passes(op: &Product) -> Vec<(usize, usize, [*const f32; ROWS])> {
+        (0..op.co)
+            .step_by(ROWS)
+            .map(|o0| {
+                let r = match op.co - o0 {
+                    1..=2 => 2,
+                    3..=4 => 4,
+                    _ => ROWS,
+                };
+                let rows = std::array::from_fn(|i| {
+                    let o = (o0 + i).min(op.co - 1);
+                    op.packed
+                        .as_ptr()
+                        .wrapping_add((o / MR) * op.k * MR + o % MR)
+                });
+                (o0, r, rows)
+            })
+            .collect()
+    }
+
+    /// One pass of [`passes`] over the 16 outputs at `q0`, or a tail of fewer.
+    ///
+    /// # Safety
+    /// As for [`store_rows`].
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn pass_rows(
+        op: &Product,
+        &(o0, r, ref rows): &(usize, usize, [*const f32; ROWS]),
+        offsets: &[usize],
+        base: *const f32,
+        tail: (bool, &[__m256i; 2], bool),
+        out: &mut [f32],
+        out_stride: usize,
+        q0: usize,
+    ) {
+        let (two, four) = (rows.first_chunk::<2>(), rows.first_chunk::<4>());
+        // SAFETY: the caller's contract; the row pointers are rows of `op.packed`, `op.k`
+        // weights of stride MR each.
+        unsafe {
+            match (r, two, four) {
+                (2, Some(two), _) => {
+                    store_rows::<2>(op, (o0, two), offsets, base, tail, out, out_stride, q0)
+                }
+                (4, _, Some(four)) => {
+                    store_rows::<4>(op, (o0, four), offsets, base, tail, out, out_stride, q0)
+                }
+                _ => store_rows::<ROWS>(op, (o0, rows), offsets, base, tail, out, out_stride, q0),
             }
         }
     }
@@ -536,9 +598,9 @@ mod avx2 {
         out: &mut [f32],
         out_stride: usize,
     ) {
-        let blocks = || op.packed.chunks_exact(op.k * MR).enumerate();
+        let passes = passes(op);
         // A 1x1 convolution (its inputs a whole plane apart): each 16-output block's inputs are
-        // copied into one contiguous panel and every weight block runs over it.
+        // copied into one contiguous panel and every pass of rows runs over it.
         let step = offsets.get(1).map_or(0, |o| o.wrapping_sub(offsets[0]));
         if offsets.windows(2).all(|p| p[1].wrapping_sub(p[0]) == step) {
             PANEL.with(|panel| {
@@ -551,16 +613,25 @@ mod avx2 {
                     let mask = masks(lanes);
                     // Lanes past `lanes` keep older values: their sums are never stored.
                     for (dst, &off) in panel.chunks_exact_mut(NQ).zip(offsets) {
-                        dst[..lanes].copy_from_slice(&src[off + q0..][..lanes]);
+                        let src = &src[off + q0..][..lanes];
+                        // A whole block is a fixed-size copy, two vector moves (a
+                        // `copy_from_slice` of a variable length is a call to memmove).
+                        match (
+                            <&mut [f32; NQ]>::try_from(&mut *dst),
+                            <&[f32; NQ]>::try_from(src),
+                        ) {
+                            (Ok(d), Ok(s)) => *d = *s,
+                            _ => dst[..lanes].copy_from_slice(src),
+                        }
                     }
-                    for bw in blocks() {
+                    for pass in &passes {
                         let tail = (lanes == NQ, &mask, true);
                         // SAFETY: the panel holds 16 values per input; the stores as the
                         // caller's contract.
                         unsafe {
-                            block(
+                            pass_rows(
                                 op,
-                                bw,
+                                pass,
                                 panel_offsets,
                                 panel.as_ptr(),
                                 tail,
@@ -574,16 +645,16 @@ mod avx2 {
             });
             return;
         }
-        for bw in blocks() {
+        for pass in &passes {
             for q0 in (0..len).step_by(NQ) {
                 let lanes = NQ.min(len - q0);
                 let mask = masks(lanes);
                 let base = src.as_ptr().wrapping_add(q0);
                 // SAFETY: the caller's contract.
                 unsafe {
-                    block(
+                    pass_rows(
                         op,
-                        bw,
+                        pass,
                         offsets,
                         base,
                         (lanes == NQ, &mask, false),
@@ -1319,7 +1390,9 @@ mod tests {
 
         /// The AVX2 + FMA kernel against the portable one on any CPU that has AVX2, so that a
         /// machine with AVX-512 (which dispatches past it) still tests it. Lengths cross the
-        /// kernel's 16-output blocks and its masked tail; `co` crosses the 4-row halves.
+        /// kernel's 16-output blocks and its masked tail; `co` crosses the 6-row passes (some
+        /// straddling two [`MR`]-row blocks of the packing) and the last pass's 2- and 4-row
+        /// forms.
         /// `plane_apart` gives the inputs one plane apart (a 1x1 convolution: the panel order),
         /// else shifted by up to two values (a 3x3's taps: the direct order).
         #[test]
