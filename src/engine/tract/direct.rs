@@ -1394,7 +1394,8 @@ mod tests {
         /// straddling two [`MR`]-row blocks of the packing) and the last pass's 2- and 4-row
         /// forms.
         /// `plane_apart` gives the inputs one plane apart (a 1x1 convolution: the panel order),
-        /// else shifted by up to two values (a 3x3's taps: the direct order).
+        /// else shifted by up to two values (a 3x3's taps: the direct order). Where the CPU has
+        /// AVX-512F as well, the AVX2 result must also equal the AVX-512 one bit for bit.
         #[test]
         fn the_avx2_path_matches_the_portable_one(
             co in 1usize..20, k in 1usize..30, len in 1usize..80, stride_extra in 0usize..5,
@@ -1417,6 +1418,15 @@ mod tests {
                 unsafe { avx2::run(&product, &src, &offsets, len, &mut a, stride) };
                 product.run_portable(&src, &offsets, len, &mut b, stride);
                 prop_assert!(close(&a, &b, k), "{a:?} vs {b:?}");
+                // Where the CPU also has AVX-512F, the two vector paths give the same bits (the
+                // same fused sums in the same order).
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    let mut c = vec![0f32; co * stride];
+                    // SAFETY: the CPU has AVX-512F; the bounds were checked above.
+                    unsafe { avx512::run(&product, &src, &offsets, len, &mut c, stride) };
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    prop_assert_eq!(bits(&a), bits(&c));
+                }
                 // Untouched padding between rows stays zero.
                 for o in 0..co {
                     prop_assert!(a[o * stride + len..(o + 1) * stride].iter().all(|&v| v == 0.0));
