@@ -418,14 +418,12 @@ mod avx2 {
         [m(0), m(1)]
     }
 
-    /// Rows of one pass of the kernel: 6 rows x 2 vectors is 12 accumulators, with the two input
-    /// vectors and a broadcast 15 of the 16 registers. Twelve independent sums keep both FMA
-    /// pipes busy through their 4-cycle latency, where 8 (4 rows) left no slack at all.
+    /// Rows of a full pass (why 6: the module's docs).
     const ROWS: usize = 6;
 
-    /// Rows `R` of a pass over the 16 outputs at `base + offsets[k]`: row `i`'s weight for `k`
-    /// at `rows[i] + k * MR` (the `[k][MR]` packing). `FULL` passes use plain loads; a tail
-    /// pass masked ones.
+    /// The first `R` rows of a pass over the 16 outputs at `base + offsets[k]`: row `i`'s weight
+    /// for `k` at `rows[i] + k * MR` (the `[k][MR]` packing). `FULL` passes use plain loads; a
+    /// tail pass masked ones.
     ///
     /// # Safety
     /// The CPU must have AVX2 and FMA; `rows[i] + k * MR` must be readable for every `k <
@@ -434,7 +432,7 @@ mod avx2 {
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn pass<const R: usize, const FULL: bool>(
-        rows: &[*const f32; R],
+        rows: &[*const f32; ROWS],
         offsets: &[usize],
         base: *const f32,
         mask: &[__m256i; 2],
@@ -476,7 +474,7 @@ mod avx2 {
     #[allow(clippy::too_many_arguments)]
     unsafe fn store_rows<const R: usize>(
         op: &Product,
-        (o0, rows): (usize, &[*const f32; R]),
+        (o0, rows): (usize, &[*const f32; ROWS]),
         offsets: &[usize],
         base: *const f32,
         (full, mask, padded): (bool, &[__m256i; 2], bool),
@@ -523,30 +521,25 @@ mod avx2 {
         }
     }
 
-    /// The passes over `op`'s output rows: [`ROWS`] rows each, the last one of 2, 4 or 6 rows
-    /// to fit what is left; each with its first row and its rows' weights (rows past `op.co`
-    /// read row `op.co - 1`'s and are not stored).
-    fn passes(op: &Product) -> Vec<(usize, usize, [*const f32; ROWS])> {
+    /// The passes over `op`'s output rows, [`ROWS`] rows each: each with its first row and its
+    /// rows' weights (rows past `op.co` read row `op.co - 1`'s and are not stored).
+    fn passes(op: &Product) -> Vec<(usize, [*const f32; ROWS])> {
         (0..op.co)
             .step_by(ROWS)
             .map(|o0| {
-                let r = match op.co - o0 {
-                    1..=2 => 2,
-                    3..=4 => 4,
-                    _ => ROWS,
-                };
                 let rows = std::array::from_fn(|i| {
                     let o = (o0 + i).min(op.co - 1);
                     op.packed
                         .as_ptr()
                         .wrapping_add((o / MR) * op.k * MR + o % MR)
                 });
-                (o0, r, rows)
+                (o0, rows)
             })
             .collect()
     }
 
-    /// One pass of [`passes`] over the 16 outputs at `q0`, or a tail of fewer.
+    /// One pass of [`passes`] over the 16 outputs at `q0`, or a tail of fewer: the last pass
+    /// computes 2, 4 or 6 rows, to fit what is left.
     ///
     /// # Safety
     /// As for [`store_rows`].
@@ -555,7 +548,7 @@ mod avx2 {
     #[allow(clippy::too_many_arguments)]
     unsafe fn pass_rows(
         op: &Product,
-        &(o0, r, ref rows): &(usize, usize, [*const f32; ROWS]),
+        (o0, rows): &(usize, [*const f32; ROWS]),
         offsets: &[usize],
         base: *const f32,
         tail: (bool, &[__m256i; 2], bool),
@@ -563,18 +556,14 @@ mod avx2 {
         out_stride: usize,
         q0: usize,
     ) {
-        let (two, four) = (rows.first_chunk::<2>(), rows.first_chunk::<4>());
+        let pass = (*o0, rows);
         // SAFETY: the caller's contract; the row pointers are rows of `op.packed`, `op.k`
         // weights of stride MR each.
         unsafe {
-            match (r, two, four) {
-                (2, Some(two), _) => {
-                    store_rows::<2>(op, (o0, two), offsets, base, tail, out, out_stride, q0)
-                }
-                (4, _, Some(four)) => {
-                    store_rows::<4>(op, (o0, four), offsets, base, tail, out, out_stride, q0)
-                }
-                _ => store_rows::<ROWS>(op, (o0, rows), offsets, base, tail, out, out_stride, q0),
+            match op.co - o0 {
+                1..=2 => store_rows::<2>(op, pass, offsets, base, tail, out, out_stride, q0),
+                3..=4 => store_rows::<4>(op, pass, offsets, base, tail, out, out_stride, q0),
+                _ => store_rows::<ROWS>(op, pass, offsets, base, tail, out, out_stride, q0),
             }
         }
     }
@@ -1392,8 +1381,7 @@ mod tests {
         /// machine with AVX-512 (which dispatches past it) still tests it. Lengths cross the
         /// kernel's 16-output blocks and its masked tail; `co` crosses the 6-row passes (some
         /// straddling two [`MR`]-row blocks of the packing) and the last pass's 2- and 4-row
-        /// forms.
-        /// `plane_apart` gives the inputs one plane apart (a 1x1 convolution: the panel order),
+        /// forms. `plane_apart` gives the inputs one plane apart (a 1x1 convolution: the panel order),
         /// else shifted by up to two values (a 3x3's taps: the direct order). Where the CPU has
         /// AVX-512F as well, the AVX2 result must also equal the AVX-512 one bit for bit.
         #[test]
