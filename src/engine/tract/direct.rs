@@ -376,12 +376,9 @@ mod avx512 {
 /// 22's profile); 4 x 16 (8 accumulators, session 22) is just enough to cover the FMA latency
 /// (4 cycles, 2 pipes) and leaves no slack for a late load. Six rows give 12 independent sums
 /// and waste fewer rows on channel counts that are not a multiple of 8 (26, 52, 77, 103, 231 in
-/// the classifiers), since the last pass takes 2, 4 or 6 rows. A throwaway in-process A/B
-/// against the 4 x 16 kernel (the two called in turn, best of many calls, on every 1x1 and the
-/// detector's 64-channel 3x3 shapes; session 23) measured 1.13x on those 3x3 convolutions,
-/// 1.1-1.2x on the 1x1 ones with 26, 52 or 77 outputs and the same elsewhere, except 0.90-0.92x
-/// on the 128 px classifier's 32 -> 103 layer over 64x64 values, which writes 1.7 MB and is
-/// bound by memory either way.
+/// the classifiers), since the last pass takes 2, 4 or 6 rows. Chosen by an in-process A/B
+/// against the 4 x 16 kernel (session 23, not kept); its effect on the service is in
+/// `docs/benchmarks.md` (session 23).
 ///
 /// Loop order, chosen by measurement on the models (`examples/profile_ops.rs --nodes`, session
 /// 22): a dense 3x3 convolution runs one pass of rows over all outputs, then the next (its
