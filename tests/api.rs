@@ -1369,6 +1369,70 @@ async fn graceful_shutdown_finishes_in_flight_checks() {
     .await;
 }
 
+/// What a proxy does: it opens a connection, then sends its POST. When shutdown begins between
+/// the two, the request is answered (`Connection: close`), not closed unread (the proxy would
+/// answer 502 and never replay the POST). A connection that never sends anything ends with the
+/// header timeout, so it cannot hold the shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_answers_requests_sent_on_connections_already_open() {
+    let config = || AppConfig {
+        header_timeout: Duration::from_secs(2),
+        ..test_config()
+    };
+    on_each_backend(config, |mut app| async move {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut early = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+        let _silent = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+        let stopping = Instant::now();
+        app.begin_shutdown();
+        // Until the listener is closed: the server has gone past accepting.
+        loop {
+            match tokio::net::TcpStream::connect(app.addr).await {
+                Err(_) => break,
+                Ok(probe) => drop(probe),
+            }
+            assert!(
+                stopping.elapsed() < Duration::from_secs(10),
+                "still listening"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let body = serde_json::json!({"image": app.images.url("/img/image_T1.jpg")}).to_string();
+        let request = format!(
+            "POST {CHECK} HTTP/1.1\r\nhost: x\r\nx-access-token: {}\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            app.token,
+            body.len()
+        );
+        early.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(30), early.read_to_end(&mut answer))
+            .await
+            .expect("no answer within 30 s")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(
+            answer
+                .to_ascii_lowercase()
+                .contains("\r\nconnection: close\r\n"),
+            "{answer}"
+        );
+        let (_, body) = answer.split_once("\r\n\r\n").unwrap();
+        assert_verdict(body, true);
+        // The silent connection ended with the header timeout; nothing else held the stop.
+        app.wait_stopped().await;
+        assert!(
+            stopping.elapsed() < Duration::from_secs(15),
+            "{:?}",
+            stopping.elapsed()
+        );
+        assert_eq!(app.audit_count().await, 1);
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_verdict_without_its_audit_row() {
     on_each_backend(test_config, |app: TestApp| async move {

@@ -38,7 +38,7 @@ mod unread;
 
 use std::future::Future;
 use std::num::NonZeroU32;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -48,11 +48,11 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
+use hyper::service::Service as _;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{
@@ -456,16 +456,52 @@ impl Application {
             // more than any real request's); the body streams through in pieces of this size.
             .max_buf_size(64 * 1024);
         let service = TowerToHyperService::new(self.router);
-        let graceful = GracefulShutdown::new();
+        // Shutdown as a flag every connection watches; `stop.closed()` resolves once every
+        // connection task (each holding a receiver) has ended.
+        let (stop, stopping) = watch::channel(false);
         // One accepted connection, served until it ends (or shutdown closes it when idle); it
         // holds its connection permit, if any, until then.
         let serve = |stream: TcpStream, permit: Option<OwnedSemaphorePermit>| {
             let _ = stream.set_nodelay(true);
-            let connection =
-                graceful.watch(http.serve_connection(TokioIo::new(stream), service.clone()));
+            let first = Arc::new(FirstRequest::default());
+            let service = {
+                let first = Arc::clone(&first);
+                let service = service.clone();
+                hyper::service::service_fn(move |req| {
+                    first.arrived();
+                    service.call(req)
+                })
+            };
+            let connection = http.serve_connection(TokioIo::new(stream), service);
+            let mut stopping = stopping.clone();
             tokio::spawn(async move {
                 let _permit = permit;
-                if let Err(err) = connection.await {
+                tokio::pin!(connection);
+                let ended = tokio::select! {
+                    result = connection.as_mut() => Some(result),
+                    _ = stopping.wait_for(|stop| *stop) => None,
+                };
+                // Shutdown. hyper's graceful shutdown closes at once a connection that has read
+                // nothing yet, though its request may be in the socket already: a proxy that had
+                // sent a POST on it answers 502 (it never replays a POST). So wait for the first
+                // request; the header timeout ends a connection that sends none.
+                let ended = match ended {
+                    None if !first.seen() => tokio::select! {
+                        result = connection.as_mut() => Some(result),
+                        () = first.wait() => None,
+                    },
+                    ended => ended,
+                };
+                let result = match ended {
+                    Some(result) => result,
+                    None => {
+                        // In-flight requests finish (answered `Connection: close`); an idle
+                        // kept-alive connection closes at once.
+                        connection.as_mut().graceful_shutdown();
+                        connection.await
+                    }
+                };
+                if let Err(err) = result {
                     tracing::debug!(error = %err, "connection ended with an error");
                 }
             });
@@ -495,19 +531,64 @@ impl Application {
             serve(stream, Some(permit));
         }
         // Connections the kernel has already completed wait in the listen backlog; closing the
-        // listener would reset them, and a proxy that had sent a POST on one answers 502 (it
-        // never replays a POST). Serve those too, then close: a connection attempted after this
-        // is refused, which a proxy retries on another replica.
-        while let Some(Ok((stream, _peer))) =
-            futures_util::FutureExt::now_or_never(listener.accept())
-        {
-            serve(stream, None);
+        // listener would reset them, and a proxy that had sent a POST on one answers 502. Serve
+        // those too, then close: a connection attempted after this is refused, which a proxy
+        // retries on another replica. The socket is asked directly (non-blocking accept until
+        // it would block): tokio's readiness may not have seen the latest arrivals yet.
+        match listener.into_std() {
+            Ok(listener) => loop {
+                match listener.accept() {
+                    Ok((stream, _peer)) => {
+                        match stream
+                            .set_nonblocking(true)
+                            .and_then(|()| TcpStream::from_std(stream))
+                        {
+                            Ok(stream) => serve(stream, None),
+                            Err(err) => tracing::warn!(error = %err, "accept failed"),
+                        }
+                    }
+                    Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(err) if err.kind() == std::io::ErrorKind::ConnectionAborted => {}
+                    Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(err) => {
+                        tracing::warn!(error = %err, "accept failed while closing the listener");
+                        break;
+                    }
+                }
+            },
+            Err(err) => tracing::warn!(error = %err, "cannot take the listener back from tokio"),
         }
-        drop(listener);
-        // In-flight requests finish; idle kept-alive connections close at once.
-        graceful.shutdown().await;
+        // The listener is closed. In-flight requests finish; idle connections close.
+        let _ = stop.send(true);
+        drop(stopping);
+        stop.closed().await;
         janitor.abort();
         Ok(())
+    }
+}
+
+/// Whether a connection has delivered its first request (see the shutdown in
+/// [`Application::run`]).
+#[derive(Default)]
+struct FirstRequest {
+    seen: AtomicBool,
+    notify: Notify,
+}
+
+impl FirstRequest {
+    fn arrived(&self) {
+        if !self.seen.swap(true, Ordering::Relaxed) {
+            // Stores a permit when nobody waits yet, so `wait` after this returns at once.
+            self.notify.notify_one();
+        }
+    }
+
+    fn seen(&self) -> bool {
+        self.seen.load(Ordering::Relaxed)
+    }
+
+    async fn wait(&self) {
+        self.notify.notified().await;
     }
 }
 
@@ -626,11 +707,7 @@ async fn drop_unusable_request_id(mut req: Request, next: Next) -> Response {
 /// before the listener closes, instead of sending a request on one just as shutdown closes it.
 async fn close_when_draining(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let mut response = next.run(req).await;
-    if state
-        .inner
-        .draining
-        .load(std::sync::atomic::Ordering::Relaxed)
-    {
+    if state.inner.draining.load(Ordering::Relaxed) {
         response.headers_mut().insert(
             axum::http::header::CONNECTION,
             axum::http::HeaderValue::from_static("close"),
