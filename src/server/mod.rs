@@ -533,37 +533,52 @@ impl Application {
         // Connections the kernel has already completed wait in the listen backlog; closing the
         // listener would reset them, and a proxy that had sent a POST on one answers 502. Serve
         // those too, then close: a connection attempted after this is refused, which a proxy
-        // retries on another replica. The socket is asked directly (non-blocking accept until
-        // it would block): tokio's readiness may not have seen the latest arrivals yet.
-        match listener.into_std() {
-            Ok(listener) => loop {
-                match listener.accept() {
-                    Ok((stream, _peer)) => {
-                        match stream
-                            .set_nonblocking(true)
-                            .and_then(|()| TcpStream::from_std(stream))
-                        {
-                            Ok(stream) => serve(stream, None),
-                            Err(err) => tracing::warn!(error = %err, "accept failed"),
-                        }
-                    }
-                    Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Err(err) if err.kind() == std::io::ErrorKind::ConnectionAborted => {}
-                    Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(err) => {
-                        tracing::warn!(error = %err, "accept failed while closing the listener");
-                        break;
-                    }
-                }
-            },
-            Err(err) => tracing::warn!(error = %err, "cannot take the listener back from tokio"),
-        }
+        // retries on another replica.
+        accept_backlog(listener, |stream| serve(stream, None));
         // The listener is closed. In-flight requests finish; idle connections close.
         let _ = stop.send(true);
         drop(stopping);
         stop.closed().await;
         janitor.abort();
         Ok(())
+    }
+}
+
+/// Accepts every connection waiting in `listener`'s backlog, hands each to `serve`, then closes
+/// the listener. The socket is asked directly (non-blocking accept until it would block): tokio's
+/// cached readiness may not have seen the latest arrivals yet.
+fn accept_backlog(listener: TcpListener, mut serve: impl FnMut(TcpStream)) {
+    let listener = match listener.into_std() {
+        Ok(listener) => listener,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot take the listener back from tokio");
+            return;
+        }
+    };
+    loop {
+        let stream = match listener.accept() {
+            Ok((stream, _peer)) => stream,
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => return,
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "accept failed while closing the listener");
+                return;
+            }
+        };
+        match stream
+            .set_nonblocking(true)
+            .and_then(|()| TcpStream::from_std(stream))
+        {
+            Ok(stream) => serve(stream),
+            Err(err) => tracing::warn!(error = %err, "accept failed"),
+        }
     }
 }
 

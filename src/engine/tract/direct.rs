@@ -519,20 +519,18 @@ mod avx2 {
     }
 
     /// The passes over `op`'s output rows, [`ROWS`] rows each: each with its first row and its
-    /// rows' weights (rows past `op.co` read row `op.co - 1`'s and are not stored).
-    fn passes(op: &Product) -> Vec<(usize, [*const f32; ROWS])> {
-        (0..op.co)
-            .step_by(ROWS)
-            .map(|o0| {
-                let rows = std::array::from_fn(|i| {
-                    let o = (o0 + i).min(op.co - 1);
-                    op.packed
-                        .as_ptr()
-                        .wrapping_add((o / MR) * op.k * MR + o % MR)
-                });
-                (o0, rows)
-            })
-            .collect()
+    /// rows' weights (rows past `op.co` read row `op.co - 1`'s and are not stored). Computed as
+    /// they are walked (a few pointer sums), nothing allocated.
+    fn passes(op: &Product) -> impl Iterator<Item = (usize, [*const f32; ROWS])> + '_ {
+        (0..op.co).step_by(ROWS).map(|o0| {
+            let rows = std::array::from_fn(|i| {
+                let o = (o0 + i).min(op.co - 1);
+                op.packed
+                    .as_ptr()
+                    .wrapping_add((o / MR) * op.k * MR + o % MR)
+            });
+            (o0, rows)
+        })
     }
 
     /// One pass of [`passes`] over the 16 outputs at `q0`, or a tail of fewer: the last pass
@@ -545,7 +543,7 @@ mod avx2 {
     #[allow(clippy::too_many_arguments)]
     unsafe fn pass_rows(
         op: &Product,
-        (o0, rows): &(usize, [*const f32; ROWS]),
+        (o0, rows): (usize, [*const f32; ROWS]),
         offsets: &[usize],
         base: *const f32,
         tail: (bool, &[__m256i; 2], bool),
@@ -553,7 +551,7 @@ mod avx2 {
         out_stride: usize,
         q0: usize,
     ) {
-        let pass = (*o0, rows);
+        let pass = (o0, &rows);
         // SAFETY: the caller's contract; the row pointers are rows of `op.packed`, `op.k`
         // weights of stride MR each.
         unsafe {
@@ -584,7 +582,6 @@ mod avx2 {
         out: &mut [f32],
         out_stride: usize,
     ) {
-        let passes = passes(op);
         // A 1x1 convolution (its inputs a whole plane apart): each 16-output block's inputs are
         // copied into one contiguous panel and every pass of rows runs over it.
         let step = offsets.get(1).map_or(0, |o| o.wrapping_sub(offsets[0]));
@@ -610,7 +607,7 @@ mod avx2 {
                             _ => dst[..lanes].copy_from_slice(src),
                         }
                     }
-                    for pass in &passes {
+                    for pass in passes(op) {
                         let tail = (lanes == NQ, &mask, true);
                         // SAFETY: the panel holds 16 values per input; the stores as the
                         // caller's contract.
@@ -631,7 +628,7 @@ mod avx2 {
             });
             return;
         }
-        for pass in &passes {
+        for pass in passes(op) {
             for q0 in (0..len).step_by(NQ) {
                 let lanes = NQ.min(len - q0);
                 let mask = masks(lanes);
