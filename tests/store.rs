@@ -444,8 +444,9 @@ async fn resubmission_sightings_are_found_by_tag_within_the_window() {
     .await;
 }
 
-/// A picture checked far more often than the lookup reads: the count stops at
-/// `MAX_SAME_BYTES`, the first sighting stays exact, and at most `MAX_BAND_CANDIDATES` rows per
+/// A picture checked far more often than the lookup reads: the count is exact below
+/// `MAX_SAME_BYTES` and stops there, a key matches only among the newest `MAX_SAME_BYTES`
+/// copies, the first sighting stays exact, and at most `MAX_BAND_CANDIDATES` rows per
 /// band are read (the work per lookup is bounded; its cost is measured in docs/benchmarks.md).
 /// The copies of the same bytes are never sent back as near-copy candidates (they are counted
 /// once, as the same bytes); the newest checks of other bytes sharing the bands are, up to the
@@ -469,16 +470,50 @@ async fn resubmission_lookups_are_bounded_however_often_a_picture_was_seen() {
                 r
             })
             .collect();
-        for chunk in rows.chunks(200) {
-            store.insert_audit_batch(chunk).await.unwrap();
-        }
         let query = secret.fingerprint(&sha256_hex(9), Some(&picture), Uuid::new_v4());
         let since = now - chrono::Duration::days(30);
+        // One copy by another key, older than all of the above: the first sighting, but not
+        // among the newest `MAX_SAME_BYTES`.
+        let (them, _) = store.create_key("them").await.unwrap();
+        let mut oldest = sparse_record(Some(them.id));
+        oldest.image_sha256 = sha256_hex(9);
+        oldest.created_at = now - chrono::Duration::seconds(copies as i64 + 10);
+        oldest.fingerprint =
+            Some(secret.fingerprint(&oldest.image_sha256, Some(&picture), oldest.reference));
+        store.insert_audit(&oldest).await.unwrap();
+        // Counted exactly below the limit (333, 666, 999 copies and the oldest), then capped.
+        let mut stored = 1;
+        for chunk in rows.chunks(333) {
+            store.insert_audit_batch(chunk).await.unwrap();
+            stored += chunk.len();
+            let found = store
+                .resubmission_sightings(&query, since, Some(them.id))
+                .await
+                .unwrap();
+            assert_eq!(
+                found.same_bytes.count,
+                stored.min(MAX_SAME_BYTES as usize) as u64
+            );
+            assert_eq!(
+                found.same_bytes.same_key,
+                stored <= MAX_SAME_BYTES as usize,
+                "their copy is the oldest: among the newest {MAX_SAME_BYTES} with {stored} stored"
+            );
+            assert_eq!(found.same_bytes.first_seen, Some(oldest.created_at));
+        }
+        // Without a key, no copy is the asker's.
+        let anonymous = store
+            .resubmission_sightings(&query, since, None)
+            .await
+            .unwrap();
+        assert!(!anonymous.same_bytes.same_key);
+        assert_eq!(anonymous.same_bytes.count, MAX_SAME_BYTES as u64);
         let found = store
             .resubmission_sightings(&query, since, Some(me.id))
             .await
             .unwrap();
         assert_eq!(found.same_bytes.count, MAX_SAME_BYTES as u64);
+        assert!(found.same_bytes.same_key);
         assert!(found.near.is_empty(), "the same bytes are no near-copy");
         let verdict = judge(&secret, &query, Some(&picture), Some(me.id), &found);
         assert_eq!(
@@ -505,10 +540,7 @@ async fn resubmission_lookups_are_bounded_however_often_a_picture_was_seen() {
             .await
             .unwrap();
         assert_eq!(found.same_bytes.count, MAX_SAME_BYTES as u64);
-        assert_eq!(
-            found.same_bytes.first_seen,
-            Some(rows[copies - 1].created_at)
-        );
+        assert_eq!(found.same_bytes.first_seen, Some(oldest.created_at));
         assert!(found.same_bytes.same_key);
         // Every band holds all the copies: each part stops at its limit, and the parts are
         // the same newest rows, the near-copies.
@@ -523,7 +555,7 @@ async fn resubmission_lookups_are_bounded_however_often_a_picture_was_seen() {
             MAX_SAME_BYTES as u64 + MAX_BAND_CANDIDATES as u64,
             "same-bytes rows count once, each near-copy read once"
         );
-        assert_eq!(verdict.first_seen, Some(rows[copies - 1].created_at));
+        assert_eq!(verdict.first_seen, Some(oldest.created_at));
     })
     .await;
 }

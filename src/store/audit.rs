@@ -487,19 +487,34 @@ static POSTGRES_BANDS: std::sync::LazyLock<String> = std::sync::LazyLock::new(||
 
 /// The same-bytes lookup in one statement (one trip to the connection): how many of the newest
 /// rows (up to parameter 4) share the image tag (2) since (3), whether one of them is the key's
-/// (1), and the first sighting in that window (the scalar subquery runs once).
+/// (1), and the first sighting in that window.
 static SQLITE_SAME_BYTES: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| sqlite_same_bytes(["?1", "?2", "?3", "?4"]));
 
-/// The same-bytes query with its parameters named `p`: the key, the image tag, since, the limit.
+/// The same-bytes query with its parameters named `p`: the key (`''` for none), the image tag,
+/// since, the limit. Three scalar subqueries over the `(image_tag, created_at, key_id)` index:
+///
+/// - the count: the limit itself if the limit-th newest row exists (an `OFFSET` walk, which
+///   reads no column), else the plain count of the range, which then holds fewer rows than the
+///   limit;
+/// - the key match: the newest rows, up to the limit, read only until one is the key's (never
+///   when there is no key);
+/// - the first sighting: one index seek.
+///
+/// The answer is that of the one pass it replaces (count the newest rows, test each one's key),
+/// which decoded every entry's `key_id` whatever the key. With a picture checked more than
+/// 1,000 times (the loadbench's samples, or a fraud ring) that pass cost about as much as the
+/// rest of the lookup: `cargo bench --bench store` (docs/benchmarks.md, "Session 25").
 fn sqlite_same_bytes(p: [&str; 4]) -> String {
     let [key, tag, since, limit] = p;
+    let range = format!("FROM audit WHERE image_tag = {tag} AND created_at >= {since}");
     format!(
-        "SELECT COUNT(*), MAX(key_id = {key}), \
-         (SELECT created_at FROM audit WHERE image_tag = {tag} \
-          AND created_at >= {since} ORDER BY created_at ASC LIMIT 1) \
-         FROM (SELECT key_id FROM audit WHERE image_tag = {tag} AND created_at >= {since} \
-         ORDER BY created_at DESC LIMIT {limit})"
+        "SELECT COALESCE(\
+           (SELECT {limit} {range} ORDER BY created_at DESC LIMIT 1 OFFSET {limit} - 1), \
+           (SELECT COUNT(*) {range})), \
+         CASE WHEN {key} = '' THEN 0 ELSE EXISTS (SELECT 1 FROM (SELECT key_id {range} \
+           ORDER BY created_at DESC LIMIT {limit}) WHERE key_id = {key}) END, \
+         (SELECT created_at {range} ORDER BY created_at ASC LIMIT 1)"
     )
 }
 
