@@ -12,7 +12,9 @@
 //! `1,4,16,64`), `VERSUS_BURST` (burst clients, default 512; 0 skips), `VERSUS_LC_ARGS` (extra
 //! `serve` flags for livecheck, space-separated), `VERSUS_BASELINE_BIN` (another build of
 //! `livecheck`, run in the peer's place with the same flags: an A/B of two builds in one command,
-//! the ratio is this build's over that one's; the Markdown still says "peer"), `VERSUS_PYTHON` (the
+//! the ratio is this build's over that one's; the Markdown still says "peer"),
+//! `VERSUS_BASELINE_ARGS` (extra `serve` flags for that other side only, after
+//! `VERSUS_LC_ARGS`: with the same binary on both sides, an A/B of one setting), `VERSUS_PYTHON` (the
 //! peer's interpreter, default `.bench-venv/bin/python`), `LIVECHECK_MODEL_DIR`,
 //! `LIVECHECK_MODEL_SET` (a built-in set both services run; default: livecheck's default set). The clients run
 //! on the same cores as the servers (the same for both). All traffic stays on loopback.
@@ -414,6 +416,9 @@ fn main() {
     let baseline = std::env::var_os("VERSUS_BASELINE_BIN").map(|bin| {
         let db = format!("sqlite://{}", dir.path().join("baseline.db").display());
         let token = common::helpers::create_key_cli(&db);
+        let extra = std::env::var("VERSUS_BASELINE_ARGS").unwrap_or_default();
+        let mut args = args.clone();
+        args.extend(extra.split_whitespace());
         let serve =
             ServeProcess::spawn_binary(Path::new(&bin), &db, &args, &[("RUST_LOG", "warn")]);
         (serve, token)
