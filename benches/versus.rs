@@ -37,6 +37,7 @@ use bytes::Bytes;
 use common::helpers::ServeProcess;
 use common::{
     cpu_model, cpu_seconds, percentile, process_tree, pss_kib, read_image, rss_kib, thread_usage,
+    ThreadUsage,
 };
 use common::{CHECK, IMAGES};
 
@@ -63,7 +64,7 @@ struct Run {
     /// livecheck only: mean wall time per check of each stage during the run, ms.
     stages_ms: BTreeMap<String, f64>,
     /// CPU seconds and context switches over the window of the server's threads, by name.
-    threads: BTreeMap<String, (f64, u64)>,
+    threads: BTreeMap<String, ThreadUsage>,
 }
 
 /// The answers seen by clients.
@@ -240,9 +241,9 @@ async fn run(
     let cpu_s = cpu_seconds(&tree) - cpu0;
     let threads = thread_usage(service.pid)
         .into_iter()
-        .map(|(name, (cpu, switches))| {
-            let (cpu0, switches0) = threads0.get(&name).copied().unwrap_or((0.0, 0));
-            (name, (cpu - cpu0, switches.saturating_sub(switches0)))
+        .map(|(name, usage)| {
+            let before = threads0.get(&name).copied().unwrap_or_default();
+            (name, usage.since(before))
         })
         .collect();
     let client_cpu_s = cpu_seconds(&me) - client_cpu0;
@@ -584,9 +585,11 @@ fn main() {
         "\nlivecheck's CPU per check by thread (ms; `livecheck-cpu`: the CPU slots' threads, which \
          run the checks; `livecheck-serve`: the async workers, HTTP, JSON and the hand-offs; \
          `sqlx-sqlite-wor`: SQLite's worker threads, the re-submission lookup and the audit \
-         commit) and the context switches of all its threads per check:\n\n| clients | \
-         livecheck-cpu | livecheck-serve | sqlx-sqlite-wor | other threads | off the check \
-         threads | context switches |\n|---|---|---|---|---|---|---|\n",
+         commit), the part of the check threads' CPU spent in the kernel (system time, which \
+         on a kernel with tick accounting also holds the interrupts taken while they ran) and \
+         the context switches of all its threads per check:\n\n| clients | livecheck-cpu | \
+         of which kernel | livecheck-serve | sqlx-sqlite-wor | other threads | off the check \
+         threads | context switches |\n|---|---|---|---|---|---|---|---|\n",
     );
     // With VERSUS_BASELINE_BIN the other side is livecheck too: its rows follow, marked.
     // The burst's row last: where its extra CPU per successful check goes.
@@ -598,23 +601,25 @@ fn main() {
         .collect();
     for (l, mark) in sides {
         let ok = l.answers.ok.max(1) as f64;
-        let ms = |name: &str| {
+        let per_check = |name: &str, part: fn(&ThreadUsage) -> f64| {
             l.threads
                 .iter()
                 .filter(|(n, _)| n.starts_with(name))
-                .map(|(_, (cpu, _))| cpu)
+                .map(|(_, usage)| part(usage))
                 .sum::<f64>()
                 * 1e3
                 / ok
         };
-        let all: f64 = l.threads.values().map(|(cpu, _)| cpu).sum::<f64>() * 1e3 / ok;
+        let ms = |name: &str| per_check(name, |u| u.cpu_s);
+        let all: f64 = l.threads.values().map(|u| u.cpu_s).sum::<f64>() * 1e3 / ok;
         let named = ["livecheck-cpu", "livecheck-serve", "sqlx-sqlite-wor"];
         let other = (all - named.iter().map(|n| ms(n)).sum::<f64>()).max(0.0);
-        let switches: u64 = l.threads.values().map(|(_, n)| n).sum();
+        let switches: u64 = l.threads.values().map(|u| u.switches).sum();
         md.push_str(&format!(
-            "| {}{mark} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} |\n",
+            "| {}{mark} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} |\n",
             l.clients,
             ms(named[0]),
+            per_check(named[0], |u| u.system_s),
             ms(named[1]),
             ms(named[2]),
             other,

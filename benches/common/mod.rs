@@ -153,10 +153,33 @@ fn cpu_ticks(fields: &[String]) -> u64 {
         .sum()
 }
 
-/// CPU seconds (user + system) and context switches (voluntary and not) so far of each thread
-/// of `pid`, summed by thread name (`/proc/PID/task/*`). A name whose threads have all ended
-/// since an earlier reading is missing from a later one.
-pub fn thread_usage(pid: u32) -> std::collections::BTreeMap<String, (f64, u64)> {
+/// What one thread name's threads have used so far ([`thread_usage`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ThreadUsage {
+    /// CPU seconds, user + system.
+    pub cpu_s: f64,
+    /// The system (kernel) part of `cpu_s`: with tick accounting and no IRQ time accounting
+    /// (this machine's kernel), interrupts taken while the thread ran are counted here too.
+    pub system_s: f64,
+    /// Context switches, voluntary and not.
+    pub switches: u64,
+}
+
+impl ThreadUsage {
+    /// The usage between an `earlier` reading and this one.
+    pub fn since(self, earlier: ThreadUsage) -> ThreadUsage {
+        ThreadUsage {
+            cpu_s: self.cpu_s - earlier.cpu_s,
+            system_s: self.system_s - earlier.system_s,
+            switches: self.switches.saturating_sub(earlier.switches),
+        }
+    }
+}
+
+/// CPU seconds (user + system, and system alone) and context switches (voluntary and not) so
+/// far of each thread of `pid`, summed by thread name (`/proc/PID/task/*`). A name whose threads
+/// have all ended since an earlier reading is missing from a later one.
+pub fn thread_usage(pid: u32) -> std::collections::BTreeMap<String, ThreadUsage> {
     let mut out = std::collections::BTreeMap::new();
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return out;
@@ -173,6 +196,11 @@ pub fn thread_usage(pid: u32) -> std::collections::BTreeMap<String, (f64, u64)> 
             continue;
         };
         let ticks = cpu_ticks(&fields);
+        // stime: field 15 of stat, 12 after the name and state.
+        let system_ticks = fields
+            .get(12)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0);
         let switches: u64 = status
             .lines()
             .filter(|l| {
@@ -181,9 +209,10 @@ pub fn thread_usage(pid: u32) -> std::collections::BTreeMap<String, (f64, u64)> 
             })
             .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
             .sum();
-        let entry = out.entry(name.to_owned()).or_insert((0.0, 0));
-        entry.0 += ticks as f64 / clock_ticks_per_second();
-        entry.1 += switches;
+        let entry: &mut ThreadUsage = out.entry(name.to_owned()).or_default();
+        entry.cpu_s += ticks as f64 / clock_ticks_per_second();
+        entry.system_s += system_ticks as f64 / clock_ticks_per_second();
+        entry.switches += switches;
     }
     out
 }
