@@ -63,7 +63,8 @@ struct Run {
     healthz_ms: Vec<f64>,
     /// livecheck only: mean wall time per check of each stage during the run, ms.
     stages_ms: BTreeMap<String, f64>,
-    /// CPU seconds and context switches over the window of the server's threads, by name.
+    /// CPU seconds (all, and in the kernel) and context switches over the window of the
+    /// server's threads, by name.
     threads: BTreeMap<String, ThreadUsage>,
 }
 
