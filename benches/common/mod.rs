@@ -144,13 +144,22 @@ fn split_stat(stat: &str) -> Option<(&str, Vec<String>)> {
     ))
 }
 
-/// utime + stime, in clock ticks, of a [`stat_fields`] list: fields 14 and 15 of stat, 11 and 12
-/// after the name and state.
+/// utime and stime in a [`stat_fields`] list: fields 14 and 15 of stat, 11 and 12 after the
+/// name and state.
+const UTIME: usize = 11;
+const STIME: usize = 12;
+
+/// The clock ticks in field `i` of a [`stat_fields`] list (0 when absent).
+fn ticks_at(fields: &[String], i: usize) -> u64 {
+    fields
+        .get(i)
+        .and_then(|f| f.parse::<u64>().ok())
+        .unwrap_or(0)
+}
+
+/// utime + stime, in clock ticks, of a [`stat_fields`] list.
 fn cpu_ticks(fields: &[String]) -> u64 {
-    [11, 12]
-        .iter()
-        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
-        .sum()
+    ticks_at(fields, UTIME) + ticks_at(fields, STIME)
 }
 
 /// What one thread name's threads have used so far ([`thread_usage`]).
@@ -196,11 +205,7 @@ pub fn thread_usage(pid: u32) -> std::collections::BTreeMap<String, ThreadUsage>
             continue;
         };
         let ticks = cpu_ticks(&fields);
-        // stime: field 15 of stat, 12 after the name and state.
-        let system_ticks = fields
-            .get(12)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0);
+        let system_ticks = ticks_at(&fields, STIME);
         let switches: u64 = status
             .lines()
             .filter(|l| {
