@@ -21,9 +21,12 @@ use sqlx::Connection;
 use uuid::Uuid;
 
 use livecheck::pipeline::print::ImagePrint;
-use livecheck::pipeline::{Reason, Timings};
+use livecheck::pipeline::Reason;
 use livecheck::resubmission::{PrintKey, MAX_SAME_BYTES};
-use livecheck::store::{AuditRecord, ImageSource, Store};
+use livecheck::store::{AuditRecord, Store};
+
+#[path = "../tests/common/records.rs"]
+mod records;
 
 /// The same-bytes summary before session 25 (src/store/audit.rs kept only the new one).
 const BEFORE: &str = "SELECT COUNT(*), MAX(key_id = ?1), \
@@ -34,9 +37,6 @@ const BEFORE: &str = "SELECT COUNT(*), MAX(key_id = ?1), \
 
 fn record(key_id: Uuid) -> AuditRecord {
     AuditRecord {
-        reference: Uuid::new_v4(),
-        key_id: Some(key_id),
-        created_at: Utc::now().trunc_subsecs(6),
         live: true,
         p_real: 0.9,
         threshold: 0.72,
@@ -48,17 +48,8 @@ fn record(key_id: Uuid) -> AuditRecord {
         image_bytes: 50_000,
         image_width: Some(640),
         image_height: Some(480),
-        input_kind: ImageSource::Base64,
-        url_host: None,
         model_hash: "708e3dd2e45fc9c8".into(),
-        engine: "tract".into(),
-        app_version: "0.1.0".into(),
-        timings_ms: Timings::default(),
-        receipt: None,
-        fingerprint: None,
-        signals: None,
-        shadow: None,
-        session: None,
+        ..records::plain_record(Some(key_id))
     }
 }
 

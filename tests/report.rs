@@ -7,7 +7,7 @@ mod common;
 use chrono::{DateTime, Duration, SubsecRound, Utc};
 use common::{assert_ok, livecheck, with_each_database};
 use livecheck::pipeline::Reason;
-use livecheck::store::{AuditRecord, ImageSource, ShadowScore, Store, Timings};
+use livecheck::store::{AuditRecord, ShadowScore, Store};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -15,31 +15,16 @@ const UNTIL: &str = "2026-11-30T00:00:00Z";
 
 fn record(key: Uuid, at: DateTime<Utc>, live: bool, p_real: f64, reason: Reason) -> AuditRecord {
     AuditRecord {
-        reference: Uuid::new_v4(),
-        key_id: Some(key),
         created_at: at.trunc_subsecs(6),
         live,
         p_real,
         threshold: 0.5,
         reason,
         detail: reason.sentence().into(),
-        bbox: None,
-        detector_confidence: None,
         image_sha256: "ab".repeat(32),
         image_bytes: 1000,
-        image_width: None,
-        image_height: None,
-        input_kind: ImageSource::Base64,
-        url_host: None,
-        model_hash: "m".into(),
-        engine: "tract".into(),
         app_version: "0".into(),
-        timings_ms: Timings::default(),
-        receipt: None,
-        fingerprint: None,
-        signals: None,
-        shadow: None,
-        session: None,
+        ..common::plain_record(Some(key))
     }
 }
 

@@ -18,7 +18,7 @@ use sqlx::Connection;
 use uuid::Uuid;
 
 mod common;
-use common::with_each_database;
+use common::{plain_record, with_each_database};
 
 /// A fresh, migrated database and the URL that reaches it (to reconnect).
 struct TestDb {
@@ -98,37 +98,6 @@ fn full_record(key_id: Option<Uuid>) -> AuditRecord {
             id: Uuid::new_v4(),
             reference_id: Some("applicant-7731".into()),
         }),
-    }
-}
-
-/// A record with every optional field empty.
-fn sparse_record(key_id: Option<Uuid>) -> AuditRecord {
-    AuditRecord {
-        reference: Uuid::new_v4(),
-        key_id,
-        created_at: Utc::now().trunc_subsecs(6),
-        live: false,
-        p_real: 0.0,
-        threshold: 0.75,
-        reason: Reason::NoFace,
-        detail: String::new(),
-        bbox: None,
-        detector_confidence: None,
-        image_sha256: sha256_hex(0x01),
-        image_bytes: 0,
-        image_width: None,
-        image_height: None,
-        input_kind: ImageSource::Base64,
-        url_host: None,
-        model_hash: "m".into(),
-        engine: "tract".into(),
-        app_version: "0.1.0".into(),
-        timings_ms: Timings::default(),
-        receipt: None,
-        fingerprint: None,
-        signals: None,
-        shadow: None,
-        session: None,
     }
 }
 
@@ -297,7 +266,7 @@ async fn audit_round_trips_every_field() {
             Some(full.clone())
         );
 
-        let sparse = sparse_record(Some(key.id));
+        let sparse = plain_record(Some(key.id));
         store.insert_audit(&sparse).await.unwrap();
         assert_eq!(
             store.get_audit(sparse.reference, key.id).await.unwrap(),
@@ -382,7 +351,7 @@ async fn resubmission_sightings_are_found_by_tag_within_the_window() {
         let other = unit_print(2.3);
         let now = Utc::now().trunc_subsecs(6);
         let row = |key: Uuid, sha: u8, print: Option<&ImagePrint>, days_ago: i64| {
-            let mut r = sparse_record(Some(key));
+            let mut r = plain_record(Some(key));
             r.image_sha256 = sha256_hex(sha);
             r.created_at = now - chrono::Duration::days(days_ago);
             r.fingerprint = Some(secret.fingerprint(&r.image_sha256, print, r.reference));
@@ -462,7 +431,7 @@ async fn resubmission_lookups_are_bounded_however_often_a_picture_was_seen() {
         let copies = MAX_SAME_BYTES as usize + 200;
         let rows: Vec<_> = (0..copies)
             .map(|i| {
-                let mut r = sparse_record(Some(me.id));
+                let mut r = plain_record(Some(me.id));
                 r.image_sha256 = sha256_hex(9);
                 r.created_at = now - chrono::Duration::seconds(i as i64 + 1);
                 r.fingerprint =
@@ -475,7 +444,7 @@ async fn resubmission_lookups_are_bounded_however_often_a_picture_was_seen() {
         // One copy by another key, older than all of the above: the first sighting, but not
         // among the newest `MAX_SAME_BYTES`.
         let (them, _) = store.create_key("them").await.unwrap();
-        let mut oldest = sparse_record(Some(them.id));
+        let mut oldest = plain_record(Some(them.id));
         oldest.image_sha256 = sha256_hex(9);
         oldest.created_at = now - chrono::Duration::seconds(copies as i64 + 10);
         oldest.fingerprint =
@@ -526,7 +495,7 @@ async fn resubmission_lookups_are_bounded_however_often_a_picture_was_seen() {
         let near_copies = MAX_BAND_CANDIDATES as usize + 50;
         let near_rows: Vec<_> = (0..near_copies)
             .map(|i| {
-                let mut r = sparse_record(Some(me.id));
+                let mut r = plain_record(Some(me.id));
                 r.image_sha256 = sha256_hex(10 + (i % 200) as u8);
                 r.created_at = now - chrono::Duration::milliseconds(i as i64 + 1);
                 r.fingerprint =
@@ -580,7 +549,7 @@ async fn audit_is_scoped_to_its_key_and_counted() {
 
         let record = full_record(Some(mine.id));
         store.insert_audit(&record).await.unwrap();
-        let anonymous = sparse_record(None);
+        let anonymous = plain_record(None);
         store.insert_audit(&anonymous).await.unwrap();
         assert_eq!(store.count_audit().await.unwrap(), 2);
 
@@ -611,7 +580,7 @@ async fn audit_is_scoped_to_its_key_and_counted() {
         );
 
         // A duplicate reference is refused and changes nothing.
-        let mut dup = sparse_record(Some(theirs.id));
+        let mut dup = plain_record(Some(theirs.id));
         dup.reference = record.reference;
         assert!(matches!(
             store.insert_audit(&dup).await,
@@ -741,7 +710,7 @@ async fn concurrent_inserts_all_land() {
                     let mut record = if i % 2 == 0 {
                         full_record(Some(key.id))
                     } else {
-                        sparse_record(Some(key.id))
+                        plain_record(Some(key.id))
                     };
                     record.image_bytes = i;
                     store.insert_audit(&record).await.unwrap();
@@ -824,7 +793,7 @@ async fn group_commit_a_bad_record_fails_alone() {
             .map(|i| {
                 let writer = writer.clone();
                 tokio::spawn(async move {
-                    let mut record = sparse_record(None);
+                    let mut record = plain_record(None);
                     if i % 5 == 0 {
                         record.detail = "poison".into();
                     }
@@ -867,7 +836,7 @@ async fn group_commit_a_failed_commit_fails_exactly_its_requests() {
             .map(|_| {
                 let writer = writer.clone();
                 tokio::spawn(async move {
-                    let record = sparse_record(Some(key.id));
+                    let record = plain_record(Some(key.id));
                     let result = writer.insert(record.clone()).await;
                     (record, result)
                 })

@@ -10,9 +10,12 @@ use std::process::{Command, Output};
 include!("skip.rs");
 
 mod db;
+mod records;
 mod server;
 #[allow(unused_imports)] // each test binary uses a part of it
 pub use db::{with_each_database, PgSchema, PG_ENV};
+#[allow(unused_imports)]
+pub use records::plain_record;
 #[allow(unused_imports)]
 pub use server::TestServer;
 
