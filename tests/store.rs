@@ -650,7 +650,29 @@ async fn audit_refuses_bad_records() {
                 },
             ),
         ];
-        for (what, record) in cases {
+        // Signals must be one JSON object: not another JSON value, not broken or trailed JSON.
+        let signals = [
+            "[1]",
+            "\"x\"",
+            "1",
+            "null",
+            "{",
+            "{\"a\":1} x",
+            "{\"a\":1}{}",
+            "{\"a\":}",
+            "",
+            " ",
+        ]
+        .map(|text| {
+            (
+                "signals",
+                AuditRecord {
+                    signals: Some(text.to_owned()),
+                    ..base.clone()
+                },
+            )
+        });
+        for (what, record) in cases.into_iter().chain(signals) {
             assert!(
                 matches!(
                     store.insert_audit(&record).await,

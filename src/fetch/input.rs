@@ -235,8 +235,15 @@ fn decode_base64(text: &str, max_bytes: usize) -> Result<Vec<u8>, InputError> {
     // pass. Every input it accepts decodes to the same bytes on the lenient path below, which
     // takes everything else (whitespace, URL-safe alphabet, missing padding) and gives the errors.
     // The cap holds: `len / 4 * 3` bounds the decoded length of canonical input.
+    //
+    // `base64-simd` rather than the `base64` crate here: it decodes with SIMD (AVX2/SSE4.1/NEON,
+    // chosen at run time) into uninitialised capacity, where `base64` decodes a byte at a time
+    // into a zero-filled buffer; on a photo that was about 0.06 ms of every check's CPU on the
+    // async workers (docs/benchmarks.md, session 28). It accepts exactly what `base64`'s
+    // `STANDARD` accepts (padding required, canonical trailing bits), which a property test
+    // below checks.
     if text.len() / 4 * 3 <= max_bytes {
-        if let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(text) {
+        if let Ok(bytes) = base64_simd::STANDARD.decode_to_vec(text.as_bytes()) {
             if !bytes.is_empty() {
                 return Ok(bytes);
             }
@@ -328,6 +335,49 @@ mod tests {
                 proptest::prop_assert_eq!(fast.unwrap(), data);
             }
         }
+    }
+
+    proptest::proptest! {
+        /// The fast path's decoder (`base64-simd`) accepts and rejects exactly what the `base64`
+        /// crate's `STANDARD` does, with the same bytes: canonical encodings, then the same text
+        /// with one symbol replaced by any alphabet symbol, padding or other byte (non-canonical
+        /// trailing bits, padding in the middle, bad characters), truncated at any length.
+        #[test]
+        fn the_fast_decoder_agrees_with_the_base64_crate(
+            data in proptest::collection::vec(0u8..=255, 0..200),
+            at in 0usize..400,
+            with in proptest::sample::select(
+                b"AZaz09+/-_=. \n\x80".to_vec()),
+            cut in 0usize..400,
+        ) {
+            let canonical = STANDARD.encode(&data).into_bytes();
+            let mut edited = canonical.clone();
+            if !edited.is_empty() {
+                let i = at % edited.len();
+                edited[i] = with;
+            }
+            let mut truncated = canonical.clone();
+            truncated.truncate(cut);
+            for text in [&canonical, &edited, &truncated] {
+                let simd = base64_simd::STANDARD.decode_to_vec(text).ok();
+                let reference = STANDARD.decode(text).ok();
+                proptest::prop_assert_eq!(simd, reference, "{:?}", String::from_utf8_lossy(text));
+            }
+        }
+    }
+
+    #[test]
+    fn the_fast_decoder_rejects_what_the_base64_crate_rejects() {
+        // Non-canonical trailing bits ("QR==" has bits set past the one byte it encodes),
+        // missing or surplus padding, padding inside, other alphabets, whitespace.
+        for text in [
+            "QR==", "QUJ=", "QQ", "QUI", "QQ===", "Q===", "QQ==QQ==", "QU=I", "a-_b", "QUJD\n",
+            " QUJD", "QUJD====",
+        ] {
+            assert!(STANDARD.decode(text).is_err(), "{text}");
+            assert!(base64_simd::STANDARD.decode_to_vec(text).is_err(), "{text}");
+        }
+        assert_eq!(base64_simd::STANDARD.decode_to_vec("QUJD").unwrap(), b"ABC");
     }
 
     fn bytes_of(input: Result<ImageInput, InputError>) -> (Vec<u8>, InputKind) {
