@@ -161,20 +161,13 @@ fn stages(c: &mut Criterion) {
     // The request's `image` string to bytes (`parse_image_input`, the base64 fast path) on the
     // sample's base64, against the `base64` crate's decoder that path used before (baseline, in
     // the same run).
-    let text = {
-        use base64::Engine as _;
-        base64::engine::general_purpose::STANDARD.encode(&bytes)
-    };
+    use base64::{engine::general_purpose::STANDARD as BASE64, Engine as _};
+    let text = BASE64.encode(&bytes);
     g.bench_function("image_input_base64", |b| {
         b.iter(|| livecheck::fetch::parse_image_input(&text, 15 << 20).unwrap())
     });
     g.bench_function("image_input_base64_crate_baseline", |b| {
-        use base64::Engine as _;
-        b.iter(|| {
-            base64::engine::general_purpose::STANDARD
-                .decode(&text)
-                .unwrap()
-        })
+        b.iter(|| BASE64.decode(&text).unwrap())
     });
     // Re-submission detection's CPU per check: the print from the detector input the pipeline
     // has already made (32x32 INTER_AREA, grey, 8x8 DCT), then the keyed fingerprint (image tag,

@@ -238,7 +238,7 @@ fn decode_base64(text: &str, max_bytes: usize) -> Result<Vec<u8>, InputError> {
     //
     // `base64-simd` rather than the `base64` crate here: it decodes with SIMD (AVX2/SSE4.1/NEON,
     // chosen at run time) into uninitialised capacity, where `base64` decodes a byte at a time
-    // into a zero-filled buffer; on a photo that was about 0.06 ms of every check's CPU on the
+    // into a zero-filled buffer; on a photo that was about 0.07 ms of every check's CPU on the
     // async workers (docs/benchmarks.md, session 28). It accepts exactly what `base64`'s
     // `STANDARD` accepts (padding required, canonical trailing bits), which a property test
     // below checks.

@@ -411,11 +411,13 @@ fn validate(r: &AuditRecord) -> Result<(), StoreError> {
         return invalid("shadow p_real is not a finite number".into());
     }
     if let Some(signals) = &r.signals {
-        // Syntax checked in full without building the value (`IgnoredAny` allocates nothing);
-        // valid JSON whose first byte past the whitespace is `{` is an object.
-        let object = signals.trim_start().starts_with('{')
-            && serde_json::from_str::<serde::de::IgnoredAny>(signals).is_ok();
-        if signals.len() > MAX_SIGNALS_LEN || !object {
+        // The length first, then the syntax in full without building the value (`IgnoredAny`
+        // allocates nothing); valid JSON whose first byte past the whitespace is `{` is an object.
+        let object = || {
+            signals.trim_start().starts_with('{')
+                && serde_json::from_str::<serde::de::IgnoredAny>(signals).is_ok()
+        };
+        if signals.len() > MAX_SIGNALS_LEN || !object() {
             return invalid("signals is not a JSON object".into());
         }
     }
