@@ -4,7 +4,8 @@
 //!
 //! For each image whose face reaches the classifiers (reason `live` or `spoof`), view 0 is the
 //! served crop of every member; views 1..=N use the detector's box jittered (shift up to
-//! ±`JITTER_SHIFT` of its side, scale within ±`JITTER_SCALE`) and cut by the same code.
+//! ±`--jitter-shift` of its side, scale within ±`--jitter-scale`; 0.10 each by default) and cut
+//! by the same code.
 //! `crops.csv`: `id,file,label,attack_type,source,view,member,crop,reason,logits` (logits
 //! space-separated, the member's raw outputs for that view).
 
@@ -21,11 +22,6 @@ use livecheck::pipeline::{decode, Pipeline, Reason};
 
 use super::common::PipelineArgs;
 
-/// Largest shift of a jittered box, as a fraction of the box side.
-pub const JITTER_SHIFT: f64 = 0.10;
-/// Largest relative change of a jittered box's side.
-pub const JITTER_SCALE: f64 = 0.10;
-
 #[derive(clap::Args)]
 pub struct CropsArgs {
     /// Labelled dataset: a folder or CSV manifest, as `livecheck eval` reads.
@@ -39,6 +35,14 @@ pub struct CropsArgs {
     /// Jittered views per image besides the served crop.
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub jitter: usize,
+
+    /// Largest shift of a jittered box, as a fraction of the box side.
+    #[arg(long, default_value_t = 0.10, value_name = "FRACTION", value_parser = fraction)]
+    pub jitter_shift: f64,
+
+    /// Largest relative change of a jittered box's side.
+    #[arg(long, default_value_t = 0.10, value_name = "FRACTION", value_parser = fraction)]
+    pub jitter_scale: f64,
 
     /// Seed of the jitter (per image, mixed with its file name: results do not depend on order
     /// or threads).
@@ -73,13 +77,22 @@ enum ImageResult {
     Skipped(&'static str),
 }
 
-/// A box jittered around `bbox` (`[x, y, w, h]`), deterministic in `rng`.
-fn jitter(bbox: [i32; 4], rng: &mut impl Rng) -> [i32; 4] {
+/// A jitter fraction: finite, in [0, 0.5].
+fn fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=0.5).contains(&v) => Ok(v),
+        _ => Err(format!("expected a number from 0 to 0.5, got {s:?}")),
+    }
+}
+
+/// A box jittered around `bbox` (`[x, y, w, h]`): shift up to ±`shift` of its side, side scaled
+/// within ±`scale`; deterministic in `rng`.
+fn jitter(bbox: [i32; 4], shift: f64, scale: f64, rng: &mut impl Rng) -> [i32; 4] {
     let [x, y, w, h] = bbox.map(f64::from);
-    let s = 1.0 + rng.random_range(-JITTER_SCALE..=JITTER_SCALE);
+    let s = 1.0 + rng.random_range(-scale..=scale);
     let (nw, nh) = ((w * s).max(1.0), (h * s).max(1.0));
-    let cx = x + w / 2.0 + rng.random_range(-JITTER_SHIFT..=JITTER_SHIFT) * w;
-    let cy = y + h / 2.0 + rng.random_range(-JITTER_SHIFT..=JITTER_SHIFT) * h;
+    let cx = x + w / 2.0 + rng.random_range(-shift..=shift) * w;
+    let cy = y + h / 2.0 + rng.random_range(-shift..=shift) * h;
     [
         (cx - nw / 2.0).round() as i32,
         (cy - nh / 2.0).round() as i32,
@@ -127,7 +140,7 @@ fn crops_of(
         let bbox = if view == 0 {
             face.bbox
         } else {
-            jitter(face.bbox, &mut rng)
+            jitter(face.bbox, args.jitter_shift, args.jitter_scale, &mut rng)
         };
         for (index, member) in pipeline.model_set().classifiers.iter().enumerate() {
             let (pixels, score) = pipeline.member_sample(&img, bbox, index)?;
@@ -257,8 +270,8 @@ mod tests {
         let mut a = rand::rngs::StdRng::seed_from_u64(image_seed(0, "x.jpg"));
         let mut b = rand::rngs::StdRng::seed_from_u64(image_seed(0, "x.jpg"));
         for _ in 0..200 {
-            let j = jitter(bbox, &mut a);
-            assert_eq!(j, jitter(bbox, &mut b));
+            let j = jitter(bbox, 0.10, 0.10, &mut a);
+            assert_eq!(j, jitter(bbox, 0.10, 0.10, &mut b));
             assert!(
                 (180..=220).contains(&j[2]) && (198..=242).contains(&j[3]),
                 "{j:?}"
@@ -266,6 +279,16 @@ mod tests {
             let (cx, cy) = (j[0] + j[2] / 2, j[1] + j[3] / 2);
             assert!((cx - 200).abs() <= 22 && (cy - 230).abs() <= 24, "{j:?}");
         }
+        let mut c = rand::rngs::StdRng::seed_from_u64(1);
+        for _ in 0..200 {
+            let j = jitter(bbox, 0.02, 0.0, &mut c);
+            assert!((j[2], j[3]) == (200, 220), "{j:?}");
+            let (cx, cy) = (j[0] + j[2] / 2, j[1] + j[3] / 2);
+            assert!((cx - 200).abs() <= 5 && (cy - 230).abs() <= 5, "{j:?}");
+        }
+        assert_eq!(jitter(bbox, 0.0, 0.0, &mut c), bbox);
+        assert!(fraction("0.05").is_ok() && fraction("0.6").is_err() && fraction("nan").is_err());
+        assert!(fraction("-0.1").is_err() && fraction("x").is_err());
         assert_ne!(image_seed(0, "x.jpg"), image_seed(1, "x.jpg"));
         assert_ne!(image_seed(0, "x.jpg"), image_seed(0, "y.jpg"));
     }
