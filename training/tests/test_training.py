@@ -132,5 +132,123 @@ class Models(unittest.TestCase):
         self.assertAlmostEqual(float(fit.apply_fusion(fusion, Z)[0]), 1 / (1 + np.exp(1.5)))
 
 
+class TtaProbe(unittest.TestCase):
+    """training/tta_probe.py on a synthetic `livecheck crops` folder."""
+
+    def write(self, root: Path, rows: list[dict], members: list[dict], fusion: dict) -> Path:
+        with open(root / "crops.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["id", "file", "label", "attack_type", "source", "view",
+                                              "member", "crop", "reason", "logits"])
+            w.writeheader()
+            w.writerows(rows)
+        spec = root / "set.json"
+        spec.write_text(__import__("json").dumps({"name": "t", "classifiers": members, "fusion": fusion}))
+        return spec
+
+    def run_probe(self, *args) -> str:
+        import subprocess
+        probe = Path(__file__).resolve().parents[1] / "tta_probe.py"
+        out = subprocess.run([sys.executable, str(probe), *map(str, args)], check=True,
+                             capture_output=True, text=True)
+        return out.stdout + out.stderr
+
+    def test_served_crop_and_view_means(self):
+        # Served crops rank perfectly; view 1 ranks backwards and outweighs them in the mean.
+        member = {"name": "m", "file": "m.onnx", "real_index": 1, "channels": "bgr", "scale": 1.0,
+                  "mean": [0, 0, 0], "std": [1, 1, 1]}
+        rows = []
+        for i in range(8):
+            live = i < 4
+            for view, z in [(0, 1.0 if live else -1.0), (1, -3.0 if live else 3.0)]:
+                rows.append({"id": i, "file": f"{i}.jpg", "label": "live" if live else "spoof",
+                             "attack_type": "none" if live else "replay", "source": f"s{i % 2}",
+                             "view": view, "member": "m", "crop": f"m/{i}_{view}.png", "reason": "live",
+                             "logits": f"0 {z} -100"})  # p_real = sigmoid(z): logit(p_real) = z
+        with tempfile.TemporaryDirectory() as d:
+            spec = self.write(Path(d), rows, [member], {"rule": "logistic", "intercept": 0.0,
+                                                        "coefficients": [1.0]})
+            out = self.run_probe(d, spec, "--per-source")
+        table = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in out.splitlines()
+                 if line.startswith("| ")}
+        self.assertIn("8 images, 2 sources, views 0..1", out)
+        self.assertEqual(table["served crop"][1].strip(), "1.000")
+        self.assertEqual(table["mean of views 0..1"][1].strip(), "0.000")
+        self.assertEqual(table["s0"][:3], [" 2 ", " 2 ", " 1.000 "])
+        self.assertAlmostEqual(float(table["s0"][4].split("/")[0]), 1 / (1 + np.exp(-1.0)), places=3)
+
+    def test_flip_reads_the_member_input_exactly(self):
+        import cv2
+        import onnxruntime as ort
+        members = [{"name": "MiniFASNetV2", "file": "MiniFASNetV2.onnx", "real_index": 1,
+                    "channels": "bgr", "scale": 1.0, "mean": [0, 0, 0], "std": [1, 1, 1]},
+                   {"name": "faceantispoof_minifas", "file": "faceantispoof_minifas_97.80.onnx",
+                    "real_index": 0, "channels": "rgb", "scale": 1.0, "mean": [0, 0, 0],
+                    "std": [255, 255, 255]}]
+        rng = np.random.default_rng(0)
+        rows = []
+        with tempfile.TemporaryDirectory() as d:
+            for m, side in zip(members, (80, 128)):
+                (Path(d) / m["name"]).mkdir()
+                s = ort.InferenceSession(str(MODELS / m["file"]), providers=["CPUExecutionProvider"])
+                for i in range(4):
+                    bgr = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
+                    crop = f"{m['name']}/{i}_0.png"
+                    cv2.imwrite(str(Path(d) / crop), bgr)
+                    px = bgr if m["channels"] == "bgr" else bgr[:, :, ::-1]
+                    x = (px.astype(np.float32) - 0) / np.float32(m["std"][0])
+                    z = s.run(None, {s.get_inputs()[0].name: np.ascontiguousarray(x.transpose(2, 0, 1)[None])})[0][0]
+                    rows.append({"id": i, "file": f"{i}.jpg", "label": "live" if i < 2 else "spoof",
+                                 "attack_type": "none" if i < 2 else "print", "source": "s", "view": 0,
+                                 "member": m["name"], "crop": crop, "reason": "live",
+                                 "logits": " ".join(str(float(v)) for v in z)})
+            spec = self.write(Path(d), rows, members, {"rule": "logistic", "intercept": 0.0,
+                                                       "coefficients": [1.0, 1.0]})
+            out = self.run_probe(d, spec, "--flip", "--models", MODELS)
+        within = float(out.split("logits within ")[1].split()[0])
+        self.assertLess(within, 1e-4, out)
+        self.assertIn("| served + flip | 2 |", out)
+
+
+class ContextProbe(unittest.TestCase):
+    """training/context_probe.py on synthetic `livecheck check` lines."""
+
+    def test_reads_check_lines_and_scores_the_shipped_p_real(self):
+        import json
+        import subprocess
+        rng = np.random.default_rng(1)
+        with tempfile.TemporaryDirectory() as d:
+            root = Path(d)
+            shipped = {}
+            for name, sources in (("corpus", ["a/x", "b/y", "c/z"]), ("devset", ["d/w"])):
+                with open(root / f"{name}.csv", "w", newline="") as f, open(root / f"{name}.jsonl", "w") as j:
+                    w = csv.writer(f)
+                    w.writerow(["file", "label", "attack_type", "source_repo", "license"])
+                    for s in sources:
+                        for i in range(6):
+                            live = i % 2 == 0
+                            file = f"{name}_{s.replace('/', '+')}_{i}.jpg"
+                            w.writerow([file, "live" if live else "spoof", "none" if live else "replay", s, "none"])
+                            p = float(np.clip(rng.normal(0.7 if live else 0.3, 0.2), 0.01, 0.99))
+                            shipped.setdefault(name, []).append((live, p))
+                            scores = {"MiniFASNetV2": [1 - p, p, 0.0], "MiniFASNetV1SE": [1 - p, p, 0.0],
+                                      "faceantispoof_minifas": [p, 1 - p]}
+                            side = int(rng.integers(40, 200))
+                            j.write(json.dumps({"file": file, "reason": "live" if p >= 0.5 else "spoof",
+                                                "p_real": p, "bbox": [0, 0, side, side], "image_size": [400, 300],
+                                                "scores": scores}) + "\n")
+                    j.write(json.dumps({"file": file, "reason": "no_face"}) + "\n")
+            probe = Path(__file__).resolve().parents[1] / "context_probe.py"
+            out = subprocess.run([sys.executable, str(probe), root / "corpus.jsonl", root / "corpus.csv",
+                                  root / "devset.jsonl", root / "devset.csv", "--cwd", root],
+                                 check=True, capture_output=True, text=True).stdout
+        self.assertIn("24 processed images, 4 sources (6 devset images)", out)
+        rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in out.splitlines() if line.startswith("| ")}
+        live = [p for name in shipped for lv, p in shipped[name] if lv]
+        attack = [p for name in shipped for lv, p in shipped[name] if not lv]
+        self.assertEqual(rows["shipped p_real (no refit)"][0].split("/")[0].strip(),
+                         f"{metrics.auc(live, attack):.3f}")
+        self.assertEqual(len(rows), 6)  # header, shipped and four variants
+
+
 if __name__ == "__main__":
     unittest.main()

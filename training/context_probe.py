@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""Context probe: would a fusion that also sees how much context surrounds the face (image side
+over box side, on the tighter axis: what `--min-context-ratio` gates on) and the face's size
+transfer across sources better than the members' logits alone?
+
+    livecheck check FILES... > corpus.jsonl          # JSON lines: bbox, image_size, scores
+    python training/context_probe.py corpus.jsonl CORPUS_MANIFEST devset.jsonl DEVSET_MANIFEST
+
+Each variant is a logistic regression (features standardised, live and attacks weighing 1/2 each
+and every source equally within its class) over the images that reached the classifiers. It is
+scored two ways: leave-one-source-out over the corpus and devset sources together, and fitted on
+the corpus alone then applied to the devset. The members are those of the default set
+(`silentface-minifas128-calibrated`); the shipped p_real of the JSON lines is the baseline.
+Relative `file` paths in the JSON lines are resolved against `--cwd` (where `check` ran).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from livetrain import metrics  # noqa: E402
+
+# The default set's members and the output index that means "real".
+MEMBERS = [("MiniFASNetV2", 1), ("MiniFASNetV1SE", 1), ("faceantispoof_minifas", 0)]
+EPS = 1e-6  # livecheck's clip before logit
+
+
+def load(jsonl: Path, manifest: Path, prefix: str, cwd: Path) -> list[tuple]:
+    base = manifest.resolve().parent
+    labels = {str((base / r["file"]).resolve()): (r["source_repo"], r["label"] == "live")
+              for r in csv.DictReader(open(manifest, newline=""))}
+    rows = []
+    for line in open(jsonl):
+        j = json.loads(line)
+        if j.get("reason") not in ("live", "spoof"):
+            continue
+        source, live = labels[str((cwd / j["file"]).resolve())]
+        z = [float(np.log(p / (1 - p))) for p in
+             (min(max(j["scores"][m][i], EPS), 1 - EPS) for m, i in MEMBERS)]
+        _, _, w, h = j["bbox"]
+        width, height = j["image_size"]
+        rows.append((prefix + source, live, z, np.log(min(width / w, height / h)),
+                     np.log(min(w, h)), j["p_real"]))
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("corpus_jsonl", type=Path)
+    ap.add_argument("corpus_manifest", type=Path)
+    ap.add_argument("devset_jsonl", type=Path)
+    ap.add_argument("devset_manifest", type=Path)
+    ap.add_argument("--cwd", type=Path, default=Path.cwd(), help="where `livecheck check` ran")
+    args = ap.parse_args()
+
+    rows = (load(args.corpus_jsonl, args.corpus_manifest, "", args.cwd)
+            + load(args.devset_jsonl, args.devset_manifest, "devset:", args.cwd))
+    src = np.array([r[0] for r in rows])
+    y = np.array([r[1] for r in rows])
+    z = np.array([r[2] for r in rows])
+    context, face = np.array([r[3] for r in rows]), np.array([r[4] for r in rows])
+    shipped = np.array([r[5] for r in rows])
+    dev = np.char.startswith(src.astype(str), "devset:")
+    tight = (context < np.log(2.0)).astype(float)
+    print(f"{len(rows)} processed images, {len(set(src))} sources ({int(dev.sum())} devset images); "
+          f"{int(tight.sum())} with less than 2x context")
+
+    def weights(mask: np.ndarray) -> np.ndarray:
+        w = np.zeros(int(mask.sum()))
+        ys, ss = y[mask], src[mask]
+        for cls in (True, False):
+            for s in set(ss[ys == cls]):
+                k = (ys == cls) & (ss == s)
+                w[k] = 1.0 / k.sum()
+            w[ys == cls] /= w[ys == cls].sum()
+        return w * mask.sum()
+
+    def figures(score: np.ndarray, mask: np.ndarray) -> str:
+        live, attack = score[mask & y], score[mask & ~y]
+        return (f"{metrics.auc(live, attack):.3f} / {metrics.eer(live, attack)[0]:.3f} / "
+                f"{metrics.bpcer_at_apcer(live, attack, 0.05):.3f} / "
+                f"{metrics.bpcer_at_apcer(live, attack, 0.10):.3f}")
+
+    everything = np.ones(len(y), bool)
+    print("\nAUC / EER / BPCER@APCER 5% / 10%\n")
+    print("| fusion features | leave-one-source-out, all sources | the same, devset rows | "
+          "fitted on the corpus, on the devset |")
+    print("|---|---|---|---|")
+    print(f"| shipped p_real (no refit) | {figures(shipped, everything)} | {figures(shipped, dev)} "
+          f"| {figures(shipped, dev)} |")
+    variants = {
+        "member logits": z,
+        "+ log context": np.c_[z, context],
+        "+ log context, log face side": np.c_[z, context, face],
+        "+ tight flag and its products with the logits": np.c_[z, tight, z * tight[:, None]],
+    }
+    for name, x in variants.items():
+        x = (x - x.mean(0)) / (x.std(0) + 1e-9)
+        oof = np.zeros(len(y))
+        for s in sorted(set(src)):
+            train = src != s
+            fit = LogisticRegression(max_iter=2000).fit(x[train], y[train], sample_weight=weights(train))
+            oof[~train] = fit.decision_function(x[~train])
+        fit = LogisticRegression(max_iter=2000).fit(x[~dev], y[~dev], sample_weight=weights(~dev))
+        on_dev = fit.decision_function(x)
+        print(f"| {name} | {figures(oof, everything)} | {figures(oof, dev)} | {figures(on_dev, dev)} |")
+
+
+if __name__ == "__main__":
+    main()
