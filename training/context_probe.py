@@ -26,10 +26,10 @@ from sklearn.linear_model import LogisticRegression
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from livetrain import metrics  # noqa: E402
+from livetrain.fit import EPS  # noqa: E402
 
 # The default set's members and the output index that means "real".
 MEMBERS = [("MiniFASNetV2", 1), ("MiniFASNetV1SE", 1), ("faceantispoof_minifas", 0)]
-EPS = 1e-6  # livecheck's clip before logit
 
 
 def load(jsonl: Path, manifest: Path, prefix: str, cwd: Path) -> list[tuple]:
@@ -103,6 +103,8 @@ def main() -> None:
     }
     for name, x in variants.items():
         x = (x - x.mean(0)) / (x.std(0) + 1e-9)
+        # Not `fit.nested_fusion_oof`: that slices one global weight vector, whereas here each
+        # training fold is reweighted so that its live and attack images keep 1/2 each.
         oof = np.zeros(len(y))
         for s in sorted(set(src)):
             train = src != s

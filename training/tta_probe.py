@@ -31,16 +31,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from livetrain import metrics  # noqa: E402
+from livetrain.fit import EPS, clip_logit  # noqa: E402
+from livetrain.models import logit_real, tensor_from_crops  # noqa: E402
 
-EPS = 1e-6  # livecheck's clip before logit (src/pipeline/classify.rs LOGIT_EPS)
 FLIP = -1  # view id of the flipped served crop
 
 
-def member_logit(logits: list[float], real_index: int) -> float:
-    z = np.asarray(logits, float)
-    p = np.exp(z - z.max())
-    p = float(np.clip(p[real_index] / p.sum(), EPS, 1 - EPS))
-    return float(np.log(p / (1 - p)))
+def member_logit(logits, real_index: int) -> float:
+    """logit(p_real) of one member's raw outputs, clipped as livecheck clips it."""
+    return float(clip_logit(logit_real(np.asarray([logits], float), real_index))[0])
 
 
 def flipped_logits(out: Path, rows: list[dict], members: dict, models: Path) -> dict:
@@ -58,18 +57,14 @@ def flipped_logits(out: Path, rows: list[dict], members: dict, models: Path) -> 
         if r["view"] != "0":
             continue
         m, s = members[r["member"]], sessions[r["member"]]
-        bgr = cv2.imread(str(out / r["crop"]), cv2.IMREAD_COLOR)
-        px = bgr if m["channels"] == "bgr" else bgr[:, :, ::-1]
-        mean, std = np.asarray(m["mean"], np.float32), np.asarray(m["std"], np.float32)
+        rgb = cv2.imread(str(out / r["crop"]), cv2.IMREAD_COLOR)[:, :, ::-1]
 
         def run(img):
-            x = (img.astype(np.float32) * m["scale"] - mean) / std
-            feed = {s.get_inputs()[0].name: np.ascontiguousarray(x.transpose(2, 0, 1)[None])}
-            return s.run(None, feed)[0][0]
+            return s.run(None, {s.get_inputs()[0].name: tensor_from_crops(img[None], m)})[0][0]
 
-        plain = run(px)
+        plain = run(rgb)
         worst = max(worst, float(np.abs(plain - np.asarray(r["logits"].split(), float)).max()))
-        result[(r["id"], r["member"])] = member_logit(run(px[:, ::-1]), m["real_index"])
+        result[(r["id"], r["member"])] = member_logit(run(rgb[:, ::-1]), m["real_index"])
     # livecheck's CLI multiplies in bf16 on CPUs that have it: logits differ by up to ~6e-2.
     print(f"flip: unflipped onnxruntime logits within {worst:.3g} of livecheck's", file=sys.stderr)
     return result

@@ -3,6 +3,8 @@
     training/.venv/bin/python -m unittest discover -s training/tests
 """
 import csv
+import json
+import subprocess
 import sys
 import tempfile
 import unittest
@@ -142,11 +144,10 @@ class TtaProbe(unittest.TestCase):
             w.writeheader()
             w.writerows(rows)
         spec = root / "set.json"
-        spec.write_text(__import__("json").dumps({"name": "t", "classifiers": members, "fusion": fusion}))
+        spec.write_text(json.dumps({"name": "t", "classifiers": members, "fusion": fusion}))
         return spec
 
     def run_probe(self, *args) -> str:
-        import subprocess
         probe = Path(__file__).resolve().parents[1] / "tta_probe.py"
         out = subprocess.run([sys.executable, str(probe), *map(str, args)], check=True,
                              capture_output=True, text=True)
@@ -195,7 +196,7 @@ class TtaProbe(unittest.TestCase):
                     crop = f"{m['name']}/{i}_0.png"
                     cv2.imwrite(str(Path(d) / crop), bgr)
                     px = bgr if m["channels"] == "bgr" else bgr[:, :, ::-1]
-                    x = (px.astype(np.float32) - 0) / np.float32(m["std"][0])
+                    x = px.astype(np.float32) / np.float32(m["std"][0])
                     z = s.run(None, {s.get_inputs()[0].name: np.ascontiguousarray(x.transpose(2, 0, 1)[None])})[0][0]
                     rows.append({"id": i, "file": f"{i}.jpg", "label": "live" if i < 2 else "spoof",
                                  "attack_type": "none" if i < 2 else "print", "source": "s", "view": 0,
@@ -213,8 +214,6 @@ class ContextProbe(unittest.TestCase):
     """training/context_probe.py on synthetic `livecheck check` lines."""
 
     def test_reads_check_lines_and_scores_the_shipped_p_real(self):
-        import json
-        import subprocess
         rng = np.random.default_rng(1)
         with tempfile.TemporaryDirectory() as d:
             root = Path(d)
