@@ -15,9 +15,6 @@ Relative `file` paths in the JSON lines are resolved against `--cwd` (where `che
 """
 from __future__ import annotations
 
-import argparse
-import csv
-import json
 import sys
 from pathlib import Path
 
@@ -25,43 +22,18 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from livetrain import metrics  # noqa: E402
-from livetrain.fit import EPS  # noqa: E402
-
-# The default set's members and the output index that means "real".
-MEMBERS = [("MiniFASNetV2", 1), ("MiniFASNetV1SE", 1), ("faceantispoof_minifas", 0)]
-
-
-def load(jsonl: Path, manifest: Path, prefix: str, cwd: Path) -> list[tuple]:
-    base = manifest.resolve().parent
-    labels = {str((base / r["file"]).resolve()): (r["source_repo"], r["label"] == "live")
-              for r in csv.DictReader(open(manifest, newline=""))}
-    rows = []
-    for line in open(jsonl):
-        j = json.loads(line)
-        if j.get("reason") not in ("live", "spoof"):
-            continue
-        source, live = labels[str((cwd / j["file"]).resolve())]
-        z = [float(np.log(p / (1 - p))) for p in
-             (min(max(j["scores"][m][i], EPS), 1 - EPS) for m, i in MEMBERS)]
-        _, _, w, h = j["bbox"]
-        width, height = j["image_size"]
-        rows.append((prefix + source, live, z, np.log(min(width / w, height / h)),
-                     np.log(min(w, h)), j["p_real"]))
-    return rows
+from livetrain import checklines  # noqa: E402
+from livetrain.checklines import figures  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("corpus_jsonl", type=Path)
-    ap.add_argument("corpus_manifest", type=Path)
-    ap.add_argument("devset_jsonl", type=Path)
-    ap.add_argument("devset_manifest", type=Path)
-    ap.add_argument("--cwd", type=Path, default=Path.cwd(), help="where `livecheck check` ran")
-    args = ap.parse_args()
-
-    rows = (load(args.corpus_jsonl, args.corpus_manifest, "", args.cwd)
-            + load(args.devset_jsonl, args.devset_manifest, "devset:", args.cwd))
+    args = checklines.arguments(__doc__)
+    rows = []
+    for source, live, _, j in checklines.read_both(args):
+        _, _, w, h = j["bbox"]
+        width, height = j["image_size"]
+        rows.append((source, live, checklines.member_logits(j), np.log(min(width / w, height / h)),
+                     np.log(min(w, h)), j["p_real"]))
     src = np.array([r[0] for r in rows])
     y = np.array([r[1] for r in rows])
     z = np.array([r[2] for r in rows])
@@ -82,19 +54,13 @@ def main() -> None:
             w[ys == cls] /= w[ys == cls].sum()
         return w * mask.sum()
 
-    def figures(score: np.ndarray, mask: np.ndarray) -> str:
-        live, attack = score[mask & y], score[mask & ~y]
-        return (f"{metrics.auc(live, attack):.3f} / {metrics.eer(live, attack)[0]:.3f} / "
-                f"{metrics.bpcer_at_apcer(live, attack, 0.05):.3f} / "
-                f"{metrics.bpcer_at_apcer(live, attack, 0.10):.3f}")
-
     everything = np.ones(len(y), bool)
     print("\nAUC / EER / BPCER@APCER 5% / 10%\n")
     print("| fusion features | leave-one-source-out, all sources | the same, devset rows | "
           "fitted on the corpus, on the devset |")
     print("|---|---|---|---|")
-    print(f"| shipped p_real (no refit) | {figures(shipped, everything)} | {figures(shipped, dev)} "
-          f"| {figures(shipped, dev)} |")
+    print(f"| shipped p_real (no refit) | {figures(shipped, y, everything)} | {figures(shipped, y, dev)} "
+          f"| {figures(shipped, y, dev)} |")
     variants = {
         "member logits": z,
         "+ log context": np.c_[z, context],
@@ -112,7 +78,7 @@ def main() -> None:
             oof[~train] = fit.decision_function(x[~train])
         fit = LogisticRegression(max_iter=2000).fit(x[~dev], y[~dev], sample_weight=weights(~dev))
         on_dev = fit.decision_function(x)
-        print(f"| {name} | {figures(oof, everything)} | {figures(oof, dev)} | {figures(on_dev, dev)} |")
+        print(f"| {name} | {figures(oof, y, everything)} | {figures(oof, y, dev)} | {figures(on_dev, y, dev)} |")
 
 
 if __name__ == "__main__":

@@ -210,36 +210,47 @@ class TtaProbe(unittest.TestCase):
         self.assertIn("| served + flip | 2 |", out)
 
 
+def write_check_lines(root: Path, per_source: int, line) -> list:
+    """A synthetic corpus (3 sources) and devset (1 source): manifests and `livecheck check` lines,
+    half live, half replay. `line(name, live)` gives each line's fields; each file ends with a
+    `no_face` line, which the probes must skip. Returns the probes' arguments."""
+    for name, sources in (("corpus", ["a/x", "b/y", "c/z"]), ("devset", ["d/w"])):
+        with open(root / f"{name}.csv", "w", newline="") as f, open(root / f"{name}.jsonl", "w") as j:
+            w = csv.writer(f)
+            w.writerow(["file", "label", "attack_type", "source_repo", "license"])
+            for s in sources:
+                for i in range(per_source):
+                    live = i % 2 == 0
+                    file = f"{name}_{s.replace('/', '+')}_{i}.jpg"
+                    w.writerow([file, "live" if live else "spoof", "none" if live else "replay", s, "none"])
+                    j.write(json.dumps({"file": file, **line(name, live)}) + "\n")
+            j.write(json.dumps({"file": file, "reason": "no_face"}) + "\n")
+    return [root / "corpus.jsonl", root / "corpus.csv", root / "devset.jsonl", root / "devset.csv", "--cwd", root]
+
+
+def run_probe(script: str, args: list) -> str:
+    probe = Path(__file__).resolve().parents[1] / script
+    return subprocess.run([sys.executable, str(probe), *args], check=True, capture_output=True, text=True).stdout
+
+
 class ContextProbe(unittest.TestCase):
     """training/context_probe.py on synthetic `livecheck check` lines."""
 
     def test_reads_check_lines_and_scores_the_shipped_p_real(self):
         rng = np.random.default_rng(1)
+        shipped = {}
+
+        def line(name, live):
+            p = float(np.clip(rng.normal(0.7 if live else 0.3, 0.2), 0.01, 0.99))
+            shipped.setdefault(name, []).append((live, p))
+            side = int(rng.integers(40, 200))
+            return {"reason": "live" if p >= 0.5 else "spoof", "p_real": p, "bbox": [0, 0, side, side],
+                    "image_size": [400, 300],
+                    "scores": {"MiniFASNetV2": [1 - p, p, 0.0], "MiniFASNetV1SE": [1 - p, p, 0.0],
+                               "faceantispoof_minifas": [p, 1 - p]}}
+
         with tempfile.TemporaryDirectory() as d:
-            root = Path(d)
-            shipped = {}
-            for name, sources in (("corpus", ["a/x", "b/y", "c/z"]), ("devset", ["d/w"])):
-                with open(root / f"{name}.csv", "w", newline="") as f, open(root / f"{name}.jsonl", "w") as j:
-                    w = csv.writer(f)
-                    w.writerow(["file", "label", "attack_type", "source_repo", "license"])
-                    for s in sources:
-                        for i in range(6):
-                            live = i % 2 == 0
-                            file = f"{name}_{s.replace('/', '+')}_{i}.jpg"
-                            w.writerow([file, "live" if live else "spoof", "none" if live else "replay", s, "none"])
-                            p = float(np.clip(rng.normal(0.7 if live else 0.3, 0.2), 0.01, 0.99))
-                            shipped.setdefault(name, []).append((live, p))
-                            scores = {"MiniFASNetV2": [1 - p, p, 0.0], "MiniFASNetV1SE": [1 - p, p, 0.0],
-                                      "faceantispoof_minifas": [p, 1 - p]}
-                            side = int(rng.integers(40, 200))
-                            j.write(json.dumps({"file": file, "reason": "live" if p >= 0.5 else "spoof",
-                                                "p_real": p, "bbox": [0, 0, side, side], "image_size": [400, 300],
-                                                "scores": scores}) + "\n")
-                    j.write(json.dumps({"file": file, "reason": "no_face"}) + "\n")
-            probe = Path(__file__).resolve().parents[1] / "context_probe.py"
-            out = subprocess.run([sys.executable, str(probe), root / "corpus.jsonl", root / "corpus.csv",
-                                  root / "devset.jsonl", root / "devset.csv", "--cwd", root],
-                                 check=True, capture_output=True, text=True).stdout
+            out = run_probe("context_probe.py", write_check_lines(Path(d), 6, line))
         self.assertIn("24 processed images, 4 sources (6 devset images)", out)
         rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in out.splitlines() if line.startswith("| ")}
         live = [p for name in shipped for lv, p in shipped[name] if lv]
@@ -248,6 +259,51 @@ class ContextProbe(unittest.TestCase):
                          f"{metrics.auc(live, attack):.3f}")
         self.assertEqual(len(rows), 6)  # header, shipped and four variants
 
+
+class MemberProbe(unittest.TestCase):
+    """training/member_probe.py: the fit is livecheck's (`eval --calibrate`), and every subset is scored."""
+
+    def test_weights_and_fit_match_the_calibrator(self):
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        import member_probe
+        from sklearn.linear_model import LogisticRegression
+
+        # src/eval/calibrate.rs `weights_balance_classes_and_attack_types`: live 1/2; replay 3,
+        # print 1 share the attack half as sqrt(3) : 1.
+        y = np.array([True, False, False, False, False])
+        attack = np.array(["none", "replay", "replay", "replay", "print"])
+        w = member_probe.weights(y, attack)
+        replay = 0.5 * np.sqrt(3) / (np.sqrt(3) + 1)
+        self.assertAlmostEqual(w[0], 0.5)
+        self.assertAlmostEqual(w[1:4].sum(), replay)
+        self.assertAlmostEqual(w[4], 0.5 - replay)
+
+        rng = np.random.default_rng(3)
+        y = rng.random(400) < 0.5
+        attack = np.where(y, "none", np.where(rng.random(400) < 0.2, "print", "replay"))
+        x = np.c_[np.where(y, 1.5, -1.0) + rng.normal(0, 1.2, 400), rng.normal(0, 1, 400)]
+        w = member_probe.weights(y, attack)
+        beta = member_probe.fit(x, y, w)
+        # Newton's method with an L2 of 1e-3 on the coefficients is sklearn's objective at C = 1000.
+        ref = LogisticRegression(C=1 / member_probe.L2, tol=1e-10, max_iter=10000).fit(x, y, sample_weight=w)
+        np.testing.assert_allclose(beta, np.r_[ref.intercept_, ref.coef_[0]], atol=1e-4)
+
+    def test_scores_every_subset(self):
+        rng = np.random.default_rng(2)
+
+        def line(name, live):
+            p = [float(np.clip(rng.normal(0.7 if live else 0.3, 0.2), 0.01, 0.99)) for _ in range(3)]
+            return {"reason": "live", "scores": {"MiniFASNetV2": [1 - p[0], p[0], 0.0],
+                                                 "MiniFASNetV1SE": [1 - p[1], p[1], 0.0],
+                                                 "faceantispoof_minifas": [p[2], 1 - p[2]]}}
+
+        with tempfile.TemporaryDirectory() as d:
+            out = run_probe("member_probe.py", write_check_lines(Path(d), 8, line))
+        self.assertIn("32 processed images (16 live), 4 sources (8 devset images)", out)
+        rows = [line for line in out.splitlines() if line.startswith("| ") and "---" not in line][1:]
+        # 3 single members, 3 pairs and the triple with three rules each: 3 + 3 * 3 + 3.
+        self.assertEqual(len(rows), 15)
+        self.assertEqual(sum("mean of logits" in r for r in rows), 4)
 
 if __name__ == "__main__":
     unittest.main()
