@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use livecheck::eval::calibrate::{self, CalSample};
+use livecheck::eval::calibrate::{self, CalSample, MemberWeights};
 use livecheck::eval::dataset::Dataset;
 use livecheck::eval::report::{self, MetricsReport, ReportParams};
 use livecheck::eval::{dataset_hash_of, run_dataset, CheckService, Outcome};
@@ -48,8 +48,24 @@ pub struct EvalArgs {
     #[arg(long, value_name = "FILE")]
     pub calibrate: Option<PathBuf>,
 
+    /// How --calibrate weighs the members: `equal` (one common coefficient: the set ranks by the
+    /// mean of its members' logits, and the fit sets the scale and the intercept) or `fitted`
+    /// (one coefficient per member). Equal weights transferred better to unseen sources
+    /// (docs/accuracy.md); `fitted` suits data from many sources like the ones you will serve.
+    #[arg(long, value_name = "equal|fitted", default_value = "equal",
+        value_parser = parse_member_weights)]
+    pub calibrate_weights: MemberWeights,
+
     #[command(flatten)]
     pub pipeline: PipelineArgs,
+}
+
+fn parse_member_weights(s: &str) -> Result<MemberWeights, String> {
+    match s {
+        "equal" => Ok(MemberWeights::Equal),
+        "fitted" => Ok(MemberWeights::Fitted),
+        _ => Err(format!("expected `equal` or `fitted`, got `{s}`")),
+    }
 }
 
 pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
@@ -150,7 +166,13 @@ fn calibrate(
         });
         before.push(p);
     }
-    let c = calibrate::calibrate(&cal, &before, set.classifiers.len(), args.target_apcer)?;
+    let c = calibrate::calibrate(
+        &cal,
+        &before,
+        set.classifiers.len(),
+        args.target_apcer,
+        args.calibrate_weights,
+    )?;
     let mut out = set.clone();
     out.name = format!("{}-calibrated", set.name);
     out.description = format!(
@@ -201,11 +223,13 @@ fn calibrate(
     }
     println!("{t}");
     println!(
-        "calibrated on {} live and {} attack images that reached the classifiers: {:?}\n\
+        "calibrated on {} live and {} attack images that reached the classifiers: {:?} ({} member \
+         weights)\n\
          threshold {:.6} for APCER <= {} ({} scores): APCER {}, BPCER {}\nwrote {}",
         c.live,
         c.attacks,
         c.fusion,
+        c.member_weights,
         c.threshold,
         c.target_apcer,
         c.threshold_from,
