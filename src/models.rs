@@ -25,7 +25,8 @@ pub const BUILTIN_SETS: [(&str, &str); 4] = [
 ];
 
 /// The set `serve`, `check` and `eval` use without `--model-set`: the one that ranks best on
-/// sources it never saw (docs/accuracy.md, "Fusion calibrated on the corpus"). `silentface`, the
+/// sources it never saw (docs/accuracy.md, "Fusion calibrated on the corpus" and "Equal member
+/// weights"). `silentface`, the
 /// upstream pair alone, is one flag away (`--model-set silentface`).
 pub const DEFAULT_MODEL_SET: &str = "silentface-minifas128-calibrated";
 

@@ -329,13 +329,148 @@ fn the_calibrated_set_reproduces_its_documented_devset_figures() {
         serde_json::from_str(&std::fs::read_to_string(out.path().join("metrics.json")).unwrap())
             .unwrap();
     let threshold = m["threshold"].as_f64().unwrap();
-    assert!((threshold - 0.723_851_86).abs() < 1e-6, "{threshold}");
-    // docs/accuracy.md: AUC 0.907, EER 0.138, BPCER 0.229 at the set's threshold.
-    for (key, want) in [("auc", 0.9075), ("eer", 0.1378), ("bpcer", 0.2289)] {
+    assert!((threshold - 0.698_020_5).abs() < 1e-6, "{threshold}");
+    // docs/accuracy.md: AUC 0.914, EER 0.115, BPCER 0.265 at the set's threshold.
+    for (key, want) in [("auc", 0.9135), ("eer", 0.1154), ("bpcer", 0.2651)] {
         let got = m[key].as_f64().unwrap();
         assert!((got - want).abs() < 0.002, "{key} {got}, documented {want}");
     }
     check_against_scores(&m, &read_scores(&out.path().join("scores.csv")));
+}
+
+/// `eval --calibrate` on a few devset sources: by default one common coefficient for every
+/// member (`equal`), one per member with `--calibrate-weights fitted`; both files load as model
+/// sets, and the pipeline's fused p_real is the written rule applied to the members' scores.
+#[test]
+fn calibrate_writes_a_loadable_set_with_equal_or_fitted_member_weights() {
+    let Some(devset) =
+        common::devset("calibrate_writes_a_loadable_set_with_equal_or_fitted_member_weights")
+    else {
+        return;
+    };
+    let ds = livecheck::eval::dataset::Dataset::load(&devset.join("manifest.csv")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    // Up to 8 live and 8 attack images from each of three sources that have both.
+    let sources = [
+        "Apfol/liveness-detection-opencv",
+        "alexcamargoweb/liveness-detection",
+        "minivision-ai/Silent-Face-Anti-Spoofing",
+    ];
+    let mut taken = BTreeMap::<(String, String), usize>::new();
+    let mut csv = String::from("file,label,attack_type,source_repo\n");
+    for (i, it) in ds.items.iter().enumerate() {
+        let source = it.fields["source_repo"].clone();
+        let label = it.label.as_str().to_string();
+        if !sources.contains(&source.as_str()) {
+            continue;
+        }
+        let n = taken.entry((source.clone(), label.clone())).or_default();
+        if *n == 8 {
+            continue;
+        }
+        *n += 1;
+        let name = format!("{i}_{}", it.path.file_name().unwrap().to_str().unwrap());
+        std::fs::copy(&it.path, data.join(&name)).unwrap();
+        csv += &format!("{name},{label},{},{source}\n", it.attack_type);
+    }
+    std::fs::write(data.join("manifest.csv"), csv).unwrap();
+    let manifest = data.join("manifest.csv");
+
+    let calibrate = |file: &str, extra: &[&str]| -> Value {
+        let path = dir.path().join(file);
+        let mut args = vec![
+            "--model-set",
+            "silentface-minifas128",
+            "--group-by",
+            "source_repo",
+            "--calibrate",
+            path.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let (_out, o) = eval_devset(&manifest, &args);
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        assert!(stdout.contains("leave-one-3-out"), "{stdout}");
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+    };
+    let coefficients = |set: &Value| -> Vec<f64> {
+        assert_eq!(set["fusion"]["rule"], "logistic");
+        set["fusion"]["coefficients"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_f64().unwrap())
+            .collect()
+    };
+
+    let equal = calibrate("equal.json", &[]);
+    assert_eq!(
+        equal["training"]["calibration"]["result"]["member_weights"],
+        "equal"
+    );
+    let c = coefficients(&equal);
+    assert_eq!(c.len(), 3);
+    assert!(c[0] > 0.0 && c.iter().all(|x| *x == c[0]), "{c:?}");
+    let threshold = equal["threshold"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&threshold));
+
+    let fitted = calibrate("fitted.json", &["--calibrate-weights", "fitted"]);
+    assert_eq!(
+        fitted["training"]["calibration"]["result"]["member_weights"],
+        "fitted"
+    );
+    let f = coefficients(&fitted);
+    assert_eq!(f.len(), 3);
+    assert!(f.iter().any(|x| *x != f[0]), "{f:?}");
+
+    // The written set scores an image as its rule says: sigmoid(intercept + sum c_i logit(p_i)).
+    let sample = &ds.items[0].path;
+    for (file, set, c) in [("equal.json", &equal, &c), ("fitted.json", &fitted, &f)] {
+        let o = livecheck(&[
+            "check",
+            "--model-set",
+            dir.path().join(file).to_str().unwrap(),
+            sample.to_str().unwrap(),
+        ]);
+        assert_ok(&o);
+        let line: Value = serde_json::from_slice(&o.stdout).unwrap();
+        let members = [
+            ("MiniFASNetV2", 1),
+            ("MiniFASNetV1SE", 1),
+            ("faceantispoof_minifas", 0),
+        ];
+        let z = set["fusion"]["intercept"].as_f64().unwrap()
+            + members
+                .iter()
+                .zip(c.iter())
+                .map(|((m, real), ci)| {
+                    let p = line["scores"][*m][*real]
+                        .as_f64()
+                        .unwrap()
+                        .clamp(1e-6, 1.0 - 1e-6);
+                    ci * (p / (1.0 - p)).ln()
+                })
+                .sum::<f64>();
+        let want = 1.0 / (1.0 + (-z).exp());
+        let got = line["p_real"].as_f64().unwrap();
+        assert!(
+            (got - want).abs() < 1e-5,
+            "{file}: p_real {got}, rule {want}"
+        );
+    }
+
+    // An unknown weighting is refused before anything runs.
+    let o = livecheck(&[
+        "eval",
+        manifest.to_str().unwrap(),
+        "--calibrate",
+        dir.path().join("x.json").to_str().unwrap(),
+        "--calibrate-weights",
+        "median",
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("expected `equal` or `fitted`"));
 }
 
 /// A folder-layout dataset built from a few devset images, grouped by attack type, with --json.

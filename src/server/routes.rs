@@ -65,7 +65,7 @@ struct Image {
                         "verification": {"status": "VERIFIED", "reference": "067cbed9-acda-4d30-97c2-7f8e0c2ad687"},
                         "widget_info": {}, "session": {}, "reason": "live",
                         "face": {"bbox": [203, 104, 248, 317], "confidence": 0.9995},
-                        "threshold": 0.72385186, "model": "954c6072f75181f8"},
+                        "threshold": 0.6980205, "model": "676cea0abb40fd15"},
                     "message": "Face Liveliness successful"}))),
                 ("spoof" = (summary = "Not live: attack", value = json!({
                     "status": "success",
@@ -74,7 +74,7 @@ struct Image {
                         "verification": {"status": "FAILED", "reference": "1b4e28ba-2fa1-41d2-883f-0016d3cca427"},
                         "widget_info": {}, "session": {}, "reason": "spoof",
                         "face": {"bbox": [120, 88, 200, 260], "confidence": 0.998},
-                        "threshold": 0.72385186, "model": "954c6072f75181f8"},
+                        "threshold": 0.6980205, "model": "676cea0abb40fd15"},
                     "message": "Face Liveliness failed"}))),
                 ("no_face" = (summary = "Not live: no face", value = json!({
                     "status": "success",
@@ -82,7 +82,7 @@ struct Image {
                         "confidence": 0.0, "confidence_in_percentage": 0.0,
                         "verification": {"status": "FAILED", "reference": "6ba7b810-9dad-41d1-80b4-00c04fd430c8"},
                         "widget_info": {}, "session": {}, "reason": "no_face",
-                        "threshold": 0.72385186, "model": "954c6072f75181f8"},
+                        "threshold": 0.6980205, "model": "676cea0abb40fd15"},
                     "message": "Face Liveliness failed"}))),
             )),
         (status = 400, description = "Bad request", body = ErrorEnvelope, examples(
@@ -393,7 +393,7 @@ fn check_error(err: CheckError) -> ApiError {
                     "confidence": 0.0, "confidence_in_percentage": 0.0,
                     "verification": {"status": "FAILED", "reference": "6ba7b810-9dad-41d1-80b4-00c04fd430c8"},
                     "widget_info": {}, "session": {}, "reason": "no_face",
-                    "threshold": 0.72385186, "model": "954c6072f75181f8"},
+                    "threshold": 0.6980205, "model": "676cea0abb40fd15"},
                 "message": "Face Liveliness failed"})),
         (status = 401, description = "Missing or invalid key", body = ErrorEnvelope, examples(
             ("missing" = (value = json!({"status": "failed", "message": "Authentication credentials were not provided."}))),
@@ -482,9 +482,9 @@ pub async fn healthz() -> Response {
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "Ready", body = Readiness,
-            example = json!({"status": "ready", "models": "loaded", "database": "ok", "model": "954c6072f75181f8", "version": "0.1.0"})),
+            example = json!({"status": "ready", "models": "loaded", "database": "ok", "model": "676cea0abb40fd15", "version": "0.1.0"})),
         (status = 503, description = "Not ready", body = Readiness,
-            example = json!({"status": "unavailable", "models": "loaded", "database": "unreachable", "model": "954c6072f75181f8", "version": "0.1.0"})),
+            example = json!({"status": "unavailable", "models": "loaded", "database": "unreachable", "model": "676cea0abb40fd15", "version": "0.1.0"})),
     ))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let inner = &state.inner;
