@@ -331,6 +331,46 @@ fn end_to_end_with_bf16_kernels() {
     assert!(share >= 0.995, "{agree} of {} verdicts agree", rows.len());
 }
 
+/// `--kernels avx2` runs the fused kernels' AVX2 + FMA paths even on an AVX-512 CPU, and every
+/// path sums in the same order: with the default model set, the same verdicts, boxes and p_real
+/// bits as `--kernels fused`, on the reference samples and (when here) the whole devset. On a CPU
+/// without AVX-512 both are the same engine; the test says so.
+#[test]
+fn avx2_kernels_give_the_fused_bits() {
+    use livecheck::engine::tract::{Isa, Kernels};
+    if Isa::detected() != Isa::Avx512 {
+        eprintln!(
+            "note: this CPU's widest tier is {}: `avx2` and `fused` ran the same paths here",
+            Isa::detected().describe()
+        );
+    }
+    let load = |kernels| {
+        let set = LoadedSet::resolve(None, Some(&model_dir())).unwrap();
+        livecheck::pipeline_with_kernels(set, PipelineConfig::default(), kernels).unwrap()
+    };
+    let (avx2, fused) = (load(Kernels::Avx2), load(Kernels::Fused));
+    let mut files: Vec<std::path::PathBuf> = IMAGES
+        .iter()
+        .map(|img| common::silentface().join(format!("{img}.jpg")))
+        .collect();
+    if let Some(dir) = common::devset("the devset agreement of the AVX2 kernels") {
+        files.extend(
+            common::devset_manifest(&dir)
+                .iter()
+                .map(|row| dir.join(&row["file"])),
+        );
+    }
+    for file in &files {
+        let bytes = std::fs::read(file).unwrap();
+        let (a, b) = (avx2.check(&bytes).unwrap(), fused.check(&bytes).unwrap());
+        let what = file.display();
+        assert_eq!(a.p_real.to_bits(), b.p_real.to_bits(), "{what}");
+        assert_eq!((a.live, &a.reason), (b.live, &b.reason), "{what}");
+        assert_eq!(a.face.map(|f| f.bbox), b.face.map(|f| f.bbox), "{what}");
+    }
+    println!("avx2 vs fused: {} images, identical", files.len());
+}
+
 fn assert_end_to_end(pipeline: &Pipeline) {
     let r = reference();
     for img in IMAGES {

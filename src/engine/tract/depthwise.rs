@@ -24,6 +24,7 @@ use super::graph::{
     conv_output_fact, fold_tail, fuse_nodes, match_conv3x3, out_side, output_f32, Fused,
     SpatialInput,
 };
+use super::isa::Isa;
 
 /// One channel of a run: its input plane, its output plane, its nine taps, its bias and its
 /// PReLU slope.
@@ -38,6 +39,9 @@ pub struct Depthwise3x3 {
     prelu: Option<Arc<Vec<f32>>>,
     weights: Arc<Vec<f32>>,
     bias: Arc<Vec<f32>>,
+    /// The widest vector path [`Depthwise3x3::run`] takes; never more than the CPU has
+    /// ([`Isa::capped`] is its only source).
+    isa: Isa,
 }
 
 impl PartialEq for Depthwise3x3 {
@@ -49,6 +53,7 @@ impl PartialEq for Depthwise3x3 {
                 == other.prelu.as_deref().map(|v| bits(v.as_slice()))
             && bits(&self.weights) == bits(&other.weights)
             && bits(&self.bias) == bits(&other.bias)
+            && self.isa == other.isa
     }
 }
 
@@ -62,7 +67,14 @@ impl Depthwise3x3 {
             prelu: None,
             weights: Arc::new(weights),
             bias: Arc::new(bias),
+            isa: Isa::detected(),
         }
+    }
+
+    /// Take no vector path wider than `cap` (nor than the CPU has).
+    pub fn with_isa(mut self, cap: Isa) -> Self {
+        self.isa = Isa::capped(cap);
+        self
     }
 
     /// Follow the convolution by `max(x, slope * x)` with one slope per channel.
@@ -134,29 +146,26 @@ impl Depthwise3x3 {
         }
         let planes = Planes { input, mask, h, w };
         #[cfg(target_arch = "x86_64")]
-        if self.stride == 2 && std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F (checked just above), the stride is 2, and the sizes
-            // of `input`, `mask` and `out` were checked against `c`, `h`, `w` above, which is
-            // all `avx512::stride2` relies on.
+        if self.stride == 2 && self.isa == Isa::Avx512 {
+            // SAFETY: `self.isa` is never more than the CPU has (`Isa::capped`), so it has
+            // AVX-512F; the stride is 2, and the sizes of `input`, `mask` and `out` were checked
+            // against `c`, `h`, `w` above, which is all `avx512::stride2` relies on.
             unsafe { avx512::stride2(self, planes, out) };
             return Ok(());
         }
         #[cfg(target_arch = "x86_64")]
-        if self.stride == 2
-            && std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU has AVX2 and FMA (checked just above), the stride is 2, and the
-            // sizes were checked as for the AVX-512 path, which is all `avx2::stride2` relies on.
+        if self.stride == 2 && self.isa == Isa::Avx2Fma {
+            // SAFETY: as above, the CPU has AVX2 and FMA; the stride is 2, and the sizes were
+            // checked as for the AVX-512 path, which is all `avx2::stride2` relies on.
             unsafe { avx2::stride2(self, planes, out) };
             return Ok(());
         }
         PADDED.with(|p| {
             let mut p = p.borrow_mut();
             #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("avx2") {
-                // SAFETY: the CPU supports AVX2 (checked just above); `run_avx2` is plain safe
-                // Rust compiled with AVX2 enabled.
+            if self.isa >= Isa::Avx2Fma {
+                // SAFETY: the CPU has at least AVX2 (`self.isa`, as above); `run_avx2` is plain
+                // safe Rust compiled with AVX2 enabled.
                 unsafe { run_avx2(self, planes, out, &mut p) };
                 return;
             }
@@ -622,8 +631,8 @@ impl TypedOp for Depthwise3x3 {
 
 /// Replace every depthwise 3x3 convolution of a concrete, decluttered model by
 /// [`Depthwise3x3`], folding a following per-channel `mul`, `add` and `max(x, 0)` into it.
-/// Returns how many convolutions were replaced.
-pub(super) fn fuse_depthwise(model: &mut TypedModel) -> TractResult<usize> {
+/// Returns how many convolutions were replaced. No vector path is wider than `isa`.
+pub(super) fn fuse_depthwise(model: &mut TypedModel, isa: Isa) -> TractResult<usize> {
     fuse_nodes(model, "depthwise3x3", true, |model, n| {
         let mut conv = match_conv3x3(model, n, true)?;
         let tail = fold_tail(
@@ -632,7 +641,8 @@ pub(super) fn fuse_depthwise(model: &mut TypedModel) -> TractResult<usize> {
             &mut conv.weights,
             &mut conv.bias,
         );
-        let mut op = Depthwise3x3::new(conv.stride, conv.weights, conv.bias, tail.relu);
+        let mut op =
+            Depthwise3x3::new(conv.stride, conv.weights, conv.bias, tail.relu).with_isa(isa);
         if let Some(slopes) = tail.slopes {
             op = op.with_prelu(slopes);
         }

@@ -43,17 +43,13 @@ use super::graph::{
     const_f32, conv_output_fact, fold_tail, fuse_nodes, match_conv3x3, out_side, output_f32,
     plain_f32, Fused, SpatialInput,
 };
+use super::isa::Isa;
 
 /// Whether this CPU runs one of [`Product`]'s vector kernels (AVX-512F, or AVX2 + FMA). Without
 /// them the portable path is correct but built for the baseline target (SSE2 on x86-64), so the
 /// engine leaves these convolutions to tract's own kernels there.
 pub fn fast_kernels() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return std::arch::is_x86_feature_detected!("avx512f")
-        || (std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma"));
-    #[cfg(not(target_arch = "x86_64"))]
-    return false;
+    Isa::detected() >= Isa::Avx2Fma
 }
 
 /// Output channels per block (rows of the outer product).
@@ -76,6 +72,9 @@ pub struct Product {
     /// The same weights as bfloat16 pairs of input channels ([`bf16`]), when the product is
     /// to run in that precision.
     pairs: Option<PairWeights>,
+    /// The widest vector path [`Product::run`] takes; never more than the CPU has
+    /// ([`Isa::capped`] is its only source).
+    isa: Isa,
 }
 
 impl PartialEq for Product {
@@ -88,6 +87,7 @@ impl PartialEq for Product {
             && bits(&self.packed) == bits(&other.packed)
             && bits(&self.bias) == bits(&other.bias)
             && self.pairs == other.pairs
+            && self.isa == other.isa
     }
 }
 
@@ -121,7 +121,14 @@ impl Product {
             relu: false,
             slopes: None,
             pairs: None,
+            isa: Isa::detected(),
         })
+    }
+
+    /// Take no vector path wider than `cap` (nor than the CPU has).
+    pub fn with_isa(mut self, cap: Isa) -> Self {
+        self.isa = Isa::capped(cap);
+        self
     }
 
     /// Run in bfloat16 ([`bf16`]) from now on, with `weights` (`[co][ci * taps]`, as given to
@@ -198,23 +205,23 @@ impl Product {
         out_stride: usize,
     ) -> Result<(), String> {
         self.check_reach(self.k, src.len(), offsets, len, out.len(), out_stride)?;
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F (checked just above), and every read
-            // `src[offsets[k] + q]` and write `out[o * out_stride + q]` (`q < len`, `o < co`)
-            // was checked in bounds above, which is all `avx512::run` relies on.
-            unsafe { avx512::run(self, src, offsets, len, out, out_stride) };
-            return Ok(());
+        match self.isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => {
+                // SAFETY: `self.isa` is never more than the CPU has (`Isa::capped`), so it has
+                // AVX-512F; every read `src[offsets[k] + q]` and write `out[o * out_stride + q]`
+                // (`q < len`, `o < co`) was checked in bounds above, which is all `avx512::run`
+                // relies on.
+                unsafe { avx512::run(self, src, offsets, len, out, out_stride) };
+            }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2Fma => {
+                // SAFETY: as above, the CPU has AVX2 and FMA; the bounds are as for the AVX-512
+                // path.
+                unsafe { avx2::run(self, src, offsets, len, out, out_stride) };
+            }
+            _ => self.run_portable(src, offsets, len, out, out_stride),
         }
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU has AVX2 and FMA (checked just above); the bounds are as for the
-            // AVX-512 path.
-            unsafe { avx2::run(self, src, offsets, len, out, out_stride) };
-            return Ok(());
-        }
-        self.run_portable(src, offsets, len, out, out_stride);
         Ok(())
     }
 
@@ -1059,14 +1066,15 @@ fn match_einsum(model: &TypedModel, n: usize) -> Option<(Vec<f32>, usize, usize,
 /// Replace every 1x1 convolution (as tract's declutter leaves it, an `EinSum`) of a concrete,
 /// decluttered model by [`Pointwise`], folding the per-channel additions and multiplications
 /// after it, then `max(x, 0)` or PReLU. Returns how many were replaced.
-/// With `bf16`, the products run in bfloat16 ([`bf16`]).
-pub(super) fn fuse_pointwise(model: &mut TypedModel, bf16: bool) -> TractResult<usize> {
+/// With `bf16`, the products run in bfloat16 ([`bf16`]); no vector path is wider than `isa`.
+pub(super) fn fuse_pointwise(model: &mut TypedModel, bf16: bool, isa: Isa) -> TractResult<usize> {
     fuse_nodes(model, "pointwise", false, |model, n| {
         let (mut weights, co, ci, lead_in, lead_out) = match_einsum(model, n)?;
         let mut bias = vec![0f32; co];
         let tail = fold_tail(model, OutletId::new(n, 0), &mut weights, &mut bias);
-        let mut product =
-            Product::new(co, ci, &weights, bias)?.with_activation(tail.relu, tail.slopes)?;
+        let mut product = Product::new(co, ci, &weights, bias)?
+            .with_activation(tail.relu, tail.slopes)?
+            .with_isa(isa);
         if bf16 {
             product = product.with_pairs(ci, 1, &weights)?;
         }
@@ -1085,8 +1093,8 @@ pub(super) fn fuse_pointwise(model: &mut TypedModel, bf16: bool) -> TractResult<
 /// Replace every dense 3x3 convolution (stride 1 or 2, zero padding 1) of a concrete,
 /// decluttered model by [`Dense3x3`], folding the per-channel steps and activation after it and
 /// a canvas mask before it. Returns how many were replaced.
-/// With `bf16`, the products run in bfloat16 ([`bf16`]).
-pub(super) fn fuse_dense3x3(model: &mut TypedModel, bf16: bool) -> TractResult<usize> {
+/// With `bf16`, the products run in bfloat16 ([`bf16`]); no vector path is wider than `isa`.
+pub(super) fn fuse_dense3x3(model: &mut TypedModel, bf16: bool, isa: Isa) -> TractResult<usize> {
     fuse_nodes(model, "dense3x3", true, |model, n| {
         let mut conv = match_conv3x3(model, n, false)?;
         let tail = fold_tail(
@@ -1096,7 +1104,8 @@ pub(super) fn fuse_dense3x3(model: &mut TypedModel, bf16: bool) -> TractResult<u
             &mut conv.bias,
         );
         let mut product = Product::new(conv.co, 9 * conv.ci, &conv.weights, conv.bias)?
-            .with_activation(tail.relu, tail.slopes)?;
+            .with_activation(tail.relu, tail.slopes)?
+            .with_isa(isa);
         // A network's first convolution reads the image (3 channels) and stays in f32. Rounding
         // the pixels to 8 significant bits was most of the bf16 classifiers' error on the
         // devset: with it p_real moved by up to 0.013 and 2 of 312 verdicts changed, without it

@@ -39,10 +39,12 @@ use tract_onnx::tract_hir::ops::expandable::expand;
 mod depthwise;
 mod direct;
 mod graph;
+mod isa;
 
 use self::depthwise::fuse_depthwise;
 pub use self::direct::{bf16_available, fast_kernels};
 use self::direct::{fuse_dense3x3, fuse_pointwise};
+pub use self::isa::Isa;
 use super::{DetectorOutput, Engine, EngineError, FinderOutput};
 use crate::models::LoadedSet;
 use crate::LoadError;
@@ -80,9 +82,15 @@ pub fn detector_canvas(w: usize, h: usize) -> (usize, usize) {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Kernels {
     /// The engine's own fused kernels where they are fast on this CPU (3x3 depthwise everywhere;
-    /// 1x1 and dense 3x3 where AVX-512 is present), tract's elsewhere.
+    /// 1x1 and dense 3x3 where AVX-512F or AVX2 + FMA is present), tract's elsewhere. Each
+    /// kernel takes its widest path this CPU runs ([`Isa`]).
     #[default]
     Fused,
+    /// [`Kernels::Fused`] with the AVX2 + FMA paths even where the CPU has AVX-512: the same
+    /// f32 bits, at the speed of CPUs without AVX-512 (AMD Zen 2/3, hypervisors that hide it).
+    /// For measuring and testing that deployment case on any x86-64 machine; tract's own kernels
+    /// (the few operations the engine leaves to tract) still choose by the CPU.
+    Avx2,
     /// [`Kernels::Fused`] with the classifiers' (and the face finder's) 1x1 and dense 3x3
     /// products in bfloat16 where the CPU has AVX512-BF16 ([`bf16_available`]), exactly
     /// [`Kernels::Fused`] elsewhere. The detector, and each network's first convolution (the
@@ -110,8 +118,17 @@ impl Kernels {
             Kernels::Bf16 if bf16_available() => {
                 "fused, classifiers in bf16 (AVX512-BF16), detector in f32"
             }
+            Kernels::Avx2 if avx512 => "fused, f32 (AVX2 + FMA; AVX-512 present, not used)",
             _ if avx512 => "fused, f32 (AVX-512)",
             _ => "fused, f32 (AVX2 + FMA)",
+        }
+    }
+
+    /// The widest tier the engine's own kernels may take under this choice.
+    fn isa_cap(self) -> Isa {
+        match self {
+            Kernels::Avx2 => Isa::Avx2Fma,
+            _ => Isa::Avx512,
         }
     }
 }
@@ -442,16 +459,18 @@ pub fn assemble_head(
 /// ([`fuse_dense3x3`]), each with the per-channel affine and activation after it folded in.
 /// The last two only where one of their vector kernels runs (AVX-512F, or AVX2 + FMA:
 /// [`fast_kernels`]): elsewhere tract's own kernels keep them. Nothing with
-/// [`Kernels::Tract`].
+/// [`Kernels::Tract`]; no kernel wider than [`Kernels::Avx2`] allows.
 fn fuse(model: &mut TypedModel, kernels: Kernels) -> TractResult<()> {
     if kernels == Kernels::Tract {
         return Ok(());
     }
-    fuse_depthwise(model)?;
-    if fast_kernels() {
-        let bf16 = kernels == Kernels::Bf16 && bf16_available();
-        fuse_pointwise(model, bf16)?;
-        fuse_dense3x3(model, bf16)?;
+    let isa = Isa::capped(kernels.isa_cap());
+    fuse_depthwise(model, isa)?;
+    if isa >= Isa::Avx2Fma {
+        // bf16 needs AVX-512 (AVX512-BF16), which `Kernels::Avx2` never takes.
+        let bf16 = kernels == Kernels::Bf16 && bf16_available() && isa == Isa::Avx512;
+        fuse_pointwise(model, bf16, isa)?;
+        fuse_dense3x3(model, bf16, isa)?;
     }
     Ok(())
 }
@@ -946,11 +965,12 @@ mod tests {
                     .count()
             };
             let (dw, pw, dn) = (depthwise(&typed), pointwise(&typed), dense(&typed));
-            let replaced = fuse_depthwise(&mut typed).unwrap();
+            let isa = Isa::detected();
+            let replaced = fuse_depthwise(&mut typed, isa).unwrap();
             assert!(dw > 0 && replaced == dw, "{file}: {replaced} of {dw}");
-            let replaced = fuse_pointwise(&mut typed, false).unwrap();
+            let replaced = fuse_pointwise(&mut typed, false, isa).unwrap();
             assert!(pw > 0 && replaced == pw, "{file}: {replaced} of {pw}");
-            let replaced = fuse_dense3x3(&mut typed, false).unwrap();
+            let replaced = fuse_dense3x3(&mut typed, false, isa).unwrap();
             assert!(dn > 0 && replaced == dn, "{file}: {replaced} of {dn}");
             let left = (depthwise(&typed), pointwise(&typed), dense(&typed));
             assert_eq!(left, (0, 0, 0), "{file}");
