@@ -34,8 +34,11 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::einsum::EinSum;
 
+mod amx;
 mod bf16;
 
+pub use self::amx::available as amx_available;
+use self::amx::TileWeights;
 pub use self::bf16::available as bf16_available;
 use self::bf16::PairWeights;
 
@@ -72,6 +75,9 @@ pub struct Product {
     /// The same weights as bfloat16 pairs of input channels ([`bf16`]), when the product is
     /// to run in that precision.
     pairs: Option<PairWeights>,
+    /// The same bf16 weights as AMX tiles ([`amx`]): a 1x1 product in bf16 runs on them where
+    /// this process may use AMX.
+    tiles: Option<TileWeights>,
     /// The widest vector path [`Product::run`] takes; never more than the CPU has
     /// ([`Isa::capped`] is its only source).
     isa: Isa,
@@ -87,6 +93,7 @@ impl PartialEq for Product {
             && bits(&self.packed) == bits(&other.packed)
             && bits(&self.bias) == bits(&other.bias)
             && self.pairs == other.pairs
+            && self.tiles == other.tiles
             && self.isa == other.isa
     }
 }
@@ -121,6 +128,7 @@ impl Product {
             relu: false,
             slopes: None,
             pairs: None,
+            tiles: None,
             isa: Isa::detected(),
         })
     }
@@ -131,7 +139,8 @@ impl Product {
         self
     }
 
-    /// Run in bfloat16 ([`bf16`]) from now on, with `weights` (`[co][ci * taps]`, as given to
+    /// Run in bfloat16 ([`bf16`]; a 1x1 product on AMX tiles where that is granted, [`amx`])
+    /// from now on, with `weights` (`[co][ci * taps]`, as given to
     /// [`Product::new`], `k = c * taps + t`) packed in pairs of input channels; `None` when the
     /// sizes disagree with this product's.
     pub fn with_pairs(mut self, ci: usize, taps: usize, weights: &[f32]) -> Option<Self> {
@@ -139,6 +148,11 @@ impl Product {
             return None;
         }
         self.pairs = Some(PairWeights::new(self.co, ci, taps, weights)?);
+        // A 1x1 product (one tap) also as AMX tiles, where its path is AVX-512 and AMX is
+        // granted.
+        if taps == 1 && self.isa == Isa::Avx512 && amx::available() {
+            self.tiles = Some(TileWeights::new(self.co, ci, weights)?);
+        }
         Some(self)
     }
 
@@ -683,6 +697,20 @@ impl Pointwise {
             let offsets: Vec<usize> = (0..ci).map(|i| i * pixels).collect();
             return self.product.run(x, &offsets, pixels, out, pixels);
         };
+        if let Some(tiles) = &self.product.tiles {
+            return SCRATCH.with(|s| {
+                let s = &mut *s.borrow_mut();
+                amx::run(
+                    &self.product,
+                    tiles,
+                    x,
+                    pixels,
+                    out,
+                    &mut s.words,
+                    &mut s.sums,
+                )
+            });
+        }
         SCRATCH.with(|s| {
             let words = &mut s.borrow_mut().words;
             // Every word of `words[..k2 * pixels]` is written by the packing below.
@@ -826,6 +854,8 @@ struct Scratch {
     words: Vec<u32>,
     /// One masked row of each channel of a pair, and the pair packed.
     rows: (Vec<f32>, Vec<f32>, Vec<u32>),
+    /// The AMX tiles' sums before the epilogue ([`amx`]).
+    sums: Vec<f32>,
 }
 
 thread_local! {
@@ -835,6 +865,7 @@ thread_local! {
             wide: Vec::new(),
             words: Vec::new(),
             rows: (Vec::new(), Vec::new(), Vec::new()),
+            sums: Vec::new(),
         })
     };
 }
@@ -1347,6 +1378,9 @@ mod tests {
         #[cfg(not(target_arch = "x86_64"))]
         let path = "portable";
         eprintln!("note: the fused kernels' {path} path was tested here");
+        if amx_available() {
+            eprintln!("note: the bf16 1x1 products ran on AMX tiles here");
+        }
     }
 
     /// A product of `co` rows over `k` inputs of `len` values at unaligned offsets, with its

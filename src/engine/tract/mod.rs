@@ -42,7 +42,7 @@ mod graph;
 mod isa;
 
 use self::depthwise::fuse_depthwise;
-pub use self::direct::{bf16_available, fast_kernels};
+pub use self::direct::{amx_available, bf16_available, fast_kernels};
 use self::direct::{fuse_dense3x3, fuse_pointwise};
 pub use self::isa::Isa;
 use super::{DetectorOutput, Engine, EngineError, FinderOutput};
@@ -92,7 +92,8 @@ pub enum Kernels {
     /// (the few operations the engine leaves to tract) still choose by the CPU.
     Avx2,
     /// [`Kernels::Fused`] with the classifiers' (and the face finder's) 1x1 and dense 3x3
-    /// products in bfloat16 where the CPU has AVX512-BF16 ([`bf16_available`]), exactly
+    /// products in bfloat16 where the CPU has AVX512-BF16 ([`bf16_available`]), the 1x1 ones on
+    /// AMX tiles where the CPU has AMX-BF16 and Linux grants it ([`amx_available`]), exactly
     /// [`Kernels::Fused`] elsewhere. The detector, and each network's first convolution (the
     /// one that reads the image), stay in f32. Weights and activations keep 8 significant bits,
     /// so p_real moves slightly from the reference recipe's (`docs/benchmarks.md` measures by
@@ -114,6 +115,9 @@ impl Kernels {
             Kernels::Tract => "tract's own",
             _ if !fast_kernels() => {
                 "fused depthwise, tract's own for the rest (no AVX-512 or AVX2 + FMA)"
+            }
+            Kernels::Bf16 if bf16_available() && amx_available() => {
+                "fused, classifiers in bf16 (1x1 on AMX tiles, AVX512-BF16 elsewhere), detector in f32"
             }
             Kernels::Bf16 if bf16_available() => {
                 "fused, classifiers in bf16 (AVX512-BF16), detector in f32"
