@@ -143,8 +143,8 @@ pub struct PipelineArgs {
     pub face_confirm_scan: bool,
 
     /// Convolution kernels: `bf16` (the engine's own, with the classifiers' 1x1 and dense 3x3
-    /// products in bfloat16 where the CPU has AVX512-BF16, f32 elsewhere; the detector and each
-    /// network's first layer stay f32), `fused` (the engine's own in f32: the reference recipe's
+    /// products in bfloat16 where the CPU has AVX512-BF16, the 1x1 ones on AMX tiles where it
+    /// has AMX-BF16, f32 elsewhere; the detector and each network's first layer stay f32), `fused` (the engine's own in f32: the reference recipe's
     /// numbers exactly), `avx2` (`fused` with its AVX2 + FMA paths even on an AVX-512 CPU: the
     /// same numbers at the speed of CPUs without AVX-512) or `tract` (tract's only; for
     /// comparison, and as a fallback).
