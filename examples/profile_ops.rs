@@ -3,7 +3,9 @@
 //! the engine builds them (PReLU as mul + max, depthwise convolutions replaced by
 //! `Depthwise3x3`; the detector whole, at its exact size, without canvas masks);
 //! `-- --stock` profiles tract's own import of the ONNX files; `-- --nodes` also lists the
-//! slowest nodes with their input shapes.
+//! slowest nodes with their input shapes, and for the engine's own convolutions their
+//! multiply-adds and rate (GMAC/s: how near the CPU's peak each kernel runs); `-- --kernels
+//! avx2|bf16|tract` builds the plans with those kernels instead of `fused`.
 //!
 //! Uses tract's `run_plan_with_eval` hook to time every node, then sums by operator kind.
 
@@ -11,7 +13,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use livecheck::engine::tract::optimized_plan;
+use livecheck::engine::tract::{fused_op_macs, optimized_plan, Kernels};
 use livecheck::pipeline::{self, decode, detect};
 use tract_onnx::prelude::*;
 
@@ -38,9 +40,23 @@ fn main() -> anyhow::Result<()> {
     let default_set = livecheck::models::ModelSet::builtin(livecheck::models::DEFAULT_MODEL_SET)?;
     let cls_in128 = input(&default_set.classifiers[2])?;
 
-    let stock = std::env::args().any(|a| a == "--stock");
-    let nodes = std::env::args().any(|a| a == "--nodes");
+    let args: Vec<String> = std::env::args().collect();
+    let stock = args.iter().any(|a| a == "--stock");
+    let nodes = args.iter().any(|a| a == "--nodes");
+    let kernels = match args
+        .iter()
+        .position(|a| a == "--kernels")
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
+    {
+        None | Some("fused") => Kernels::Fused,
+        Some("avx2") => Kernels::Avx2,
+        Some("bf16") => Kernels::Bf16,
+        Some("tract") => Kernels::Tract,
+        Some(other) => anyhow::bail!("--kernels {other}: fused, avx2, bf16 or tract"),
+    };
     let rounds = 50;
+    let mut plans = Vec::new();
     for (file, shape, input) in [
         ("retinaface_silentface.onnx", [1, 3, dh, dw], &det_in),
         ("MiniFASNetV2.onnx", [1, 3, 80, 80], &cls_in),
@@ -58,12 +74,20 @@ fn main() -> anyhow::Result<()> {
                 .into_optimized()?
                 .into_runnable()?
         } else {
-            optimized_plan(&std::fs::read(dir.join(file))?, file, shape)?
+            optimized_plan(&std::fs::read(dir.join(file))?, file, shape, kernels)?
         };
+        plans.push((file, shape, input, plan));
+    }
+    if args.iter().any(|a| a == "--in-turn") {
+        return in_turn(&plans, rounds);
+    }
+    for (file, shape, input, plan) in &plans {
+        let (file, shape) = (*file, *shape);
         let tensor: TValue = Tensor::from_shape(&shape, input)?.into();
-        let mut state = tract_onnx::tract_core::plan::SimpleState::new(&plan)?;
+        let mut state = tract_onnx::tract_core::plan::SimpleState::new(plan)?;
         let mut per_op: BTreeMap<String, (Duration, usize)> = BTreeMap::new();
-        let mut per_node: BTreeMap<usize, (Duration, String)> = BTreeMap::new();
+        // Per node: time, description, multiply-adds per run (the engine's convolutions).
+        let mut per_node: BTreeMap<usize, (Duration, String, Option<u64>)> = BTreeMap::new();
         let t0 = Instant::now();
         for _ in 0..rounds {
             state.run_plan_with_eval(tvec!(tensor.clone()), |ctx, op_state, node, inputs| {
@@ -77,12 +101,20 @@ fn main() -> anyhow::Result<()> {
                 let n = per_node.entry(node.id).or_default();
                 n.0 += t.elapsed();
                 if n.1.is_empty() {
-                    n.1 = format!("{} {} <- {}", node.op().name(), node.name, shapes.join(" "));
+                    let out = r.as_ref().ok().and_then(|o| o.first()).map(|o| o.shape());
+                    n.1 = format!(
+                        "{} {} <- {} -> {:?}",
+                        node.op().name(),
+                        node.name,
+                        shapes.join(" "),
+                        out.unwrap_or(&[])
+                    );
+                    n.2 = out.and_then(|o| fused_op_macs(node.op(), o));
                 }
                 r
             })?;
         }
-        let total = t0.elapsed() / rounds;
+        let total = t0.elapsed() / rounds as u32;
         let mut rows: Vec<_> = per_op.into_iter().collect();
         rows.sort_by_key(|r| std::cmp::Reverse(r.1 .0));
         println!(
@@ -94,20 +126,69 @@ fn main() -> anyhow::Result<()> {
             println!(
                 "  {op:<28} {ms:>7.3} ms  ({:>4.1}%, {} nodes)",
                 100.0 * ms / (total.as_secs_f64() * 1e3),
-                n / rounds as usize
+                n / rounds
             );
         }
         if nodes {
             let mut rows: Vec<_> = per_node.into_values().collect();
             rows.sort_by_key(|r| std::cmp::Reverse(r.0));
+            let macs: u64 = rows.iter().filter_map(|r| r.2).sum();
+            let fused: Duration = rows.iter().filter(|r| r.2.is_some()).map(|r| r.0).sum();
+            println!(
+                "  the engine's convolutions: {:.1} M multiply-adds in {:.3} ms ({:.1} GMAC/s)",
+                macs as f64 / 1e6,
+                fused.as_secs_f64() * 1e3 / rounds as f64,
+                macs as f64 * rounds as f64 / fused.as_secs_f64() / 1e9
+            );
             println!("  slowest nodes:");
-            for (d, what) in rows.iter().take(15) {
-                println!(
-                    "    {:>7.3} ms  {what}",
-                    d.as_secs_f64() * 1e3 / rounds as f64
-                );
+            for (d, what, macs) in rows.iter().take(usize::MAX) {
+                let ms = d.as_secs_f64() * 1e3 / rounds as f64;
+                let rate = macs
+                    .map(|m| {
+                        format!(
+                            "{:>5.1} M, {:>5.1} GMAC/s",
+                            m as f64 / 1e6,
+                            m as f64 / ms / 1e6
+                        )
+                    })
+                    .unwrap_or_default();
+                println!("    {ms:>7.3} ms  {rate:<24} {what}");
             }
         }
+    }
+    Ok(())
+}
+
+/// `--in-turn`: each round runs the four networks once each, in a check's order, so that every
+/// run starts with the other networks' weights and activations in the caches, as in the
+/// service. Prints each network's median time per run.
+fn in_turn(
+    plans: &[(&str, [usize; 4], &Vec<f32>, livecheck::engine::tract::Plan)],
+    rounds: usize,
+) -> anyhow::Result<()> {
+    let mut states = Vec::new();
+    for (_, shape, input, plan) in plans {
+        let tensor: TValue = Tensor::from_shape(shape, input)?.into();
+        states.push((
+            tract_onnx::tract_core::plan::SimpleState::new(plan)?,
+            tensor,
+        ));
+    }
+    let mut times = vec![Vec::new(); plans.len()];
+    for _ in 0..rounds {
+        for ((state, tensor), t) in states.iter_mut().zip(&mut times) {
+            let t0 = Instant::now();
+            state.run(tvec!(tensor.clone()))?;
+            t.push(t0.elapsed());
+        }
+    }
+    println!("in turn, median ms per run over {rounds} rounds:");
+    for ((file, shape, ..), mut t) in plans.iter().zip(times) {
+        t.sort();
+        println!(
+            "  {file:<36} {shape:?} {:>7.3}",
+            t[t.len() / 2].as_secs_f64() * 1e3
+        );
     }
     Ok(())
 }

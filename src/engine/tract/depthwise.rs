@@ -7,8 +7,9 @@
 //! 4 ms of 19 per image (`examples/profile_ops.rs`). Every depthwise convolution in them is
 //! 3x3, stride 1 or 2, zero padding 1, NCHW, batch 1: this module does exactly that shape
 //! with row loops the compiler vectorises over a zero-padded copy of each plane (AVX2 when the
-//! CPU has it), or for stride 2 on AVX-512F with hand-written loads straight from the input
-//! (`avx512`), and nothing else — any other convolution stays with tract.
+//! CPU has it; narrow planes at stride 1 as one flat run of vectors over that copy,
+//! `avx2::stride1`), or for stride 2 with hand-written loads straight from the input (`avx512`,
+//! `avx2`), and nothing else — any other convolution stays with tract.
 //!
 //! [`fuse_depthwise`] rewrites a concrete, decluttered model before codegen: each matching
 //! `Conv` with constant weights and bias becomes a [`Depthwise3x3`], and a following
@@ -163,9 +164,17 @@ impl Depthwise3x3 {
         PADDED.with(|p| {
             let mut p = p.borrow_mut();
             #[cfg(target_arch = "x86_64")]
+            if self.isa >= Isa::Avx2Fma && w < FLAT_BELOW_WIDTH {
+                // SAFETY: the CPU has at least AVX2 and FMA (`self.isa`, as above); the stride
+                // is 1 (stride 2 returned above on these tiers), and the sizes were checked as
+                // for the stride-2 paths, which is all `avx2::stride1` relies on.
+                unsafe { avx2::stride1(self, planes, out, &mut p) };
+                return;
+            }
+            #[cfg(target_arch = "x86_64")]
             if self.isa >= Isa::Avx2Fma {
-                // SAFETY: the CPU has at least AVX2 (`self.isa`, as above); `run_avx2` is plain
-                // safe Rust compiled with AVX2 enabled.
+                // SAFETY: as above, the CPU has AVX2; `run_avx2` is plain safe Rust compiled
+                // with AVX2 enabled.
                 unsafe { run_avx2(self, planes, out, &mut p) };
                 return;
             }
@@ -174,6 +183,14 @@ impl Depthwise3x3 {
         Ok(())
     }
 }
+
+/// Planes narrower than this take the flat stride-1 path ([`avx2::stride1`]); wider ones the
+/// per-row loops of [`run_planes`], whose rows are then long enough to be whole vectors but for
+/// one tail, and which write the output in place instead of compacting a flat run into it.
+/// Both give the same bits. Measured per layer (`examples/profile_ops.rs --nodes`, AMD EPYC
+/// Zen 2): the flat path 2-2.5x faster on the 7x6 to 20x20 planes, 1.2-1.3x on 56x42 and
+/// 40x40, and 1.2x slower on 64x64.
+const FLAT_BELOW_WIDTH: usize = 48;
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
@@ -191,7 +208,7 @@ unsafe fn run_avx2(op: &Depthwise3x3, x: Planes<'_>, out: &mut [f32], p: &mut Ve
 /// per row, then `bias + r0 + r1 + r2`: not bit-identical to the other paths (the proptests
 /// bound the difference, the parity tests the models').
 ///
-/// Stride 1 stays on the copying path everywhere: the same direct approach with three masked
+/// Stride 1 stays on the padded copy everywhere: the same direct approach with three masked
 /// loads per row was slower there than the vectorised loops over the padded copy (a throwaway
 /// A/B of both on the models' layer shapes, best of 200 runs each: 70 against 48 µs on
 /// [32, 64, 64], 34 against 21 µs on [231, 10, 10]; stride 2: 74 against 146 µs on
@@ -342,6 +359,124 @@ mod avx2 {
             match mrow {
                 Some(mr) => _mm256_mul_ps(get(row), get(mr)),
                 None => get(row),
+            }
+        }
+    }
+
+    /// `a.max(b)` lane by lane, as Rust's `f32::max` (IEEE maxNum) gives it: `b` where `a` is
+    /// NaN, else `b` where `b > a`, else `a` (so `a` where the two are equal, as for -0 and +0).
+    /// `_mm256_max_ps(a, b)` alone differs from it on those two cases.
+    #[inline(always)]
+    fn max_num(a: __m256, b: __m256) -> __m256 {
+        // SAFETY: register-only AVX operations; only called from `stride1`, which has AVX2.
+        unsafe {
+            let m = _mm256_max_ps(b, a);
+            _mm256_blendv_ps(m, b, _mm256_cmp_ps::<_CMP_UNORD_Q>(a, a))
+        }
+    }
+
+    /// `dst = src` (the same length) in 8-lane moves, the last one overlapping the one before
+    /// it where the length is not a multiple of 8; a row shorter than 8 goes value by value.
+    /// (A `copy_from_slice` of a variable length is a call to `memmove`, which costs more than
+    /// the row on the small planes this copies.)
+    #[inline(always)]
+    fn copy_row(dst: &mut [f32], src: &[f32]) {
+        let n = dst.len().min(src.len());
+        if n < 8 {
+            dst[..n].copy_from_slice(&src[..n]);
+            return;
+        }
+        let mut at = 0;
+        loop {
+            let i = at.min(n - 8);
+            // SAFETY: `i + 8 <= n`, within both slices; only called from `stride1`, which has
+            // AVX2.
+            unsafe {
+                let v = _mm256_loadu_ps(src.as_ptr().add(i));
+                _mm256_storeu_ps(dst.as_mut_ptr().add(i), v);
+            }
+            if i + 8 == n {
+                break;
+            }
+            at += 8;
+        }
+    }
+
+    /// Stride 1 over a zero-padded copy of each plane (`w + 2` wide), computed as one flat run
+    /// of 8-lane vectors over `q = y * (w + 2) + x`: every tap is then a constant shift of `q`,
+    /// a row's two junk columns (`x = w, w + 1`) cost less than the scalar tails of per-row
+    /// loops, and the run is compacted into the output rows afterwards. On the classifiers'
+    /// small planes (7x6 to 20x20, row widths that are not a multiple of 8) the per-row loops
+    /// of [`super::run_planes`] ran at 2-6 GMAC/s (`examples/profile_ops.rs --nodes`).
+    ///
+    /// The arithmetic is `run_planes`' own, operation for operation: per tap row
+    /// `(k0 * a + k1 * b) + k2 * c`, rounded after each multiplication and addition (no fused
+    /// multiply-add), then `((bias + r0) + r1) + r2`, and the activations as `f32::max`
+    /// ([`max_num`]): the same bits as the portable path.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2; `op.stride == 1`; `x.input` is `[C, h, w]`, `x.mask` (if any)
+    /// `[h, w]` and `out` `[C, h, w]` for the op's channels, `h, w >= 1`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn stride1(
+        op: &Depthwise3x3,
+        x: Planes<'_>,
+        out: &mut [f32],
+        p: &mut Vec<f32>,
+    ) {
+        let Planes { input, mask, h, w } = x;
+        let wq = w + 2;
+        // Whole vectors over the flat run of `h * wq` outputs; the last one's taps reach
+        // `2 * wq + 2` values past its start.
+        let nv = (h * wq).div_ceil(8) * 8;
+        let plen = (nv + 2 * wq + 2).max((h + 2) * wq);
+        p.clear();
+        p.resize(plen + nv, 0.0);
+        let (pad, flat) = p.split_at_mut(plen);
+        let zero = _mm256_setzero_ps();
+        for (plane, o, k, b, slope) in op.planes(input, h * w, out, h * w) {
+            // Padded row y + 1, columns 1..=w; the borders and the slack are never written, so
+            // they stay zero.
+            for (y, src) in plane.chunks_exact(w).enumerate() {
+                let dst = &mut pad[(y + 1) * wq + 1..][..w];
+                match mask {
+                    Some(m) => {
+                        for ((d, s), m) in dst.iter_mut().zip(src).zip(&m[y * w..][..w]) {
+                            *d = s * m;
+                        }
+                    }
+                    None => copy_row(dst, src),
+                }
+            }
+            let kv: [__m256; 9] = std::array::from_fn(|i| _mm256_set1_ps(k[i]));
+            let bias = _mm256_set1_ps(b);
+            let slope = slope.map(|s| _mm256_set1_ps(s));
+            let base = pad.as_ptr();
+            for q in (0..nv).step_by(8) {
+                // SAFETY: `q + 2 * wq + 2 + 8 <= nv + 2 * wq + 2 <= plen`: every tap's eight
+                // lanes are in `pad`.
+                let tap = |off: usize| unsafe { _mm256_loadu_ps(base.add(q + off)) };
+                let row = |ky: usize| {
+                    let r = ky * wq;
+                    let ab = _mm256_add_ps(
+                        _mm256_mul_ps(kv[3 * ky], tap(r)),
+                        _mm256_mul_ps(kv[3 * ky + 1], tap(r + 1)),
+                    );
+                    _mm256_add_ps(ab, _mm256_mul_ps(kv[3 * ky + 2], tap(r + 2)))
+                };
+                let mut v =
+                    _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(bias, row(0)), row(1)), row(2));
+                if op.relu {
+                    v = max_num(v, zero);
+                }
+                if let Some(s) = slope {
+                    v = max_num(v, _mm256_mul_ps(s, v));
+                }
+                // SAFETY: `q + 8 <= nv == flat.len()`.
+                unsafe { _mm256_storeu_ps(flat.as_mut_ptr().add(q), v) };
+            }
+            for (y, dst) in o.chunks_exact_mut(w).enumerate() {
+                copy_row(dst, &flat[y * wq..][..w]);
             }
         }
     }
@@ -691,6 +826,32 @@ mod tests {
         out
     }
 
+    /// A value in [-2, 2) from index `i`, stream `k` and `seed`.
+    fn value(i: usize, k: u32, seed: u32) -> f32 {
+        (((i as u32)
+            .wrapping_mul(2654435761)
+            .wrapping_add(k * 7919 + seed))
+            % 1000) as f32
+            / 250.0
+            - 2.0
+    }
+
+    /// A `c`-channel op with weights, bias and (with `prelu`) slopes from [`value`].
+    fn random_op(stride: usize, c: usize, relu: bool, prelu: bool, seed: u32) -> Depthwise3x3 {
+        let val = |i: usize, k: u32| value(i, k, seed);
+        let op = Depthwise3x3::new(
+            stride,
+            (0..9 * c).map(|i| val(i, 1)).collect(),
+            (0..c).map(|i| val(i, 2)).collect(),
+            relu,
+        );
+        if prelu {
+            op.with_prelu((0..c).map(|i| val(i, 5) / 2.0).collect())
+        } else {
+            op
+        }
+    }
+
     proptest! {
         #[test]
         fn matches_the_direct_definition(
@@ -766,16 +927,8 @@ mod tests {
             if std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma")
             {
-                let val = |i: usize, k: u32| (((i as u32).wrapping_mul(2654435761).wrapping_add(k * 7919 + seed)) % 1000) as f32 / 250.0 - 2.0;
-                let mut op = Depthwise3x3::new(
-                    2,
-                    (0..9 * c).map(|i| val(i, 1)).collect(),
-                    (0..c).map(|i| val(i, 2)).collect(),
-                    relu,
-                );
-                if prelu {
-                    op = op.with_prelu((0..c).map(|i| val(i, 5) / 2.0).collect());
-                }
+                let val = |i: usize, k: u32| value(i, k, seed);
+                let op = random_op(2, c, relu, prelu, seed);
                 let x: Vec<f32> = (0..c * h * w).map(|i| val(i, 3)).collect();
                 let mask: Option<Vec<f32>> = masked.then(|| (0..h * w).map(|i| (val(i, 4) > 0.0) as u8 as f32).collect());
                 let mut out = vec![f32::NAN; c * op.out_side(h) * op.out_side(w)];
@@ -798,6 +951,43 @@ mod tests {
                     let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
                     prop_assert_eq!(bits(&out), bits(&wide));
                 }
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(96))]
+        /// The AVX2 stride-1 path (the flat run over the padded plane) gives the copying path's
+        /// bits: the same multiplications and additions in the same order. Widths and heights
+        /// cross its 8-lane vectors, rows shorter than a vector, the masks, and NaN inputs.
+        #[test]
+        fn the_avx2_stride1_path_gives_the_copying_paths_bits(
+            c in 1usize..4, h in 1usize..30, w in 1usize..40, relu: bool, prelu: bool,
+            masked: bool, nan: bool, seed in 0u32..1000,
+        ) {
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                let val = |i: usize, k: u32| value(i, k, seed);
+                let op = random_op(1, c, relu, prelu, seed);
+                let mut x: Vec<f32> = (0..c * h * w).map(|i| val(i, 3)).collect();
+                if nan {
+                    // A NaN spreads to its neighbours' sums; the activations then see it.
+                    x[seed as usize % (c * h * w)] = f32::NAN;
+                }
+                let mask: Option<Vec<f32>> = masked.then(|| (0..h * w).map(|i| (val(i, 4) > 0.0) as u8 as f32).collect());
+                let planes = Planes { input: &x, mask: mask.as_deref(), h, w };
+                let mut want = vec![f32::NAN; c * h * w];
+                run_planes(&op, planes, &mut want, &mut Vec::new());
+                // A scratch buffer left dirty by a larger plane, as the thread's own would be.
+                let mut scratch = vec![f32::NAN; 4096];
+                let mut out = vec![f32::NAN; c * h * w];
+                // SAFETY: the CPU has AVX2 and FMA (checked above); stride 1 and sizes as `run`
+                // checks them.
+                unsafe { avx2::stride1(&op, planes, &mut out, &mut scratch) };
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                prop_assert_eq!(bits(&out), bits(&want));
             }
         }
     }

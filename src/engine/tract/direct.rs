@@ -683,6 +683,11 @@ pub struct Pointwise {
 }
 
 impl Pointwise {
+    /// Input and output channels.
+    pub fn shape(&self) -> (usize, usize) {
+        (self.product.k, self.product.co)
+    }
+
     /// Run on `[ci, pixels]` into `out` (`[co, pixels]`).
     pub fn run(&self, x: &[f32], pixels: usize, out: &mut [f32]) -> Result<(), String> {
         let ci = self.product.k;
@@ -906,6 +911,11 @@ fn masked<'a>(row: &'a [f32], mask: Option<&[f32]>, buf: &'a mut Vec<f32>) -> &'
 }
 
 impl Dense3x3 {
+    /// Input and output channels.
+    pub fn shape(&self) -> (usize, usize) {
+        (self.ci, self.product.co)
+    }
+
     /// Output side for an input side `v`.
     pub fn out_side(&self, v: usize) -> usize {
         out_side(v, self.stride)

@@ -49,7 +49,8 @@ use super::{DetectorOutput, Engine, EngineError, FinderOutput};
 use crate::models::LoadedSet;
 use crate::LoadError;
 
-type Plan = Arc<TypedRunnableModel>;
+/// A runnable tract plan, shared between the threads that run it.
+pub type Plan = Arc<TypedRunnableModel>;
 
 /// How many detector plans (canvas sizes) are kept. The devset's 312 images need 20 canvases at
 /// step 32; `livecheck check` over it peaks at about 160-170 MB RSS with all of them cached
@@ -501,15 +502,39 @@ fn optimize(
 }
 
 /// An optimized plan for one model file as the engine builds its classifier plans (PReLU as
-/// mul + max, [`fuse_depthwise`]) at a fixed input shape; for profiling (`examples/profile_ops.rs`).
-pub fn optimized_plan(bytes: &[u8], file: &str, shape: [usize; 4]) -> Result<Plan, EngineError> {
-    optimize(
-        parse_classifier(bytes, file)?,
-        shape,
-        None,
-        file,
-        Kernels::Fused,
-    )
+/// mul + max, the fused kernels `kernels` chooses) at a fixed input shape; for profiling
+/// (`examples/profile_ops.rs`).
+pub fn optimized_plan(
+    bytes: &[u8],
+    file: &str,
+    shape: [usize; 4],
+    kernels: Kernels,
+) -> Result<Plan, EngineError> {
+    optimize(parse_classifier(bytes, file)?, shape, None, file, kernels)
+}
+
+/// The multiply-adds one run of `op` does when it writes `output` (its output's shape), for the
+/// engine's own convolutions (1x1, dense 3x3 and depthwise 3x3); `None` for any other
+/// operation. For profiling: a node's time
+/// against its work says how near the CPU's multiply-add rate a kernel runs.
+pub fn fused_op_macs(op: &dyn tract_core::ops::Op, output: &[usize]) -> Option<u64> {
+    // Channels-first outputs (`[N,] C, H, W` or `C, P`): the last two axes' product is the
+    // positions for a 3x3 kernel, the last axis' for a 1x1 one after tract's reshapes.
+    let positions =
+        |axes: usize| -> u64 { output.iter().rev().take(axes).product::<usize>() as u64 };
+    if let Some(p) = op.downcast_ref::<direct::Pointwise>() {
+        let (k, co) = p.shape();
+        let pixels = output.iter().product::<usize>() / co.max(1);
+        return Some((k * co * pixels) as u64);
+    }
+    if let Some(d) = op.downcast_ref::<direct::Dense3x3>() {
+        let (ci, co) = d.shape();
+        return Some((ci * 9 * co) as u64 * positions(2));
+    }
+    if let Some(d) = op.downcast_ref::<depthwise::Depthwise3x3>() {
+        return Some(9 * d.channels() as u64 * positions(2));
+    }
+    None
 }
 
 impl TractEngine {
