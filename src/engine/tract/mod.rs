@@ -515,11 +515,12 @@ pub fn optimized_plan(
 
 /// The multiply-adds one run of `op` does when it writes `output` (its output's shape), for the
 /// engine's own convolutions (1x1, dense 3x3 and depthwise 3x3); `None` for any other
-/// operation. For profiling: a node's time
-/// against its work says how near the CPU's multiply-add rate a kernel runs.
+/// operation. For profiling: a node's time against its work says how near the CPU's
+/// multiply-add rate a kernel runs.
 pub fn fused_op_macs(op: &dyn tract_core::ops::Op, output: &[usize]) -> Option<u64> {
-    // Channels-first outputs (`[N,] C, H, W` or `C, P`): the last two axes' product is the
-    // positions for a 3x3 kernel, the last axis' for a 1x1 one after tract's reshapes.
+    // Channels-first outputs: a 3x3 convolution's positions are its last two axes (`[N,] C, H,
+    // W`); a 1x1 one's are all its values over its output channels (tract's einsums drop or add
+    // the batch axis, and may flatten H and W).
     let positions =
         |axes: usize| -> u64 { output.iter().rev().take(axes).product::<usize>() as u64 };
     if let Some(p) = op.downcast_ref::<direct::Pointwise>() {
