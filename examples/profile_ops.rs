@@ -43,17 +43,13 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let stock = args.iter().any(|a| a == "--stock");
     let nodes = args.iter().any(|a| a == "--nodes");
-    let kernels = match args
-        .iter()
-        .position(|a| a == "--kernels")
-        .and_then(|i| args.get(i + 1))
-        .map(String::as_str)
-    {
-        None | Some("fused") => Kernels::Fused,
-        Some("avx2") => Kernels::Avx2,
-        Some("bf16") => Kernels::Bf16,
-        Some("tract") => Kernels::Tract,
-        Some(other) => anyhow::bail!("--kernels {other}: fused, avx2, bf16 or tract"),
+    let kernels: Kernels = match args.iter().position(|a| a == "--kernels") {
+        Some(i) => args
+            .get(i + 1)
+            .map_or("", String::as_str)
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("--kernels: {e}"))?,
+        None => Kernels::Fused,
     };
     let rounds = 50;
     let mut plans = Vec::new();

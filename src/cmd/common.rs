@@ -144,25 +144,13 @@ pub struct PipelineArgs {
 
     /// Convolution kernels: `bf16` (the engine's own, with the classifiers' 1x1 and dense 3x3
     /// products in bfloat16 where the CPU has AVX512-BF16, the 1x1 ones on AMX tiles where it
-    /// has AMX-BF16, f32 elsewhere; the detector and each network's first layer stay f32), `fused` (the engine's own in f32: the reference recipe's
-    /// numbers exactly), `avx2` (`fused` with its AVX2 + FMA paths even on an AVX-512 CPU: the
-    /// same numbers at the speed of CPUs without AVX-512) or `tract` (tract's only; for
-    /// comparison, and as a fallback).
+    /// has AMX-BF16, f32 elsewhere; the detector and each network's first layer stay f32),
+    /// `fused` (the engine's own in f32: the reference recipe's numbers exactly), `avx2`
+    /// (`fused` with its AVX2 + FMA paths even on an AVX-512 CPU: the same numbers at the speed
+    /// of CPUs without AVX-512) or `tract` (tract's only; for comparison, and as a fallback).
     #[arg(long, env = "LIVECHECK_KERNELS", default_value = "bf16",
-        value_name = "bf16|fused|avx2|tract", value_parser = parse_kernels)]
+        value_name = "bf16|fused|avx2|tract", value_parser = <Kernels as std::str::FromStr>::from_str)]
     pub kernels: Kernels,
-}
-
-fn parse_kernels(s: &str) -> Result<Kernels, String> {
-    match s {
-        "fused" => Ok(Kernels::Fused),
-        "bf16" => Ok(Kernels::Bf16),
-        "avx2" => Ok(Kernels::Avx2),
-        "tract" => Ok(Kernels::Tract),
-        other => Err(format!(
-            "{other:?} is not `bf16`, `fused`, `avx2` or `tract`"
-        )),
-    }
 }
 
 impl PipelineArgs {

@@ -164,18 +164,17 @@ impl Depthwise3x3 {
         PADDED.with(|p| {
             let mut p = p.borrow_mut();
             #[cfg(target_arch = "x86_64")]
-            if self.isa >= Isa::Avx2Fma && w < FLAT_BELOW_WIDTH {
-                // SAFETY: the CPU has at least AVX2 and FMA (`self.isa`, as above); the stride
-                // is 1 (stride 2 returned above on these tiers), and the sizes were checked as
-                // for the stride-2 paths, which is all `avx2::stride1` relies on.
-                unsafe { avx2::stride1(self, planes, out, &mut p) };
-                return;
-            }
-            #[cfg(target_arch = "x86_64")]
             if self.isa >= Isa::Avx2Fma {
-                // SAFETY: as above, the CPU has AVX2; `run_avx2` is plain safe Rust compiled
-                // with AVX2 enabled.
-                unsafe { run_avx2(self, planes, out, &mut p) };
+                if w < FLAT_BELOW_WIDTH {
+                    // SAFETY: the CPU has at least AVX2 and FMA (`self.isa`, as above); the
+                    // stride is 1 (stride 2 returned above on these tiers), and the sizes were
+                    // checked as for the stride-2 paths, which is all `avx2::stride1` relies on.
+                    unsafe { avx2::stride1(self, planes, out, &mut p) };
+                } else {
+                    // SAFETY: as above, the CPU has AVX2; `run_avx2` is plain safe Rust
+                    // compiled with AVX2 enabled.
+                    unsafe { run_avx2(self, planes, out, &mut p) };
+                }
                 return;
             }
             run_planes(self, planes, out, &mut p);

@@ -105,6 +105,23 @@ pub enum Kernels {
     Tract,
 }
 
+/// A kernel choice by its name on the command line: `bf16`, `fused`, `avx2` or `tract`.
+impl std::str::FromStr for Kernels {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "fused" => Ok(Kernels::Fused),
+            "bf16" => Ok(Kernels::Bf16),
+            "avx2" => Ok(Kernels::Avx2),
+            "tract" => Ok(Kernels::Tract),
+            other => Err(format!(
+                "{other:?} is not `bf16`, `fused`, `avx2` or `tract`"
+            )),
+        }
+    }
+}
+
 impl Kernels {
     /// What these kernels run on this CPU, in words (for logs and reports).
     pub fn describe(self) -> &'static str {
@@ -833,6 +850,22 @@ impl Engine for TractEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_names_parse() {
+        for (name, k) in [
+            ("bf16", Kernels::Bf16),
+            ("fused", Kernels::Fused),
+            ("avx2", Kernels::Avx2),
+            ("tract", Kernels::Tract),
+        ] {
+            assert_eq!(name.parse::<Kernels>(), Ok(k));
+        }
+        assert_eq!(
+            "avx512".parse::<Kernels>(),
+            Err("\"avx512\" is not `bf16`, `fused`, `avx2` or `tract`".to_string())
+        );
+    }
 
     fn model_dir() -> std::path::PathBuf {
         std::env::var_os("LIVECHECK_MODEL_DIR")
