@@ -441,15 +441,16 @@ mod avx2 {
 
     /// The first `R` rows of a pass over the 16 outputs at `base + offsets[k]`: row `i`'s weight
     /// for `k` at `rows[i] + k * MR` (the `[k][MR]` packing). `FULL` passes use plain loads; a
-    /// tail pass masked ones.
+    /// tail pass masked ones. A `PANEL` pass (the 1x1 path's panel, whose offsets are `k * 16`)
+    /// computes each input's place instead of loading its offset.
     ///
     /// # Safety
     /// The CPU must have AVX2 and FMA; `rows[i] + k * MR` must be readable for every `k <
     /// offsets.len()`, and `base + off + lane` for every `off` in `offsets` and every lane
-    /// that `mask` keeps (every lane when `FULL`).
+    /// that `mask` keeps (every lane when `FULL`); with `PANEL`, `offsets[k]` must be `k * 16`.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn pass<const R: usize, const FULL: bool>(
+    unsafe fn pass<const R: usize, const FULL: bool, const PANEL: bool>(
         rows: &[*const f32; ROWS],
         offsets: &[usize],
         base: *const f32,
@@ -458,7 +459,7 @@ mod avx2 {
         let zero = _mm256_setzero_ps();
         let mut acc = [[zero; 2]; R];
         for (k, &off) in offsets.iter().enumerate() {
-            let row = base.wrapping_add(off);
+            let row = base.wrapping_add(if PANEL { k * NQ } else { off });
             // SAFETY: the caller's contract; masked-off lanes are not read.
             let (lo, hi) = unsafe {
                 if FULL {
@@ -503,19 +504,29 @@ mod avx2 {
         let zero = _mm256_setzero_ps();
         // SAFETY: the caller's contract.
         let acc = unsafe {
-            if full || padded {
-                pass::<R, true>(rows, offsets, base, mask)
+            if padded {
+                pass::<R, true, true>(rows, offsets, base, mask)
+            } else if full {
+                pass::<R, true, false>(rows, offsets, base, mask)
             } else {
-                pass::<R, false>(rows, offsets, base, mask)
+                pass::<R, false, false>(rows, offsets, base, mask)
             }
         };
+        // Rows `o0 .. o0 + n` are stored. The loop runs a constant `R` times with the bound
+        // inside, so that it unrolls and the sums stay in registers (an early `break` left the
+        // loop rolled and every sum went through the stack), and the weights' padding makes
+        // `bias` and `slopes` readable for every stored row without a bounds check.
+        let n = op.co.saturating_sub(o0).min(R);
+        let slopes = op.slopes.as_deref().map(|s| s.as_ptr());
         for (i, a) in acc.iter().enumerate() {
-            let o = o0 + i;
-            if o >= op.co {
-                break;
+            if i >= n {
+                continue;
             }
-            let bias = _mm256_set1_ps(op.bias[o]);
-            let slope = op.slopes.as_ref().map(|s| _mm256_set1_ps(s[o]));
+            let o = o0 + i;
+            // SAFETY: o < op.co, and `bias` (like `slopes`) holds at least `op.co` values.
+            let bias = _mm256_set1_ps(unsafe { *op.bias.as_ptr().add(o) });
+            // SAFETY: as for `bias`.
+            let slope = slopes.map(|s| _mm256_set1_ps(unsafe { *s.add(o) }));
             let dst = out.as_mut_ptr().wrapping_add(o * out_stride + q0);
             for (j, &a) in a.iter().enumerate() {
                 let mut x = _mm256_add_ps(a, bias);

@@ -42,7 +42,7 @@ mod graph;
 mod isa;
 
 use self::depthwise::fuse_depthwise;
-pub use self::direct::{amx_available, bf16_available, fast_kernels};
+pub use self::direct::{amx_available, bf16_available, fast_kernels, Product};
 use self::direct::{fuse_dense3x3, fuse_pointwise};
 pub use self::isa::Isa;
 use super::{DetectorOutput, Engine, EngineError, FinderOutput};
