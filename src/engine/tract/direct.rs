@@ -512,10 +512,11 @@ mod avx2 {
                 pass::<R, false, false>(rows, offsets, base, mask)
             }
         };
-        // Rows `o0 .. o0 + n` are stored. The loop runs a constant `R` times with the bound
-        // inside, so that it unrolls and the sums stay in registers (an early `break` left the
-        // loop rolled and every sum went through the stack), and the weights' padding makes
-        // `bias` and `slopes` readable for every stored row without a bounds check.
+        // Rows `o0 .. o0 + n` are stored: the count is taken once and the rows past it skipped,
+        // and the weights' padding makes `bias` and `slopes` readable for every stored row
+        // without a bounds check. Against a per-row `break` and checked indexing, `pass_rows`
+        // is a third shorter and the 1x1 products 2-5 % faster alone (`examples/product_probe.rs`;
+        // docs/benchmarks.md, session 35). The sums still go through the stack before the stores.
         let n = op.co.saturating_sub(o0).min(R);
         let slopes = op.slopes.as_deref().map(|s| s.as_ptr());
         for (i, a) in acc.iter().enumerate() {
