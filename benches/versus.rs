@@ -647,10 +647,13 @@ fn main() {
          run the checks; `livecheck-serve`: the async workers, HTTP, JSON and the hand-offs; \
          `sqlx-sqlite-wor`: SQLite's worker threads, the re-submission lookup and the audit \
          commit), the part of the check threads' CPU spent in the kernel (system time, which \
-         on a kernel with tick accounting also holds the interrupts taken while they ran) and \
-         the context switches of all its threads per check:\n\n| clients | livecheck-cpu | \
-         of which kernel | livecheck-serve | sqlx-sqlite-wor | other threads | off the check \
-         threads | context switches |\n|---|---|---|---|---|---|---|---|\n",
+         on a kernel with tick accounting also holds the interrupts taken while they ran), \
+         the context switches of all its threads per check, and how often per check a check \
+         thread lost its core while it could still run (involuntary switches of \
+         `livecheck-cpu`: the other thread may evict the check's data from the core's \
+         caches):\n\n| clients | livecheck-cpu | of which kernel | livecheck-serve | \
+         sqlx-sqlite-wor | other threads | off the check threads | context switches | check \
+         threads preempted |\n|---|---|---|---|---|---|---|---|---|\n",
     );
     // With VERSUS_BASELINE_BIN the other side is livecheck too: its rows follow, marked.
     // The burst's row last: where its extra CPU per successful check goes.
@@ -677,7 +680,7 @@ fn main() {
         let other = (all - named.iter().map(|n| ms(n)).sum::<f64>()).max(0.0);
         let switches: u64 = l.threads.values().map(|u| u.switches).sum();
         md.push_str(&format!(
-            "| {}{mark} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} |\n",
+            "| {}{mark} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.2} |\n",
             l.clients,
             ms(named[0]),
             per_check(named[0], |u| u.system_s),
@@ -686,6 +689,7 @@ fn main() {
             other,
             all - ms(named[0]),
             switches as f64 / ok,
+            per_check(named[0], |u| u.preempted as f64) / 1e3,
         ));
     }
     let wrong: usize = rows

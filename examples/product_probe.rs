@@ -7,7 +7,9 @@
 //! `cargo run --release --example product_probe` prints one line per shape (input channels `k`,
 //! output channels `co`, pixels `p`): milliseconds and GMAC/s, on the widest vector path this CPU
 //! has; `-- --avx2` takes the AVX2 + FMA path even where the CPU has AVX-512 (as the engine's
-//! `--kernels avx2`).
+//! `--kernels avx2`). `-- --evict MB` writes a buffer of that many megabytes before every run, so
+//! the kernel finds its inputs and outputs out of the caches, as inside a check, where the other
+//! layers' data has pushed them out (the best run is still reported).
 use livecheck::engine::tract::{Isa, Product};
 use std::time::Instant;
 
@@ -30,11 +32,20 @@ fn aligned(buf: &mut Vec<f32>, n: usize) -> &mut [f32] {
 }
 
 fn main() -> anyhow::Result<()> {
-    let isa = if std::env::args().any(|a| a == "--avx2") {
+    let args: Vec<String> = std::env::args().collect();
+    let isa = if args.iter().any(|a| a == "--avx2") {
         Isa::Avx2Fma
     } else {
         Isa::Avx512
     };
+    let evict_mb: usize = match args.iter().position(|a| a == "--evict") {
+        Some(i) => args
+            .get(i + 1)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("--evict takes a size in megabytes"))?,
+        None => 0,
+    };
+    let mut evict = vec![0u8; evict_mb << 20];
     let (mut src_buf, mut out_buf) = (Vec::new(), Vec::new());
     for &(k, co, p) in SHAPES {
         let w: Vec<f32> = (0..co * k).map(|i| 1e-3 * (i % 13) as f32).collect();
@@ -50,7 +61,12 @@ fn main() -> anyhow::Result<()> {
         let offsets: Vec<usize> = (0..k).map(|i| i * p).collect();
         let mut best = f64::MAX;
         let runs = (2e8 / (k * co * p) as f64).max(20.0) as usize;
-        for _ in 0..runs {
+        for run in 0..runs {
+            // One byte per cache line is enough to take the line.
+            for b in evict.iter_mut().step_by(64) {
+                *b = b.wrapping_add(run as u8 | 1);
+            }
+            std::hint::black_box(&mut evict);
             let t = Instant::now();
             product
                 .run(src, &offsets, p, out, p)

@@ -172,6 +172,9 @@ pub struct ThreadUsage {
     pub system_s: f64,
     /// Context switches, voluntary and not.
     pub switches: u64,
+    /// The involuntary part of `switches`: the thread was runnable and the scheduler gave its
+    /// core to another thread (which may then evict what it had in the core's caches).
+    pub preempted: u64,
 }
 
 impl ThreadUsage {
@@ -181,6 +184,7 @@ impl ThreadUsage {
             cpu_s: self.cpu_s - earlier.cpu_s,
             system_s: self.system_s - earlier.system_s,
             switches: self.switches.saturating_sub(earlier.switches),
+            preempted: self.preempted.saturating_sub(earlier.preempted),
         }
     }
 }
@@ -206,18 +210,20 @@ pub fn thread_usage(pid: u32) -> std::collections::BTreeMap<String, ThreadUsage>
         };
         let ticks = cpu_ticks(&fields);
         let system_ticks = ticks_at(&fields, STIME);
-        let switches: u64 = status
-            .lines()
-            .filter(|l| {
-                l.starts_with("voluntary_ctxt_switches")
-                    || l.starts_with("nonvoluntary_ctxt_switches")
-            })
-            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-            .sum();
+        let count = |field: &str| -> u64 {
+            status
+                .lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+                .unwrap_or(0)
+        };
+        let preempted = count("nonvoluntary_ctxt_switches");
+        let switches = count("voluntary_ctxt_switches") + preempted;
         let entry: &mut ThreadUsage = out.entry(name.to_owned()).or_default();
         entry.cpu_s += ticks as f64 / clock_ticks_per_second();
         entry.system_s += system_ticks as f64 / clock_ticks_per_second();
         entry.switches += switches;
+        entry.preempted += preempted;
     }
     out
 }
