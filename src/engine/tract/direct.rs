@@ -439,6 +439,18 @@ mod avx2 {
     /// Rows of a full pass (why 6: the module's docs).
     const ROWS: usize = 6;
 
+    /// How far ahead (in values) the 1x1 path asks for its input planes while it copies a
+    /// block into the panel, and for a pass's output rows before the pass stores them: four
+    /// blocks, one 64-byte line per plane or row and block. Each input plane and output row is
+    /// a stream of its own, 13 to 308 of them, and on a CPU whose last-level cache cannot hold
+    /// a check's data (Zen 2: 16 MB) a layer's planes come from memory. With its data in memory
+    /// the kernel alone ran 10-15 % faster on the classifiers' large 1x1 shapes
+    /// (`examples/product_probe.rs --avx2 --evict 1024`); with it in a 480 MB L3, 2-3 % slower
+    /// inside the network. Distances from a C model of the kernel on Zen 2 (docs/benchmarks.md,
+    /// sessions 35 and 36).
+    const PREFETCH_IN: usize = 64;
+    const PREFETCH_OUT: usize = 64;
+
     /// The first `R` rows of a pass over the 16 outputs at `base + offsets[k]`: row `i`'s weight
     /// for `k` at `rows[i] + k * MR` (the `[k][MR]` packing). `FULL` passes use plain loads; a
     /// tail pass masked ones. A `PANEL` pass (the 1x1 path's panel, whose offsets are `k * 16`)
@@ -627,8 +639,16 @@ mod avx2 {
                 for q0 in (0..len).step_by(NQ) {
                     let lanes = NQ.min(len - q0);
                     let mask = masks(lanes);
+                    let fetch_in = q0 + PREFETCH_IN < len;
                     // Lanes past `lanes` keep older values: their sums are never stored.
                     for (dst, &off) in panel.chunks_exact_mut(NQ).zip(offsets) {
+                        if fetch_in {
+                            // A hint: it reads nothing the program sees and never faults (the
+                            // address is inside the plane anyway).
+                            _mm_prefetch::<_MM_HINT_T0>(
+                                src.as_ptr().wrapping_add(off + q0 + PREFETCH_IN).cast(),
+                            );
+                        }
                         let src = &src[off + q0..][..lanes];
                         // A whole block is a fixed-size copy, two vector moves (a
                         // `copy_from_slice` of a variable length is a call to memmove).
@@ -640,7 +660,18 @@ mod avx2 {
                             _ => dst[..lanes].copy_from_slice(src),
                         }
                     }
+                    let fetch_out = q0 + PREFETCH_OUT < len;
                     for pass in passes(op) {
+                        if fetch_out {
+                            for o in pass.0..op.co.min(pass.0 + ROWS) {
+                                // A hint, inside row `o` of `out`.
+                                _mm_prefetch::<_MM_HINT_T0>(
+                                    out.as_ptr()
+                                        .wrapping_add(o * out_stride + q0 + PREFETCH_OUT)
+                                        .cast(),
+                                );
+                            }
+                        }
                         let tail = (lanes == NQ, &mask, true);
                         // SAFETY: the panel holds 16 values per input; the stores as the
                         // caller's contract.
