@@ -52,20 +52,11 @@ pub struct EvalArgs {
     /// mean of its members' logits, and the fit sets the scale and the intercept) or `fitted`
     /// (one coefficient per member). Equal weights transferred better to unseen sources
     /// (docs/accuracy.md); `fitted` suits data from many sources like the ones you will serve.
-    #[arg(long, value_name = "equal|fitted", default_value = "equal",
-        value_parser = parse_member_weights)]
+    #[arg(long, value_name = "equal|fitted", default_value = "equal")]
     pub calibrate_weights: MemberWeights,
 
     #[command(flatten)]
     pub pipeline: PipelineArgs,
-}
-
-fn parse_member_weights(s: &str) -> Result<MemberWeights, String> {
-    match s {
-        "equal" => Ok(MemberWeights::Equal),
-        "fitted" => Ok(MemberWeights::Fitted),
-        _ => Err(format!("expected `equal` or `fitted`, got `{s}`")),
-    }
 }
 
 pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {

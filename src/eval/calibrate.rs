@@ -41,8 +41,10 @@ pub const L2: f64 = 1e-3;
 /// Newton iterations (the fit converges in well under 20 on real data).
 const ITERATIONS: usize = 50;
 
-/// How the fit weighs the members against each other.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// How the fit weighs the members against each other. Parsed from and shown as its command-line
+/// name (`equal`, `fitted`), which is also its JSON form in calibration reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum MemberWeights {
     /// One common coefficient for every member's logit (fitted with the intercept): the fused
     /// score ranks images like the mean of the members' logits.
@@ -58,6 +60,24 @@ impl MemberWeights {
         match self {
             MemberWeights::Equal => "equal",
             MemberWeights::Fitted => "fitted",
+        }
+    }
+}
+
+impl std::fmt::Display for MemberWeights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for MemberWeights {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "equal" => Ok(MemberWeights::Equal),
+            "fitted" => Ok(MemberWeights::Fitted),
+            _ => Err(format!("expected `equal` or `fitted`, got `{s}`")),
         }
     }
 }
@@ -96,8 +116,8 @@ pub struct Summary {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Calibration {
     pub fusion: Fusion,
-    /// `equal` or `fitted` ([`MemberWeights`]).
-    pub member_weights: &'static str,
+    /// How the members were weighed (`equal` or `fitted` in JSON).
+    pub member_weights: MemberWeights,
     pub threshold: f64,
     pub target_apcer: f64,
     /// `out_of_fold` or `in_sample`: which scores chose the threshold.
@@ -323,7 +343,7 @@ pub fn calibrate(
             intercept: beta[0],
             coefficients: beta[1..].to_vec(),
         },
-        member_weights: mode.as_str(),
+        member_weights: mode,
         threshold,
         target_apcer,
         threshold_from,
@@ -405,7 +425,7 @@ mod tests {
         assert!(c.out_of_fold.as_ref().unwrap().auc.unwrap() > 0.98);
         assert!(c.before.auc.unwrap() < c.in_sample.auc.unwrap());
         assert_eq!(c.threshold_from, "out_of_fold");
-        assert_eq!(c.member_weights, "fitted");
+        assert_eq!(c.member_weights, MemberWeights::Fitted);
         assert!(c.apcer_at_threshold.unwrap() <= 0.05);
         assert_eq!((c.live, c.attacks, c.groups), (150, 150, 5));
         // The fitted rule, run by the pipeline's own fusion, gives the same scores.
@@ -423,10 +443,26 @@ mod tests {
     }
 
     #[test]
+    fn member_weights_parse_and_show_their_command_line_names() {
+        for mode in [MemberWeights::Equal, MemberWeights::Fitted] {
+            assert_eq!(mode.to_string().parse::<MemberWeights>(), Ok(mode));
+            assert_eq!(
+                serde_json::to_value(mode).unwrap(),
+                serde_json::json!(mode.as_str())
+            );
+        }
+        assert_eq!("equal".parse(), Ok(MemberWeights::Equal));
+        for bad in ["", "Equal", "fit", "equal "] {
+            let err = bad.parse::<MemberWeights>().unwrap_err();
+            assert!(err.contains("`equal` or `fitted`"), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
     fn equal_weights_fit_one_slope_and_rank_like_the_mean_logit() {
         let s = synthetic();
         let c = calibrate(&s, &vec![0.5; s.len()], 2, 0.05, MemberWeights::Equal).unwrap();
-        assert_eq!(c.member_weights, "equal");
+        assert_eq!(c.member_weights, MemberWeights::Equal);
         let Fusion::Logistic {
             intercept,
             coefficients,
