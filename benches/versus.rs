@@ -679,6 +679,12 @@ fn main() {
         let named = ["livecheck-cpu", "livecheck-serve", "sqlx-sqlite-wor"];
         let other = (all - named.iter().map(|n| ms(n)).sum::<f64>()).max(0.0);
         let switches: u64 = l.threads.values().map(|u| u.switches).sum();
+        let preempted: u64 = l
+            .threads
+            .iter()
+            .filter(|(n, _)| n.starts_with(named[0]))
+            .map(|(_, u)| u.preempted)
+            .sum();
         md.push_str(&format!(
             "| {}{mark} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.2} |\n",
             l.clients,
@@ -689,7 +695,7 @@ fn main() {
             other,
             all - ms(named[0]),
             switches as f64 / ok,
-            per_check(named[0], |u| u.preempted as f64) / 1e3,
+            preempted as f64 / ok,
         ));
     }
     let wrong: usize = rows

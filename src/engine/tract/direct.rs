@@ -453,13 +453,13 @@ mod avx2 {
 
     /// The first `R` rows of a pass over the 16 outputs at `base + offsets[k]`: row `i`'s weight
     /// for `k` at `rows[i] + k * MR` (the `[k][MR]` packing). `FULL` passes use plain loads; a
-    /// tail pass masked ones. A `PANEL` pass (the 1x1 path's panel, whose offsets are `k * 16`)
-    /// computes each input's place instead of loading its offset.
+    /// tail pass masked ones. A `PANEL` pass (the 1x1 path's panel) reads input `k` at
+    /// `base + k * 16` and takes only the count of `offsets`, not their values.
     ///
     /// # Safety
     /// The CPU must have AVX2 and FMA; `rows[i] + k * MR` must be readable for every `k <
     /// offsets.len()`, and `base + off + lane` for every `off` in `offsets` and every lane
-    /// that `mask` keeps (every lane when `FULL`); with `PANEL`, `offsets[k]` must be `k * 16`.
+    /// that `mask` keeps (every lane when `FULL`); with `PANEL`, `base + k * 16 + lane` instead.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn pass<const R: usize, const FULL: bool, const PANEL: bool>(
@@ -609,10 +609,8 @@ mod avx2 {
     }
 
     thread_local! {
-        /// The inputs of one 16-output block of a 1x1 convolution, `[k][16]`, and their offsets
-        /// (`k * 16`), for [`run`].
-        static PANEL: std::cell::RefCell<(Vec<f32>, Vec<usize>)> =
-            const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+        /// The inputs of one 16-output block of a 1x1 convolution, `[k][16]`, for [`run`].
+        static PANEL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     }
 
     /// # Safety
@@ -632,10 +630,8 @@ mod avx2 {
         let step = offsets.get(1).map_or(0, |o| o.wrapping_sub(offsets[0]));
         if offsets.windows(2).all(|p| p[1].wrapping_sub(p[0]) == step) {
             PANEL.with(|panel| {
-                let (panel, panel_offsets) = &mut *panel.borrow_mut();
+                let panel = &mut *panel.borrow_mut();
                 panel.resize(op.k * NQ, 0.0);
-                panel_offsets.clear();
-                panel_offsets.extend((0..op.k).map(|i| i * NQ));
                 for q0 in (0..len).step_by(NQ) {
                     let lanes = NQ.min(len - q0);
                     let mask = masks(lanes);
@@ -673,19 +669,11 @@ mod avx2 {
                             }
                         }
                         let tail = (lanes == NQ, &mask, true);
-                        // SAFETY: the panel holds 16 values per input; the stores as the
-                        // caller's contract.
+                        // SAFETY: the panel holds 16 values per input, one per offset (a
+                        // panel pass reads input `k` at `k * 16`); the stores as the caller's
+                        // contract.
                         unsafe {
-                            pass_rows(
-                                op,
-                                pass,
-                                panel_offsets,
-                                panel.as_ptr(),
-                                tail,
-                                out,
-                                out_stride,
-                                q0,
-                            )
+                            pass_rows(op, pass, offsets, panel.as_ptr(), tail, out, out_stride, q0)
                         };
                     }
                 }
