@@ -750,9 +750,7 @@ impl Pointwise {
         SCRATCH.with(|s| {
             let words = &mut s.borrow_mut().words;
             // Every word of `words[..k2 * pixels]` is written by the packing below.
-            if words.len() < pairs.k2 * pixels {
-                words.resize(pairs.k2 * pixels, 0);
-            }
+            grow(words, pairs.k2 * pixels);
             let words = &mut words[..pairs.k2 * pixels];
             let mut channels = x.chunks_exact(pixels);
             for dst in words.chunks_exact_mut(pixels) {
@@ -906,6 +904,15 @@ thread_local! {
     };
 }
 
+/// `v` grown to at least `n` values (new ones zero), never shrunk: for scratch whose first `n`
+/// values the caller writes before reading them, so that a smaller layer between two larger ones
+/// does not make the next one clear the regrown part again.
+pub(super) fn grow<T: Copy + Default>(v: &mut Vec<T>, n: usize) {
+    if v.len() < n {
+        v.resize(n, T::default());
+    }
+}
+
 /// Place input row `y` of channel (or channel pair) `c`, `row`, where [`Geometry::index`] puts
 /// it in the padded planes: at padded row `y + 1`, columns from 1, split by column parity for
 /// stride 2.
@@ -994,9 +1001,7 @@ impl Dense3x3 {
             let s = &mut *s.borrow_mut();
             // Every element of `wide[..co * len]` is written by the product (stride `len`,
             // `len` per channel): grown when needed, never cleared.
-            if s.wide.len() < co * len {
-                s.wide.resize(co * len, 0.0);
-            }
+            grow(&mut s.wide, co * len);
             let wide = &mut s.wide[..co * len];
             let mask_row = |y: usize| mask.map(|m| &m[y * w..][..w]);
             if let Some(pairs) = &self.product.pairs {

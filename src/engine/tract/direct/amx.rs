@@ -151,9 +151,9 @@ pub fn run(
     // Every word of `words[..k2p * np]` is written below: the packed pairs, then zeros in the
     // padding columns and rows (a padding row meets zero weights, and 0 x NaN would not be 0).
     // So the scratch only grows: resizing it to each layer's size shrank it and then cleared
-    // the regrown part on the next larger layer, 2.5 % of a check's CPU in `memset`
+    // the regrown part on the next larger layer, about 2.3 % of a check's CPU in `memset`
     // (docs/benchmarks.md, session 37).
-    grow(words, w.k2p * np);
+    super::grow(words, w.k2p * np);
     let words = &mut words[..w.k2p * np];
     let mut channels = x.chunks_exact(pixels);
     for row in words.chunks_exact_mut(np) {
@@ -165,7 +165,7 @@ pub fn run(
         pad.fill(0);
     }
     // Every sum is stored by `tiles` (all `cop / 32` by `np / 32` blocks) before it is read.
-    grow(sums, w.cop * np);
+    super::grow(sums, w.cop * np);
     let sums = &mut sums[..w.cop * np];
     // SAFETY: `available` (checked above) means the CPU has AMX-TILE, AMX-BF16 and AVX-512F
     // and this process holds the tile state; `words` is `[k2p][np]`, `sums` `[cop][np]`,
@@ -176,14 +176,6 @@ pub fn run(
         tiles(op, w, words, np, pixels, sums, out)
     };
     Ok(())
-}
-
-/// `v` grown to at least `n` values (new ones zero), never shrunk: the caller writes
-/// `v[..n]` before reading it.
-fn grow<T: Copy + Default>(v: &mut Vec<T>, n: usize) {
-    if v.len() < n {
-        v.resize(n, T::default());
-    }
 }
 
 /// The 64-byte configuration `ldtilecfg` reads (palette 1): eight tiles of 16 rows of 64 bytes.
