@@ -631,7 +631,7 @@ mod avx2 {
         if offsets.windows(2).all(|p| p[1].wrapping_sub(p[0]) == step) {
             PANEL.with(|panel| {
                 let panel = &mut *panel.borrow_mut();
-                panel.resize(op.k * NQ, 0.0);
+                super::grow(panel, op.k * NQ);
                 for q0 in (0..len).step_by(NQ) {
                     let lanes = NQ.min(len - q0);
                     let mask = masks(lanes);
