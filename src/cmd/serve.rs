@@ -352,6 +352,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         args.print_key.as_deref(),
         &args.database.url,
     )?));
+    // The models are loaded: what loading them freed goes back to the system.
+    crate::release_freed_memory();
     // Checks run on the CPU slots' own threads (server::admission), not on this runtime.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
