@@ -65,18 +65,19 @@ pub const NR: usize = 32;
 pub struct Product {
     co: usize,
     k: usize,
-    /// Weights in blocks of [`MR`] output channels, `[co / MR][k][MR]`, rows past `co` zero.
+    /// Weights in blocks of [`MR`] output channels, `[co / MR][k][MR]`, rows past `co` zero;
+    /// empty once the product runs in bf16 ([`Product::with_pairs`]).
     packed: Arc<Vec<f32>>,
     /// `[co]` padded with zeros to a whole number of blocks, like `slopes`.
     bias: Arc<Vec<f32>>,
     relu: bool,
     /// Per-channel PReLU slopes, applied as `max(x, slope * x)` (the engine's PReLU wiring).
     slopes: Option<Arc<Vec<f32>>>,
-    /// The same weights as bfloat16 pairs of input channels ([`bf16`]), when the product is
-    /// to run in that precision.
+    /// The weights as bfloat16 pairs of input channels ([`bf16`]), when the product is to run
+    /// in that precision (and not on `tiles`).
     pairs: Option<PairWeights>,
-    /// The same bf16 weights as AMX tiles ([`amx`]): a 1x1 product in bf16 runs on them where
-    /// this process may use AMX.
+    /// The bf16 weights as AMX tiles ([`amx`]) instead: a 1x1 product in bf16 runs on them
+    /// where this process may use AMX.
     tiles: Option<TileWeights>,
     /// The widest vector path [`Product::run`] takes; never more than the CPU has
     /// ([`Isa::capped`] is its only source).
@@ -143,17 +144,28 @@ impl Product {
     /// from now on, with `weights` (`[co][ci * taps]`, as given to
     /// [`Product::new`], `k = c * taps + t`) packed in pairs of input channels; `None` when the
     /// sizes disagree with this product's.
+    ///
+    /// The weights are then kept once, in the one layout the product reads: the f32 packing is
+    /// dropped, and a 1x1 product on AMX tiles keeps no pairs. Holding all three copied the
+    /// classifiers' weights two to three times over (docs/benchmarks.md, session 38).
     pub fn with_pairs(mut self, ci: usize, taps: usize, weights: &[f32]) -> Option<Self> {
         if ci * taps != self.k {
             return None;
         }
-        self.pairs = Some(PairWeights::new(self.co, ci, taps, weights)?);
-        // A 1x1 product (one tap) also as AMX tiles, where its path is AVX-512 and AMX is
-        // granted.
+        // A 1x1 product (one tap) as AMX tiles, where its path is AVX-512 and AMX is granted.
         if taps == 1 && self.isa == Isa::Avx512 && amx::available() {
             self.tiles = Some(TileWeights::new(self.co, ci, weights)?);
+        } else {
+            self.pairs = Some(PairWeights::new(self.co, ci, taps, weights)?);
         }
+        self.packed = Arc::new(Vec::new());
         Some(self)
+    }
+
+    /// Whether the product runs in bfloat16 ([`Product::with_pairs`]): it then has no f32
+    /// weights, and [`Product::run`] refuses.
+    fn is_bf16(&self) -> bool {
+        self.pairs.is_some() || self.tiles.is_some()
     }
 
     /// That a product over `taps` offsets (`k` for f32, the channel pairs for [`bf16`]) reads
@@ -218,6 +230,9 @@ impl Product {
         out: &mut [f32],
         out_stride: usize,
     ) -> Result<(), String> {
+        if self.is_bf16() {
+            return Err("direct convolution: this product runs in bfloat16".to_owned());
+        }
         self.check_reach(self.k, src.len(), offsets, len, out.len(), out_stride)?;
         match self.isa {
             #[cfg(target_arch = "x86_64")]
@@ -729,10 +744,6 @@ impl Pointwise {
                 out.len()
             ));
         }
-        let Some(pairs) = &self.product.pairs else {
-            let offsets: Vec<usize> = (0..ci).map(|i| i * pixels).collect();
-            return self.product.run(x, &offsets, pixels, out, pixels);
-        };
         if let Some(tiles) = &self.product.tiles {
             return SCRATCH.with(|s| {
                 let s = &mut *s.borrow_mut();
@@ -747,6 +758,10 @@ impl Pointwise {
                 )
             });
         }
+        let Some(pairs) = &self.product.pairs else {
+            let offsets: Vec<usize> = (0..ci).map(|i| i * pixels).collect();
+            return self.product.run(x, &offsets, pixels, out, pixels);
+        };
         SCRATCH.with(|s| {
             let words = &mut s.borrow_mut().words;
             // Every word of `words[..k2 * pixels]` is written by the packing below.
@@ -1301,7 +1316,9 @@ mod tests {
         op.run(&x, pixels, &mut fast).unwrap();
         prop_assert!(close(&fast, &want, ci), "{fast:?} vs {want:?}");
         let mut portable = vec![f32::NAN; co * pixels];
-        if let Some(pairs) = &op.product.pairs {
+        if rounded {
+            // The portable path reads pairs, which a product on AMX tiles does not keep.
+            let pairs = &PairWeights::new(co, ci, 1, &w).unwrap();
             let mut words = vec![0u32; pairs.k2 * pixels];
             for (j, dst) in words.chunks_exact_mut(pixels).enumerate() {
                 let row = |c: usize| (c < ci).then(|| &x[c * pixels..][..pixels]);
@@ -1544,7 +1561,11 @@ mod tests {
         assert!(product.clone().with_pairs(2, 1, &[0.0; 6]).is_none());
         assert!(product.clone().with_pairs(3, 1, &[0.0; 5]).is_none());
         let pairs = product.clone().with_pairs(3, 1, &[0.0; 6]).unwrap();
-        let w = pairs.pairs.as_ref().unwrap();
+        // A product in bf16 has no f32 weights to run on.
+        assert!(pairs
+            .run(&[0.0; 6], &[0, 2, 4], 2, &mut [0.0; 4], 2)
+            .is_err());
+        let w = &PairWeights::new(2, 3, 1, &[0.0; 6]).unwrap();
         assert!(bf16::run(&pairs, w, &[0; 4], &[0, 2], 2, &mut [0.0; 4], 2).is_ok());
         assert!(bf16::run(&pairs, w, &[0; 4], &[0, 3], 2, &mut [0.0; 4], 2).is_err());
         assert!(bf16::run(&pairs, w, &[0; 4], &[0], 2, &mut [0.0; 4], 2).is_err());
