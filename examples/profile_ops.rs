@@ -5,7 +5,7 @@
 //! `-- --stock` profiles tract's own import of the ONNX files; `-- --nodes` also lists the
 //! slowest nodes with their input shapes, and for the engine's own convolutions their
 //! multiply-adds and rate (GMAC/s: how near the CPU's peak each kernel runs); `-- --kernels
-//! avx2|bf16|tract` builds the plans with those kernels instead of `fused`.
+//! avx2|bf16|auto|tract` builds the plans with those kernels instead of `fused`.
 //!
 //! Uses tract's `run_plan_with_eval` hook to time every node, then sums by operator kind.
 

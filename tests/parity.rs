@@ -279,8 +279,9 @@ fn end_to_end_with_tract_kernels_only() {
     }
 }
 
-/// `--kernels bf16` (the CLI's default) is a precision choice, not the recipe: on the reference
-/// samples it must find the same boxes as the f32 engine (its detector is f32), keep upstream's
+/// `--kernels bf16` (what the CLI's default `auto` takes where bf16 pays on the CPU) is a
+/// precision choice, not the recipe: on the reference samples it must find the same boxes as
+/// the f32 engine (its detector is f32), keep upstream's
 /// verdicts and stay within 0.01 of the f32 p_real. On the devset (when here) with the default
 /// model set, issue 11's bar: at least 99.5 % of the verdicts (live or not, and the reason)
 /// agree with `--kernels fused`. Where the CPU lacks AVX512-BF16 the two are the same engine;

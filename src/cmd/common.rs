@@ -142,14 +142,16 @@ pub struct PipelineArgs {
         action = clap::ArgAction::Set, value_name = "BOOL")]
     pub face_confirm_scan: bool,
 
-    /// Convolution kernels: `bf16` (the engine's own, with the classifiers' 1x1 and dense 3x3
+    /// Convolution kernels: `auto` (`bf16` where bf16 runs faster than f32 on this CPU: with
+    /// AMX, or on an AMD core with AVX512-BF16; `fused` elsewhere, Intel's AVX512-BF16 cores
+    /// without AMX included), `bf16` (the engine's own, with the classifiers' 1x1 and dense 3x3
     /// products in bfloat16 where the CPU has AVX512-BF16, the 1x1 ones on AMX tiles where it
     /// has AMX-BF16, f32 elsewhere; the detector and each network's first layer stay f32),
     /// `fused` (the engine's own in f32: the reference recipe's numbers exactly), `avx2`
     /// (`fused` with its AVX2 + FMA paths even on an AVX-512 CPU: the same numbers at the speed
     /// of CPUs without AVX-512) or `tract` (tract's only; for comparison, and as a fallback).
-    #[arg(long, env = "LIVECHECK_KERNELS", default_value = "bf16",
-        value_name = "bf16|fused|avx2|tract", value_parser = <Kernels as std::str::FromStr>::from_str)]
+    #[arg(long, env = "LIVECHECK_KERNELS", default_value = "auto",
+        value_name = "auto|bf16|fused|avx2|tract", value_parser = <Kernels as std::str::FromStr>::from_str)]
     pub kernels: Kernels,
 }
 

@@ -40,6 +40,7 @@ mod bf16;
 pub use self::amx::available as amx_available;
 use self::amx::TileWeights;
 pub use self::bf16::available as bf16_available;
+pub use self::bf16::pays as bf16_pays;
 use self::bf16::PairWeights;
 
 use super::graph::{

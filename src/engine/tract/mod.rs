@@ -42,7 +42,7 @@ mod graph;
 mod isa;
 
 use self::depthwise::fuse_depthwise;
-pub use self::direct::{amx_available, bf16_available, fast_kernels, Product};
+pub use self::direct::{amx_available, bf16_available, bf16_pays, fast_kernels, Product};
 use self::direct::{fuse_dense3x3, fuse_pointwise};
 pub use self::isa::Isa;
 use super::{DetectorOutput, Engine, EngineError, FinderOutput};
@@ -103,9 +103,14 @@ pub enum Kernels {
     /// tract's kernels only: what the models cost without the engine's own (for comparison with
     /// other runtimes, and as a fallback).
     Tract,
+    /// [`Kernels::Bf16`] where bf16 runs faster than f32 on this CPU ([`bf16_pays`]: AMX, or an
+    /// AMD core with AVX512-BF16), [`Kernels::Fused`] elsewhere. The CLI's default. The choice
+    /// depends on the CPU only, never on a timing, so one machine always gives the same bits.
+    /// The engine resolves it when it loads ([`Kernels::resolve`]).
+    Auto,
 }
 
-/// A kernel choice by its name on the command line: `bf16`, `fused`, `avx2` or `tract`.
+/// A kernel choice by its name on the command line: `auto`, `bf16`, `fused`, `avx2` or `tract`.
 impl std::str::FromStr for Kernels {
     type Err = String;
 
@@ -115,21 +120,32 @@ impl std::str::FromStr for Kernels {
             "bf16" => Ok(Kernels::Bf16),
             "avx2" => Ok(Kernels::Avx2),
             "tract" => Ok(Kernels::Tract),
+            "auto" => Ok(Kernels::Auto),
             other => Err(format!(
-                "{other:?} is not `bf16`, `fused`, `avx2` or `tract`"
+                "{other:?} is not `auto`, `bf16`, `fused`, `avx2` or `tract`"
             )),
         }
     }
 }
 
 impl Kernels {
+    /// The choice [`Kernels::Auto`] makes on this CPU; any other choice is itself.
+    pub fn resolve(self) -> Kernels {
+        match self {
+            Kernels::Auto if bf16_pays() => Kernels::Bf16,
+            Kernels::Auto => Kernels::Fused,
+            other => other,
+        }
+    }
+
     /// What these kernels run on this CPU, in words (for logs and reports).
     pub fn describe(self) -> &'static str {
+        let this = self.resolve();
         #[cfg(target_arch = "x86_64")]
         let avx512 = std::arch::is_x86_feature_detected!("avx512f");
         #[cfg(not(target_arch = "x86_64"))]
         let avx512 = false;
-        match self {
+        match this {
             Kernels::Tract => "tract's own",
             _ if !fast_kernels() => {
                 "fused depthwise, tract's own for the rest (no AVX-512 or AVX2 + FMA)"
@@ -483,6 +499,7 @@ pub fn assemble_head(
 /// [`fast_kernels`]): elsewhere tract's own kernels keep them. Nothing with
 /// [`Kernels::Tract`]; no kernel wider than [`Kernels::Avx2`] allows.
 fn fuse(model: &mut TypedModel, kernels: Kernels) -> TractResult<()> {
+    let kernels = kernels.resolve();
     if kernels == Kernels::Tract {
         return Ok(());
     }
@@ -564,6 +581,7 @@ impl TractEngine {
 
     /// [`TractEngine::load`] with a choice of kernels.
     pub fn load_with(set: &LoadedSet, kernels: Kernels) -> Result<TractEngine, LoadError> {
+        let kernels = kernels.resolve();
         let det = &set.set.detector;
         let headless = headless_detector(parse(&set.read(det)?, &det.file)?)
             .map_err(|e| load_err(&det.file, e))?;
@@ -858,13 +876,54 @@ mod tests {
             ("fused", Kernels::Fused),
             ("avx2", Kernels::Avx2),
             ("tract", Kernels::Tract),
+            ("auto", Kernels::Auto),
         ] {
             assert_eq!(name.parse::<Kernels>(), Ok(k));
         }
         assert_eq!(
             "avx512".parse::<Kernels>(),
-            Err("\"avx512\" is not `bf16`, `fused`, `avx2` or `tract`".to_string())
+            Err("\"avx512\" is not `auto`, `bf16`, `fused`, `avx2` or `tract`".to_string())
         );
+    }
+
+    /// `auto` is bf16 exactly where [`bf16_pays`] says so, read here from the CPU's own
+    /// description (`/proc/cpuinfo`) rather than through the function under test; every other
+    /// choice resolves to itself.
+    #[test]
+    fn auto_takes_bf16_where_it_pays() {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let flags: Vec<&str> = cpuinfo
+            .lines()
+            .find(|l| l.starts_with("flags"))
+            .map(|l| l.split_whitespace().collect())
+            .unwrap_or_default();
+        let amd = cpuinfo
+            .lines()
+            .any(|l| l.starts_with("vendor_id") && l.ends_with("AuthenticAMD"));
+        let has = |f: &str| flags.contains(&f);
+        if cfg!(target_arch = "x86_64") && !flags.is_empty() {
+            let vdpbf16ps = has("avx512f") && has("avx512bw") && has("avx512_bf16");
+            let expected = vdpbf16ps && (amd || amx_available());
+            assert_eq!(
+                bf16_pays(),
+                expected,
+                "vendor AMD {amd}, AVX512-BF16 {vdpbf16ps}"
+            );
+            let want = if expected {
+                Kernels::Bf16
+            } else {
+                Kernels::Fused
+            };
+            assert_eq!(Kernels::Auto.resolve(), want);
+            eprintln!(
+                "note: `auto` is {want:?} here ({})",
+                Kernels::Auto.describe()
+            );
+        }
+        for k in [Kernels::Fused, Kernels::Bf16, Kernels::Avx2, Kernels::Tract] {
+            assert_eq!(k.resolve(), k);
+        }
+        assert_eq!(Kernels::Auto.describe(), Kernels::Auto.resolve().describe());
     }
 
     fn model_dir() -> std::path::PathBuf {

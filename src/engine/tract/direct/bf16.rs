@@ -34,6 +34,43 @@ pub fn available() -> bool {
     return false;
 }
 
+/// Whether the bf16 products run faster than the f32 ones on this CPU, which is what
+/// [`crate::engine::tract::Kernels::Auto`] chooses by: where the CPU has [`available`]'s
+/// instructions and either AMX ([`super::amx::available`]: the 1x1 products on tiles, 3.7-14x
+/// the `vdpbf16ps` kernel's rate) or an AMD core.
+///
+/// Why the vendor: what decides is how many multiply-adds a `vdpbf16ps` retires per cycle
+/// against f32 FMAs, and no CPUID bit says that. AMD's Zen 4 runs 512-bit FMAs on 256-bit pipes,
+/// one a cycle, and a `vdpbf16ps` does two products per lane: the classifiers ran faster in
+/// bf16 there (docs/benchmarks.md, session 20). Intel's AVX512-BF16 server cores issue two
+/// 512-bit FMAs a cycle, as many multiply-adds as `vdpbf16ps` retires, so the channel-pair
+/// packing is pure cost there: classify
+/// took 7.20 ms in bf16 against 7.36 in f32 on a Sapphire Rapids (session 33) and 9.33 against
+/// 7.00 on an Emerald Rapids without AMX (session 39). A timing probe at start-up could decide
+/// on any CPU, but then one machine could give different bits from one start to the next.
+pub fn pays() -> bool {
+    available() && (super::amx::available() || amd())
+}
+
+/// Whether CPUID's vendor string is AMD's.
+#[cfg(target_arch = "x86_64")]
+fn amd() -> bool {
+    #[allow(unused_unsafe)]
+    // SAFETY: CPUID is available on every x86-64 CPU; leaf 0 always exists.
+    let id = unsafe { std::arch::x86_64::__cpuid(0) };
+    // The vendor string is EBX, EDX, ECX in that order: "Auth", "enti", "cAMD".
+    let mut vendor = [0u8; 12];
+    for (bytes, reg) in vendor.chunks_exact_mut(4).zip([id.ebx, id.edx, id.ecx]) {
+        bytes.copy_from_slice(&reg.to_le_bytes());
+    }
+    &vendor == b"AuthenticAMD"
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn amd() -> bool {
+    false
+}
+
 /// The bfloat16 bits of `v`: rounded to nearest even, subnormals flushed to (signed) zero.
 pub fn round(v: f32) -> u16 {
     let b = v.to_bits();
