@@ -300,12 +300,13 @@ fn crops_writes_member_inputs_and_logits() {
     let mut rdr = csv::Reader::from_path(out_dir.join("crops.csv")).unwrap();
     let rows: Vec<csv::StringRecord> = rdr.records().map(Result::unwrap).collect();
     assert_eq!(rows.len(), 2 * 3 * 3, "2 images x 3 views x 3 members");
-    // The CLI's default kernels (`bf16`), which `crops` ran with: its logits are a check's.
+    // The CLI's default kernels (`auto`: bf16 or f32 by the CPU), which `crops` ran with: its
+    // logits are a check's.
     let set = livecheck::models::LoadedSet::resolve(Some(SET), Some(&model_dir())).unwrap();
     let p = livecheck::pipeline_with_kernels(
         set,
         PipelineConfig::default(),
-        livecheck::engine::tract::Kernels::Bf16,
+        livecheck::engine::tract::Kernels::Auto,
     )
     .unwrap();
     let t1 = p

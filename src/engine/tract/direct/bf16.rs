@@ -44,10 +44,10 @@ pub fn available() -> bool {
 /// one a cycle, and a `vdpbf16ps` does two products per lane: the classifiers ran faster in
 /// bf16 there (docs/benchmarks.md, session 20). Intel's AVX512-BF16 server cores issue two
 /// 512-bit FMAs a cycle, as many multiply-adds as `vdpbf16ps` retires, so the channel-pair
-/// packing is pure cost there: classify
-/// took 7.20 ms in bf16 against 7.36 in f32 on a Sapphire Rapids (session 33) and 9.33 against
-/// 7.00 on an Emerald Rapids without AMX (session 39). A timing probe at start-up could decide
-/// on any CPU, but then one machine could give different bits from one start to the next.
+/// packing is pure cost there: classify took 7.20 ms in bf16 against 7.36 in f32 on a Sapphire
+/// Rapids (session 33) and 9.33 against 7.00 on an Emerald Rapids without AMX (session 39). A
+/// timing probe at start-up could decide on any CPU, but then one machine could give different
+/// bits from one start to the next.
 pub fn pays() -> bool {
     available() && (super::amx::available() || amd())
 }
