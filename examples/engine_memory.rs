@@ -1,5 +1,5 @@
 //! The engine's memory, for a heap profiler: loads the default model set with the CLI's default
-//! kernels (`bf16`) and checks the live sample N times (default 3). Examples use the
+//! kernels (`auto`) and checks the live sample N times (default 3). Examples use the
 //! system allocator, not the binary's mimalloc, so `heaptrack` sees every allocation:
 //!
 //! ```sh
@@ -23,7 +23,7 @@ fn main() -> anyhow::Result<()> {
     let dir = std::env::var_os("LIVECHECK_MODEL_DIR").map(std::path::PathBuf::from);
     let set = LoadedSet::resolve(None, dir.as_deref())?;
     let config = livecheck::pipeline::PipelineConfig::default();
-    let pipeline = livecheck::pipeline_with_kernels(set, config, Kernels::Bf16)?;
+    let pipeline = livecheck::pipeline_with_kernels(set, config, Kernels::Auto)?;
     eprintln!("loaded");
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let image = std::fs::read(root.join("../shared/testdata/silentface/image_T1.jpg"))
